@@ -1,0 +1,1 @@
+"""The a5ocr command-line interface (installed as a5ocr.cli)."""
