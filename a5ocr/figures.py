@@ -1,0 +1,101 @@
+"""Figures of a run: glyph sheets (like the paper's Fig. 4), training curves, histograms.
+
+All written through ``runio.atomic_path``; images as 8-bit PNG (paper white, ink black).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from a5ocr.runio import atomic_path
+
+
+def ink_to_image(w: torch.Tensor) -> Image.Image:
+    """Ink [R, R] in [0,1] -> an 8-bit grayscale image (1 = black ink on white paper)."""
+    arr = (1.0 - w.detach().cpu().clamp(0, 1).numpy()) * 255.0
+    return Image.fromarray(np.round(arr).astype(np.uint8), mode="L")
+
+
+def _grid(rows: list[np.ndarray], gap: int = 2) -> np.ndarray:
+    """rows: list of [K, R, R] arrays in [0,255] -> one image, one row per entry."""
+    k, r, _ = rows[0].shape
+    out = np.full((len(rows) * (r + gap) + gap, k * (r + gap) + gap), 200, np.uint8)
+    for i, row in enumerate(rows):
+        for j in range(k):
+            y, x = gap + i * (r + gap), gap + j * (r + gap)
+            out[y : y + r, x : x + r] = row[j]
+    return out
+
+
+def glyph_sheet(original: torch.Tensor, robust: torch.Tensor, path: Path, acquired: torch.Tensor | None = None, scale: int = 2) -> None:
+    """The paper's Fig. 4: robust row, original row, difference row (gray = no change), acquired row.
+
+    original, robust: [K, R, R] ink; acquired: optional [K, 3, R, R] images of the robust glyphs.
+    """
+    o = (1.0 - original.detach().cpu().numpy()) * 255
+    r = (1.0 - robust.detach().cpu().numpy()) * 255
+    d = 127.5 - (robust - original).detach().cpu().numpy() * 127.5
+    rows = [r, o, d]
+    if acquired is not None:
+        rows.append(acquired[:, 0].detach().cpu().numpy() * 255)
+    img = Image.fromarray(np.clip(np.round(_grid(rows)), 0, 255).astype(np.uint8), mode="L")
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def training_curves(records: list[dict], path: Path) -> None:
+    """Loss, eps, and batch clean / certified error against the global step, one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    stages = []
+    for rec in records:
+        if rec.get("stage") not in stages:
+            stages.append(rec.get("stage"))
+    offset = 0
+    for stage in stages:
+        rows = [r for r in records if r.get("stage") == stage and "step" in r]
+        if not rows:
+            continue
+        steps = np.array([r["step"] for r in rows]) + offset
+        axes[0].plot(steps, [r["loss"] for r in rows], label=stage)
+        axes[1].plot(steps, [r["eps"] for r in rows], label=stage)
+        axes[2].plot(steps, [r["clean_error"] for r in rows], label=f"{stage} clean")
+        axes[2].plot(steps, [r["certified_error"] for r in rows], "--", label=f"{stage} certified")
+        offset = steps.max()
+    axes[0].set_yscale("log")
+    for ax, title in zip(axes, ("loss", "attack radius eps", "batch error")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    axes[2].set_ylim(0, 1)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def histogram(values: np.ndarray, path: Path, title: str, xlabel: str) -> None:
+    """A histogram PNG of ``values``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.hist(values, bins=40)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("samples")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

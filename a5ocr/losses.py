@@ -1,0 +1,55 @@
+"""The A5 training loss: clean cross-entropy mixed with the worst-case cross-entropy.
+
+loss = f * CE(C(x), y) + (1 - f) * E(x), with E the paper's worst-case cross-entropy
+(Eq. 2-3) of the margin lower bounds over ||dx||_inf <= eps, and f from the eps schedule.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from a5ocr import bounds
+
+
+def attack_box(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The L-inf ball of radius eps around x, clipped to the pixel range [0, 1]. Shapes: x -> (x_L, x_U)."""
+    return (x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0)
+
+
+def worst_case_cross_entropy(margins: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 2-3 of the paper, averaged: margins [B, K] (entry ``label`` = 0), labels [B] -> scalar.
+
+    p_j = exp(-m_j) / sum_k exp(-m_k); E = -log p_label = logsumexp(-m).
+    """
+    return F.cross_entropy(-margins, labels)
+
+
+def a5_loss(
+    model: nn.Module,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    eps: float,
+    f: float,
+    train_bounds: str = "mixed",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The mixed loss on a batch x [B, 3, R, R], labels [B].
+
+    ``train_bounds``: "mixed" (lb = f * CROWN-IBP + (1 - f) * IBP, as the paper) or "ibp".
+    Returns (loss, stats) with stats["logits"] [B, K] and stats["margins"] [B, K] (or None at eps 0).
+    """
+    logits = model(x)
+    ce = F.cross_entropy(logits, labels)
+    if eps <= 0 or f >= 1.0:
+        return ce, {"logits": logits, "margins": None, "ce": ce.detach(), "wce": None}
+    xl, xu = attack_box(x, eps)
+    if train_bounds == "mixed":
+        margins = bounds.mixed_margin_lower_bounds(model, xl, xu, labels, f)
+    elif train_bounds in bounds.METHODS:
+        margins = bounds.margin_lower_bounds(model, xl, xu, labels, method=train_bounds)
+    else:
+        raise ValueError(f"unknown training bounds {train_bounds!r}")
+    wce = worst_case_cross_entropy(margins, labels)
+    loss = f * ce + (1.0 - f) * wce
+    return loss, {"logits": logits, "margins": margins, "ce": ce.detach(), "wce": wce.detach()}

@@ -1,0 +1,231 @@
+"""Training recipes over glyphs: ``vanilla``, ``crown-ibp``, A5/P (``p``) and A5/PC (``pc``).
+
+All four are one loop (``Trainer.run_stage``) that differs only in what it trains and in its
+eps schedule:
+
+=========  =====================  ===============  =========================
+recipe     trains                 attack radius    loss
+=========  =====================  ===============  =========================
+vanilla    classifier             0                clean cross-entropy
+crown-ibp  classifier             ramp to eps_A    f*CE + (1-f)*worst-case CE
+p          glyph change dw        eps_A            worst-case CE (C frozen)
+pc         dw and classifier      eps_A            worst-case CE
+=========  =====================  ===============  =========================
+
+Each step draws fresh acquisitions of every glyph (``copies`` per glyph). The glyph change is
+the paper's sigmoid parameterisation dw = eps_D (2 sigmoid(z) - 1), w_rob = clamp(w + dw, 0, 1).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from a5ocr.acquisition import Acquisition
+from a5ocr.losses import a5_loss
+from a5ocr.schedule import EpsSchedule
+
+RECIPES = ("vanilla", "crown-ibp", "p", "pc")
+
+
+class RobustGlyphs(nn.Module):
+    """The designed glyphs w + dw with ||dw||_inf <= eps_D, kept in [0, 1].
+
+    ``base``: [K, R, R] original ink; ``z``: [K, R, R] free parameters (0 = no change).
+    ``forward()`` -> [K, R, R]. With ``ink="binary"`` the forward pass rounds every pixel to
+    0 or 1 and passes gradients straight through (a design any printer reproduces exactly).
+    """
+
+    def __init__(self, base: torch.Tensor, eps_d: float, ink: str = "gray"):
+        super().__init__()
+        if ink not in ("gray", "binary"):
+            raise ValueError(f"unknown ink {ink!r} (gray or binary)")
+        self.register_buffer("base", base.detach().clone())
+        self.z = nn.Parameter(torch.zeros_like(base))
+        self.eps_d = float(eps_d)
+        self.ink = ink
+
+    def forward(self) -> torch.Tensor:
+        w = (self.base + self.eps_d * (2.0 * torch.sigmoid(self.z) - 1.0)).clamp(0.0, 1.0)
+        if self.ink == "binary":
+            w = w + ((w > 0.5).to(w.dtype) - w).detach()
+        return w
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One training stage. ``steps`` optimisation steps; eps follows ``schedule``."""
+
+    recipe: str
+    steps: int
+    schedule: EpsSchedule
+    lr: float
+    lr_glyphs: float
+    lr_milestones: tuple[float, ...] = (0.7, 0.9)
+    train_bounds: str = "mixed"
+
+    @property
+    def trains_classifier(self) -> bool:
+        return self.recipe in ("vanilla", "crown-ibp", "pc")
+
+    @property
+    def trains_glyphs(self) -> bool:
+        return self.recipe in ("p", "pc")
+
+
+def lr_factor(step: int, steps: int, milestones: tuple[float, ...]) -> float:
+    """Step decay x0.1 at each milestone (a fraction of the stage)."""
+    return 0.1 ** sum(step >= int(m * steps) for m in milestones)
+
+
+def batch_errors(logits: torch.Tensor, margins: torch.Tensor | None, labels: torch.Tensor) -> tuple[float, float]:
+    """(clean error, certified error) of a batch; uncertified = some other margin bound <= 0."""
+    clean = (logits.argmax(1) != labels).float().mean().item()
+    if margins is None:
+        return clean, float("nan")
+    other = margins.scatter(1, labels[:, None], float("inf"))
+    cert = (other.min(1).values <= 0).float().mean().item()
+    return clean, cert
+
+
+class Trainer:
+    """Holds what a run trains (classifier, glyphs), its optimisers and RNG, and checkpoints.
+
+    ``checkpoint(path)`` / ``restore(path)`` save and load everything needed to continue a
+    stage exactly where it stopped: weights, glyph parameters, optimiser states, the step,
+    and the acquisition generator's state (so an interrupted run replays the same draws).
+    """
+
+    def __init__(self, model: nn.Module, glyphs: RobustGlyphs, acquisition: Acquisition, *, copies: int, seed: int, device: torch.device):
+        self.model = model.to(device)
+        self.glyphs = glyphs.to(device)
+        self.acquisition = acquisition
+        self.copies = copies
+        self.device = device
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.stage_index = 0
+        self.step = 0
+        self.opt_classifier: torch.optim.Optimizer | None = None
+        self.opt_glyphs: torch.optim.Optimizer | None = None
+
+    # -- optimisers ---------------------------------------------------------------------
+    def start_stage(self, spec: StageSpec) -> None:
+        self.step = 0
+        self.opt_classifier = torch.optim.Adam(self.model.parameters(), lr=spec.lr) if spec.trains_classifier else None
+        self.opt_glyphs = torch.optim.Adam(self.glyphs.parameters(), lr=spec.lr_glyphs) if spec.trains_glyphs else None
+
+    # -- one step -----------------------------------------------------------------------
+    def train_step(self, spec: StageSpec) -> dict:
+        """One optimisation step on fresh acquisitions of every glyph; returns its metrics."""
+        k = self.glyphs.base.shape[0]
+        labels = torch.arange(k, device=self.device).repeat(self.copies)
+        eps = spec.schedule(self.step)
+        f = spec.schedule.mixing(self.step)
+        self.model.train(spec.trains_classifier)
+        w = self.glyphs()
+        x = self.acquisition(w[labels], self.generator)
+        loss, stats = a5_loss(self.model, x, labels, eps, f, spec.train_bounds)
+        scale = lr_factor(self.step, spec.steps, spec.lr_milestones)
+        for opt, base_lr in ((self.opt_classifier, spec.lr), (self.opt_glyphs, spec.lr_glyphs)):
+            if opt is not None:
+                opt.zero_grad(set_to_none=True)
+                for group in opt.param_groups:
+                    group["lr"] = base_lr * scale
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {self.step} of {spec.recipe}")
+        loss.backward()
+        if self.opt_classifier is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
+            self.opt_classifier.step()
+        if self.opt_glyphs is not None:
+            self.opt_glyphs.step()
+        self.step += 1
+        clean, cert = batch_errors(stats["logits"].detach(), None if stats["margins"] is None else stats["margins"].detach(), labels)
+        return {"step": self.step, "eps": eps, "f": f, "loss": loss.item(), "clean_error": clean, "certified_error": cert, "lr_scale": scale}
+
+    # -- checkpoints --------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "stage_index": self.stage_index,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "glyphs": self.glyphs.state_dict(),
+            "opt_classifier": None if self.opt_classifier is None else self.opt_classifier.state_dict(),
+            "opt_glyphs": None if self.opt_glyphs is None else self.opt_glyphs.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+
+    def checkpoint(self, path: Path) -> None:
+        """Write the whole training state atomically (``torch.save``; read back with weights_only)."""
+        from a5ocr.runio import atomic_path
+
+        with atomic_path(path) as tmp:
+            torch.save(self.state(), tmp)
+
+    def restore(self, path: Path, stages: list[StageSpec]) -> None:
+        """Continue from ``checkpoint(path)``: only tensors and plain containers are read."""
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.glyphs.load_state_dict(state["glyphs"])
+        self.stage_index = int(state["stage_index"])
+        if self.stage_index < len(stages):
+            self.start_stage(stages[self.stage_index])
+            if state["opt_classifier"] is not None and self.opt_classifier is not None:
+                self.opt_classifier.load_state_dict(state["opt_classifier"])
+            if state["opt_glyphs"] is not None and self.opt_glyphs is not None:
+                self.opt_glyphs.load_state_dict(state["opt_glyphs"])
+        self.step = int(state["step"])
+        self.generator.set_state(state["generator"].to("cpu") if self.device.type == "cpu" else state["generator"])
+
+    # -- a whole stage ------------------------------------------------------------------
+    def run_stage(
+        self,
+        spec: StageSpec,
+        *,
+        on_log: Callable[[dict], None] | None = None,
+        on_checkpoint: Callable[[], None] | None = None,
+        log_every: int = 25,
+        checkpoint_seconds: float = 120.0,
+    ) -> None:
+        """Run ``spec`` from ``self.step`` to ``spec.steps``; checkpoint every ``checkpoint_seconds``.
+
+        Raises ``CollapseError`` when the classifier has collapsed to one class (clean error
+        = certified error = 1 - 1/K over the last logs), which a too-fast eps ramp causes.
+        """
+        last_ckpt = time.monotonic()
+        window: list[dict] = []
+        k = self.glyphs.base.shape[0]
+        while self.step < spec.steps:
+            rec = self.train_step(spec)
+            window.append(rec)
+            if self.step % log_every == 0 or self.step == spec.steps:
+                summary = {key: sum(r[key] for r in window) / len(window) for key in ("loss", "clean_error", "certified_error")}
+                rec = {**rec, **summary, "stage": spec.recipe}
+                window.clear()
+                if on_log is not None:
+                    on_log(rec)
+                if spec.trains_classifier and k > 2 and summary["clean_error"] >= 1 - 1.5 / k and rec["eps"] > 0:
+                    raise CollapseError(
+                        f"the classifier collapsed to a constant at step {self.step} of {spec.recipe} "
+                        f"(clean error {summary['clean_error']:.1%}); use more steps or a longer eps ramp"
+                    )
+            if on_checkpoint is not None and (time.monotonic() - last_ckpt >= checkpoint_seconds):
+                on_checkpoint()
+                last_ckpt = time.monotonic()
+
+
+class CollapseError(RuntimeError):
+    """Certified training collapsed the classifier to a constant output."""
+
+
+def make_stage(recipe: str, steps: int, eps_a: float, *, warmup: int = 0, ramp: int = 0, lr: float = 1e-3, lr_glyphs: float = 0.05, train_bounds: str = "mixed") -> StageSpec:
+    """A stage of ``recipe`` with an eps schedule to ``eps_a`` (vanilla: eps 0)."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r} (one of: {', '.join(RECIPES)})")
+    eps_max = 0.0 if recipe == "vanilla" else eps_a
+    return StageSpec(recipe=recipe, steps=steps, schedule=EpsSchedule(eps_max, warmup, ramp), lr=lr, lr_glyphs=lr_glyphs, train_bounds=train_bounds)

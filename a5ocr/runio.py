@@ -1,0 +1,98 @@
+"""Run folders: atomic writes, the environment record, metrics logs.
+
+Every file a run writes goes through a temporary file in the same folder and an
+``os.replace``, so that Ctrl-C or a kill never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: Path | str, data: object) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_bytes(path: Path | str, payload: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(payload)
+
+
+def environment() -> dict:
+    """Package versions and machine facts to store beside every run."""
+    import numpy
+    import torch
+
+    versions = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__}
+    for name in ("kornia", "fontTools", "freetype", "PIL", "typer", "rich", "safetensors", "scipy"):
+        try:
+            mod = __import__(name)
+            versions[name] = getattr(mod, "__version__", getattr(mod, "version", "unknown"))
+        except ImportError:
+            continue
+    import a5ocr
+
+    versions["a5ocr"] = a5ocr.__version__
+    return {
+        "versions": {k: str(v) for k, v in versions.items()},
+        "platform": platform.platform(),
+        "processor": _cpu_name(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def append_jsonl(path: Path | str, record: dict) -> None:
+    """Append one JSON record to a log (a line is small; appends are not made atomic)."""
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def read_jsonl(path: Path | str) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut by a kill: stop there
+    return rows

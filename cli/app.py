@@ -1,0 +1,149 @@
+"""The ``a5ocr`` command line (typer + rich). Installed as ``a5ocr.cli``.
+
+Every user error (a bad argument, a missing or corrupt file) is one red line and exit code 2,
+never a traceback; an interrupted run leaves its last checkpoint and says how to resume.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="a5ocr: design printed characters that an OCR classifier reads correctly with a certificate (A5, CVPR 2023).",
+)
+console = Console(stderr=True)
+out_console = Console()
+
+
+class UserError(Exception):
+    """An error to show as one line (exit code 2)."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from a5ocr.design import DesignError
+    from a5ocr.glyphs import GlyphError
+    from a5ocr.models import CheckpointError
+
+    return (UserError, DesignError, GlyphError, CheckpointError)
+
+
+class RichReporter:
+    """Draws a run's progress: one bar per stage with live eps, loss, clean and certified error."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.task = None
+
+    def stage(self, name: str, total: int, done: int = 0) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, visible=True)
+        label = {"crown-ibp": "stage 1: CROWN-IBP classifier", "p": "A5/P: glyphs", "pc": "A5/PC: glyphs + classifier", "vanilla": "vanilla classifier"}.get(name, name)
+        self.task = self.progress.add_task(label, total=total, completed=done, stats="")
+
+    def log(self, rec: dict) -> None:
+        cert = rec["certified_error"]
+        cert_s = "  -  " if cert != cert else f"{cert:5.1%}"
+        stats = f"eps {rec['eps']:.3f}  loss {rec['loss']:.3f}  clean {rec['clean_error']:5.1%}  cert {cert_s}"
+        self.progress.update(self.task, completed=rec["step"], stats=stats)
+
+    def evaluation(self, name: str, done: int, total: int) -> None:
+        key = f"eval-{name}"
+        if not hasattr(self, key):
+            setattr(self, key, self.progress.add_task(f"evaluate {name}", total=total, stats=""))
+        self.progress.update(getattr(self, key), completed=done)
+
+    def message(self, text: str) -> None:
+        self.progress.console.print(text)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description:<30}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=console, transient=False,
+    )
+
+
+@app.command()
+def design(
+    font: str = typer.Option("comic-neue", help="A TTF/OTF path, or a shipped font: comic-neue, comic-neue-bold, dejavu-sans, dejavu-sans-mono, ocr-b."),
+    chars: str = typer.Option("62", help="62 (A-Z a-z 0-9), 36, 26, 10, or an explicit string of characters."),
+    eps_a: float = typer.Option(0.1, "--eps-a", help="Attack budget: L-inf size of any change to the scanned image, in (0, 1)."),
+    eps_d: float = typer.Option(0.5, "--eps-d", help="Glyph change budget: L-inf size of the defensive change of the ink, in (0, 1]."),
+    recipe: str = typer.Option("pc", help="pc = A5/PC (glyphs and classifier trained together); p = A5/P (glyphs only, classifier fixed)."),
+    classifier: Optional[Path] = typer.Option(None, help="Legacy classifier (safetensors from a5ocr) for A5/P; without it a CROWN-IBP classifier is trained first."),
+    preset: str = typer.Option("cpu", help="cpu (32x32, minutes on a laptop), paper (128x128 and the paper's net, for a GPU), tiny (seconds, smoke test)."),
+    resolution: Optional[int] = typer.Option(None, help="Canvas size in pixels (default from the preset)."),
+    ink: str = typer.Option("gray", help="gray (any ink level) or binary (each pixel ink or paper: printable exactly)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    seed: int = typer.Option(0, help="Seed of the training draws; the same seed on the same machine gives the same result."),
+    out: Optional[Path] = typer.Option(None, help="Run folder (default renders/<font>-<chars>-<eps>/)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out from its last checkpoint."),
+    steps: Optional[int] = typer.Option(None, help="Override the preset's stage-1 steps (the CROWN-IBP classifier)."),
+    design_steps: Optional[int] = typer.Option(None, help="Override the preset's A5 steps."),
+    eval_samples: int = typer.Option(100, help="Fresh acquisitions per character for the final evaluation."),
+) -> None:
+    """Design certifiably robust glyphs for a font (A5/PC by default) and evaluate them."""
+    from a5ocr.design import DesignConfig, run_design
+    from a5ocr.recipes import CollapseError
+
+    cfg = DesignConfig(
+        font=font, chars=chars, eps_a=eps_a, eps_d=eps_d, recipe=recipe,
+        classifier=str(classifier) if classifier else None, preset=preset, resolution=resolution,
+        ink=ink, device=device, seed=seed, out=str(out) if out else None,
+        stage1_steps=steps, stage2_steps=design_steps, eval_samples=eval_samples,
+    )
+    with _progress() as progress:
+        try:
+            summary = run_design(cfg, resume=resume, reporter=RichReporter(progress))
+        except CollapseError as err:
+            raise UserError(str(err)) from None
+    _print_summary(summary)
+
+
+def _print_summary(summary: dict) -> None:
+    table = Table(title=f"{summary['family']}  {len(summary['chars'])} characters  eps_A {summary['eps_a']:g}  ({summary['samples']} acquisitions, certified by {summary['certify_method']})")
+    table.add_column("")
+    table.add_column("clean error", justify="right")
+    table.add_column("certified error", justify="right")
+    label = "A5/PC" if summary["recipe"] == "pc" else "A5/P"
+    for name, key in (("classifier before A5 (original glyphs)", "baseline"), (f"{label} (robust glyphs)", "final")):
+        table.add_row(name, f"{summary[key]['clean_error']:.2%}", f"{summary[key]['certified_error']:.2%}")
+    out_console.print(table)
+    out_console.print(f"run folder: {summary.get('out', '')}  ({summary['wall_seconds']:.0f} s)")
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one line and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except _user_errors() as err:
+        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: the last checkpoint is intact; run again with --resume to continue")
+        sys.exit(130)
+    except typer.Exit as ex:
+        sys.exit(ex.exit_code)
+    except typer.Abort:
+        console.print("aborted")
+        sys.exit(1)
+    except Exception as err:  # click's usage errors
+        import click
+
+        if isinstance(err, click.exceptions.ClickException):
+            err.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()
