@@ -1,0 +1,286 @@
+"""Tests of the empirical L-inf attacks (a5ocr.attacks)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from a5ocr.attacks import (
+    AttackResult,
+    apgd,
+    apgd_checkpoints,
+    apgd_targeted,
+    attack,
+    dlr_loss,
+    dlr_targeted_loss,
+    pgd,
+)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _wrong(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).argmax(1) != y
+
+
+def _linf(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).abs().flatten(1).amax(1)
+
+
+def _all_attacks(model, x, y, eps, seed=0):
+    """Every attack entry point, fast settings: name -> x_adv."""
+    k = model(x[:1]).shape[1]
+    tgt = (y + 1) % k
+    return {
+        "pgd": pgd(model, x, y, eps, steps=10, restarts=2, generator=_gen(seed)),
+        "pgd-dlr": pgd(model, x, y, eps, steps=10, loss="dlr", generator=_gen(seed)),
+        "apgd-ce": apgd(model, x, y, eps, steps=15, restarts=2, generator=_gen(seed)),
+        "apgd-dlr": apgd(model, x, y, eps, loss="dlr", steps=15, generator=_gen(seed)),
+        "apgd-dlr-t": apgd(model, x, y, eps, loss="dlr-targeted", target_class=tgt, steps=15, generator=_gen(seed)),
+        "apgd-t": apgd_targeted(model, x, y, eps, n_targets=3, steps=15, generator=_gen(seed)),
+        "attack": attack(model, x, y, eps, strength="fast", generator=_gen(seed)).x_adv,
+    }
+
+
+# ----------------------------------------------------------------------- fixtures
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The models here are tiny: intra-op threads only add contention (10x slower on a
+    busy 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _patterns() -> torch.Tensor:
+    """5 low-contrast 1x8x8 patterns (0.4 background, 0.6 strokes)."""
+    p = torch.full((5, 1, 8, 8), 0.4)
+    p[0, :, 3:5, :] = 0.6  # horizontal bar
+    p[1, :, :, 3:5] = 0.6  # vertical bar
+    idx = torch.arange(8)
+    p[2, 0, idx, idx] = 0.6  # diagonal
+    p[3, 0, idx, 7 - idx] = 0.6  # anti-diagonal
+    p[4, :, 2:6, 2:6] = 0.6  # square
+    return p
+
+
+def _data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = _gen(seed)
+    y = torch.randint(0, 5, (n,), generator=g)
+    x = (_patterns()[y] + 0.04 * torch.randn(n, 1, 8, 8, generator=g)).clamp(0, 1)
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A small undefended MLP trained to 100% accuracy on the pattern task (eval mode)."""
+    torch.manual_seed(0)
+    x, y = _data(1000, seed=1)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 5))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    net.eval()
+    for p in net.parameters():
+        p.grad = None
+    xt, yt = _data(200, seed=2)
+    assert not _wrong(net, xt, yt).any(), "tiny net should be perfect on clean test data"
+    return net, xt, yt
+
+
+def _random_cnn(seed: int, k: int = 10) -> nn.Module:
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2), nn.ReLU(),
+        nn.Flatten(), nn.LazyLinear(k),
+    )
+    net(torch.zeros(1, 3, 12, 12))
+    return net.eval()
+
+
+# ----------------------------------------------------------------------- losses / schedule
+def test_checkpoints_match_apgd_schedule():
+    assert apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    for n in (1, 5, 10, 50, 1000):
+        c = apgd_checkpoints(n)
+        assert c == sorted(set(c)) and all(0 < w < n for w in c)
+
+
+def test_dlr_values():
+    z = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
+    y = torch.tensor([0])
+    assert dlr_loss(z, y).item() == pytest.approx(-(3 - 2) / (3 - 1))
+    assert dlr_targeted_loss(z, y, torch.tensor([3])).item() == pytest.approx(-(3 - 0) / (3 - 0.5))
+    # scale invariance of DLR
+    assert dlr_loss(5 * z, y).item() == pytest.approx(dlr_loss(z, y).item())
+
+
+# ----------------------------------------------------------------------- linear classifier
+def _linear_model(d: torch.Tensor, db: float) -> nn.Module:
+    """2 classes: logit0 = d . flatten(x) + db, logit1 = 0."""
+    lin = nn.Linear(d.numel(), 2)
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.bias.zero_()
+        lin.weight[0] = d
+        lin.bias[0] = db
+    return nn.Sequential(nn.Flatten(), lin).eval()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_linear_minimal_eps(seed):
+    """eps* = margin / ||w0 - w1||_1; above it the corner is found, below it nothing."""
+    g = _gen(seed)
+    shape = (1, 3, 2, 2)
+    n = shape[1] * shape[2] * shape[3]
+    sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+    d = sign * (0.5 + torch.rand(n, generator=g))
+    x = 0.3 + 0.4 * torch.rand(shape, generator=g)
+    eps_star = 0.1 + 0.1 * torch.rand((), generator=g).item()
+    margin = eps_star * d.abs().sum().item()
+    model = _linear_model(d, margin - float(d @ x.flatten()))
+    y = torch.zeros(1, dtype=torch.long)
+    assert not _wrong(model, x, y).any()
+    corner = x - eps_star * 1.02 * sign.view(shape)
+
+    above = _all_attacks(model, x, y, eps_star * 1.02, seed=seed)
+    for name, xa in above.items():
+        assert _wrong(model, xa, y).all(), name
+        # f(x_adv) < 0 forces |x_adv - corner|_i * |d_i| < 0.02 * margin for each i
+        dev = (xa - corner).abs().flatten()
+        assert torch.all(dev * d.abs() <= 0.02 * margin + 1e-5), name
+    res = attack(model, x, y, eps_star * 1.02, strength="standard", generator=_gen(seed))
+    assert res.success.all() and res.per_attack["apgd-ce"] == 1
+
+    below = _all_attacks(model, x, y, eps_star * 0.98, seed=seed)
+    for name, xa in below.items():
+        assert not _wrong(model, xa, y).any(), name
+        assert _linf(xa, x).item() <= eps_star * 0.98 + 1e-6
+    res = attack(model, x, y, eps_star * 0.98, strength="fast", generator=_gen(seed))
+    assert not res.success.any() and sum(res.per_attack.values()) == 0
+
+
+@pytest.mark.parametrize("delta", [-0.01, 0.01])
+def test_linear_box_binds(delta):
+    """With the [0, 1] box binding, the best point is the clipped corner: success iff
+    the clipped corner is misclassified."""
+    g = _gen(5)
+    n = 12
+    sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+    d = sign * (0.5 + torch.rand(n, generator=g))
+    x = torch.rand(1, n, generator=g)
+    x[0, :4] = torch.tensor([0.0, 1.0, 0.05, 0.97])
+    eps = 0.3
+    c = (x - eps * sign).clamp(0, 1)
+    model = _linear_model(d, -float(d @ c.flatten()) + delta)
+    y = torch.zeros(1, dtype=torch.long)
+    assert not _wrong(model, x, y).any()
+    for name, xa in _all_attacks(model, x, y, eps).items():
+        assert bool(_wrong(model, xa, y).item()) == (delta < 0), name
+
+
+# ----------------------------------------------------------------------- undefended net
+def test_breaks_undefended_net(tiny):
+    net, x, y = tiny
+    clean_err = _wrong(net, x, y).float().mean().item()
+    res = attack(net, x, y, 0.3, strength="fast", generator=_gen(0))
+    assert isinstance(res, AttackResult)
+    assert res.error >= 0.95 and res.error > clean_err
+    assert torch.equal(res.success, _wrong(net, res.x_adv, y))
+    assert sum(res.per_attack.values()) == int(res.success.sum())
+
+
+def test_ensemble_at_least_components(tiny):
+    net, x, y = tiny
+    eps = 0.07  # partial success: components differ
+    res = attack(net, x, y, eps, strength="fast", generator=_gen(0))
+    assert 0 < res.success.sum() < len(y)
+    # same seed, same first stage on the same (all clean-correct) samples: superset
+    a = _wrong(net, apgd(net, x, y, eps, steps=50, generator=_gen(0)), y)
+    assert torch.all(res.success | ~a)
+    t = _wrong(net, apgd_targeted(net, x, y, eps, n_targets=3, steps=50, generator=_gen(0)), y)
+    p = _wrong(net, pgd(net, x, y, eps, steps=20, generator=_gen(0)), y)
+    assert res.success.sum() >= max(a.sum(), t.sum(), p.sum())
+    # APGD at least as strong as PGD with the same number of steps
+    for e in (0.06, 0.07, 0.08):
+        a = _wrong(net, apgd(net, x, y, e, steps=20, generator=_gen(1)), y).sum()
+        p = _wrong(net, pgd(net, x, y, e, steps=20, generator=_gen(1)), y).sum()
+        assert a >= p, (e, a, p)
+
+
+def test_determinism(tiny):
+    net, x, y = tiny
+    eps = 0.07
+    r1 = attack(net, x, y, eps, strength="fast", generator=_gen(3))
+    r2 = attack(net, x, y, eps, strength="fast", generator=_gen(3))
+    assert torch.equal(r1.x_adv, r2.x_adv) and r1.per_attack == r2.per_attack
+    for f in (pgd, apgd):
+        assert torch.equal(f(net, x, y, eps, steps=10, generator=_gen(4)), f(net, x, y, eps, steps=10, generator=_gen(4)))
+    assert not torch.equal(pgd(net, x, y, eps, steps=10, generator=_gen(4)), pgd(net, x, y, eps, steps=10, generator=_gen(5)))
+    # default generator is seeded: reproducible without one
+    assert torch.equal(apgd(net, x, y, eps, steps=10), apgd(net, x, y, eps, steps=10))
+
+
+# ----------------------------------------------------------------------- budget / eps = 0
+@pytest.mark.parametrize("eps", [0.0, 1e-3, 0.1, 0.5, 1.0])
+def test_never_exceeds_budget(eps):
+    net = _random_cnn(int(eps * 1000))
+    g = _gen(7)
+    x = torch.rand(6, 3, 12, 12, generator=g)
+    x[0] = 0.0
+    x[1] = 1.0
+    y = torch.randint(0, 10, (6,), generator=g)
+    for name, xa in _all_attacks(net, x, y, eps).items():
+        assert xa.shape == x.shape
+        assert torch.all(_linf(xa, x) <= eps + 1e-6), name
+        assert xa.min() >= 0 and xa.max() <= 1, name
+    # per-sample budgets
+    e = torch.tensor([0.0, 0.01, 0.05, 0.1, 0.2, eps])
+    res = attack(net, x, y, e, strength="fast", generator=_gen(0), batch_size=4)
+    assert torch.all(_linf(res.x_adv, x) <= e + 1e-6)
+    assert torch.equal(res.success, _wrong(net, res.x_adv, y))
+
+
+def test_eps_zero_returns_clean():
+    net = _random_cnn(3)
+    x = torch.rand(8, 3, 12, 12, generator=_gen(1))
+    y = torch.arange(8) % 10
+    res = attack(net, x, y, 0.0, strength="fast")
+    assert torch.equal(res.x_adv, x)
+    assert torch.equal(res.success, _wrong(net, x, y))
+    assert res.per_attack["clean"] == int(res.success.sum())
+
+
+def test_clean_errors_count_and_stay(tiny):
+    net, x, y = tiny
+    y_bad = y.clone()
+    y_bad[:5] = (y[:5] + 1) % 5  # clean-misclassified by construction
+    res = attack(net, x, y_bad, 0.02, strength="fast", generator=_gen(0))
+    assert res.success[:5].all() and torch.equal(res.x_adv[:5], x[:5])
+    assert res.per_attack["clean"] == 5
+
+
+# ----------------------------------------------------------------------- model untouched
+@pytest.mark.parametrize("training", [False, True])
+def test_model_untouched(training):
+    net = _random_cnn(11)
+    net.train(training)
+    for p in net.parameters():
+        p.grad = torch.full_like(p, 0.5)
+    before = [p.detach().clone() for p in net.parameters()]
+    x = torch.rand(4, 3, 12, 12, generator=_gen(2))
+    y = torch.arange(4)
+    with torch.no_grad():  # the attacks must not depend on the caller's grad mode
+        _all_attacks(net, x, y, 0.05)
+    assert net.training == training and all(m.training == training for m in net.modules())
+    for p, b in zip(net.parameters(), before):
+        assert torch.equal(p, b)
+        assert torch.equal(p.grad, torch.full_like(p, 0.5))
+        assert p.requires_grad
