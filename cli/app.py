@@ -24,6 +24,11 @@ console = Console(stderr=True)
 out_console = Console()
 
 
+@app.callback()
+def _root() -> None:
+    """a5ocr: certified robust printed characters (A5/P and A5/PC), evaluation and export."""
+
+
 class UserError(Exception):
     """An error to show as one line (exit code 2)."""
 

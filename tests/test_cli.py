@@ -1,0 +1,53 @@
+"""The real console script: bad input gets one clear line and exit code 2, no traceback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+A5 = [sys.executable, "-m", "a5ocr.cli.app"]
+
+
+def run(*args, cwd=None):
+    return subprocess.run([*A5, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["design", "--eps-a", "-0.1"], "--eps-a must be in (0, 1)"),
+        (["design", "--eps-a", "1.5"], "--eps-a must be in (0, 1)"),
+        (["design", "--eps-d", "0"], "--eps-d must be in (0, 1]"),
+        (["design", "--font", "/nonexistent/font.ttf"], "font not found"),
+        (["design", "--font", "ocr-b", "--chars", "AB€"], "has no glyph"),
+        (["design", "--recipe", "x"], "--recipe must be p or pc"),
+        (["design", "--preset", "huge"], "unknown preset"),
+        (["design", "--eps-a", "abc"], "Invalid value"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args, needle, tmp_path):
+    r = run(*args, "--out", str(tmp_path / "o"))
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr + r.stdout
+    assert "Traceback" not in r.stderr
+
+
+def test_corrupt_classifier_and_unwritable_out(tmp_path):
+    bad = tmp_path / "c.safetensors"
+    bad.write_bytes(b"garbage" * 20)
+    r = run("design", "--recipe", "p", "--classifier", str(bad), "--preset", "tiny", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "not a readable" in r.stderr and "Traceback" not in r.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run("design", "--preset", "tiny", "--chars", "AB", "--out", str(blocker / "sub"))
+    assert r.returncode == 2 and "cannot write" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_design_command_runs_and_writes_summary(tmp_path):
+    out = tmp_path / "run"
+    r = run("design", "--preset", "tiny", "--chars", "AOo0", "--eps-a", "0.05", "--eval-samples", "3", "--device", "cpu", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["chars"] == "AOo0" and s["samples"] == 12
+    assert "certified error" in r.stdout

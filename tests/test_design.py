@@ -1,0 +1,133 @@
+"""End-to-end design on tiny configs (seconds): the loop, resume, outputs, and the loss going down."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from a5ocr import models
+from a5ocr.acquisition import Acquisition
+from a5ocr.design import DesignConfig, DesignError, run_design
+from a5ocr.glyphs import rasterize
+from a5ocr.losses import a5_loss
+from a5ocr.recipes import RobustGlyphs, Trainer, make_stage
+
+TINY = dict(font="comic-neue", chars="AOo0", preset="tiny", eps_a=0.05, eval_samples=5, device="cpu",
+            certify_methods=("ibp",))
+
+
+def test_one_design_step_reduces_the_worst_case_loss():
+    g = rasterize("comic-neue", "AOo0", 16)
+    torch.manual_seed(0)
+    model = models.build("tiny", 16, 4)
+    acq = Acquisition(16)
+    robust = RobustGlyphs(g.images, eps_d=0.5)
+    trainer = Trainer(model, robust, acq, copies=4, seed=0, device=torch.device("cpu"))
+    spec = make_stage("p", steps=1, eps_a=0.05, lr_glyphs=0.05, train_bounds="ibp")
+    trainer.start_stage(spec)
+    labels = torch.arange(4).repeat(4)
+    x = acq(robust()[labels], torch.Generator().manual_seed(5))
+
+    def loss_at():
+        with torch.no_grad():
+            xx = acq(robust()[labels], torch.Generator().manual_seed(5))
+            return a5_loss(model, xx, labels, 0.05, 0.0, "ibp")[0].item()
+
+    before = loss_at()
+    # a few steps on fixed draws: the worst-case loss of those draws must fall
+    for _ in range(5):
+        trainer.opt_glyphs.zero_grad()
+        xx = acq(robust()[labels], torch.Generator().manual_seed(5))
+        a5_loss(model, xx, labels, 0.05, 0.0, "ibp")[0].backward()
+        trainer.opt_glyphs.step()
+    assert loss_at() < before
+    # the change respects the budget
+    assert (robust() - g.images).abs().max() <= 0.5 + 1e-6
+
+
+def test_glyph_change_stays_in_budget_and_range():
+    base = torch.rand(3, 8, 8)
+    r = RobustGlyphs(base, eps_d=0.2)
+    with torch.no_grad():
+        r.z.normal_(0, 10)
+    w = r()
+    assert (w - base).abs().max() <= 0.2 + 1e-6 and w.min() >= 0 and w.max() <= 1
+    rb = RobustGlyphs(base, eps_d=0.2, ink="binary")
+    assert set(torch.unique(rb()).tolist()) <= {0.0, 1.0}
+
+
+def test_design_end_to_end_and_outputs(tmp_path):
+    out = tmp_path / "run"
+    s = run_design(DesignConfig(**TINY, out=str(out)))
+    for name in ("config.json", "checkpoint.pt", "classifier.safetensors", "glyphs.safetensors", "metrics.jsonl",
+                 "glyphs.png", "curves.png", "summary.json", "baseline_classifier.safetensors"):
+        assert (out / name).is_file(), name
+    assert len(list((out / "glyphs").glob("U+*.png"))) == 4
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("recipe", "font", "chars", "eps_a", "eps_d", "resolution", "seed", "certify_method", "wall_seconds", "samples"):
+        assert key in summary
+    assert summary["samples"] == 20
+    for part in ("baseline", "final"):
+        assert 0 <= summary[part]["clean_error"] <= summary[part]["certified_error"] <= 1
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["config"]["seed"] == 0 and "torch" in cfg["environment"]["versions"]
+    assert s == summary
+
+
+def test_same_seed_same_result(tmp_path):
+    a = run_design(DesignConfig(**TINY, out=str(tmp_path / "a")))
+    b = run_design(DesignConfig(**TINY, out=str(tmp_path / "b")))
+    ta = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    tb = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    for k in ta["model"]:
+        assert torch.equal(ta["model"][k], tb["model"][k])
+    assert a["final"] == b["final"]
+
+
+def test_resume_after_interruption_matches_uninterrupted(tmp_path, monkeypatch):
+    full = run_design(DesignConfig(**TINY, out=str(tmp_path / "full")))
+    # interrupt stage 2 after its first checkpoint by raising from the logger
+    from a5ocr import recipes
+
+    calls = {"n": 0}
+    real = recipes.Trainer.train_step
+
+    def flaky(self, spec):
+        calls["n"] += 1
+        if spec.recipe == "pc" and self.step == 10:
+            raise KeyboardInterrupt
+        return real(self, spec)
+
+    monkeypatch.setattr(recipes.Trainer, "train_step", flaky)
+    cfg = DesignConfig(**TINY, out=str(tmp_path / "cut"), checkpoint_seconds=0.0)
+    with pytest.raises(KeyboardInterrupt):
+        run_design(cfg)
+    assert (tmp_path / "cut" / "checkpoint.pt").is_file()
+    assert not (tmp_path / "cut" / "summary.json").exists()
+    monkeypatch.setattr(recipes.Trainer, "train_step", real)
+    with pytest.raises(DesignError, match="already holds a run"):
+        run_design(cfg)
+    resumed = run_design(cfg, resume=True)
+    assert resumed["final"] == full["final"]
+    assert resumed["baseline"] == full["baseline"]
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    cfg = DesignConfig(**TINY, out=str(tmp_path / "r"))
+    run_design(cfg)
+    with pytest.raises(DesignError, match="eps_a"):
+        run_design(replace(cfg, eps_a=0.07), resume=True)
+    with pytest.raises(DesignError, match="nothing to resume"):
+        run_design(replace(cfg, out=str(tmp_path / "empty")), resume=True)
+
+
+def test_recipe_p_keeps_the_legacy_classifier(tmp_path):
+    base = run_design(DesignConfig(**TINY, out=str(tmp_path / "base")))
+    legacy = tmp_path / "base" / "baseline_classifier.safetensors"
+    s = run_design(DesignConfig(**{**TINY, "recipe": "p"}, classifier=str(legacy), out=str(tmp_path / "p")))
+    m0, _ = models.load_classifier(legacy)
+    m1, _ = models.load_classifier(tmp_path / "p" / "classifier.safetensors")
+    for a, b in zip(m0.state_dict().values(), m1.state_dict().values()):
+        assert torch.equal(a, b)
+    assert s["baseline"] == base["baseline"]  # same classifier, same glyphs, same eval seed
