@@ -1,7 +1,8 @@
 """The A5 training loss: clean cross-entropy mixed with the worst-case cross-entropy.
 
 loss = f * CE(C(x), y) + (1 - f) * E(x), with E the paper's worst-case cross-entropy
-(Eq. 2-3) of the margin lower bounds over ||dx||_inf <= eps, and f from the eps schedule.
+(Eq. 2-3, ``a5ocr.bounds.worst_case_cross_entropy``) of the margin lower bounds over
+||dx||_inf <= eps, and f from the eps schedule.
 """
 
 from __future__ import annotations
@@ -16,14 +17,6 @@ from a5ocr import bounds
 def attack_box(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The L-inf ball of radius eps around x, clipped to the pixel range [0, 1]. Shapes: x -> (x_L, x_U)."""
     return (x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0)
-
-
-def worst_case_cross_entropy(margins: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Eq. 2-3 of the paper, averaged: margins [B, K] (entry ``label`` = 0), labels [B] -> scalar.
-
-    p_j = exp(-m_j) / sum_k exp(-m_k); E = -log p_label = logsumexp(-m).
-    """
-    return F.cross_entropy(-margins, labels)
 
 
 def a5_loss(
@@ -50,6 +43,6 @@ def a5_loss(
         margins = bounds.margin_lower_bounds(model, xl, xu, labels, method=train_bounds)
     else:
         raise ValueError(f"unknown training bounds {train_bounds!r}")
-    wce = worst_case_cross_entropy(margins, labels)
+    wce = bounds.worst_case_cross_entropy(margins, labels)
     loss = f * ce + (1.0 - f) * wce
     return loss, {"logits": logits, "margins": margins, "ce": ce.detach(), "wce": wce.detach()}

@@ -146,7 +146,9 @@ class Trainer:
             self.opt_glyphs.step()
         self.step += 1
         clean, cert = batch_errors(stats["logits"].detach(), None if stats["margins"] is None else stats["margins"].detach(), labels)
-        return {"step": self.step, "eps": eps, "f": f, "loss": loss.item(), "clean_error": clean, "certified_error": cert, "lr_scale": scale}
+        distinct = int(torch.unique(stats["logits"].detach().argmax(1)).numel())
+        return {"step": self.step, "eps": eps, "f": f, "loss": loss.item(), "clean_error": clean, "certified_error": cert,
+                "lr_scale": scale, "distinct_predictions": distinct}
 
     # -- checkpoints --------------------------------------------------------------------
     def state(self) -> dict:
@@ -194,8 +196,8 @@ class Trainer:
     ) -> None:
         """Run ``spec`` from ``self.step`` to ``spec.steps``; checkpoint every ``checkpoint_seconds``.
 
-        Raises ``CollapseError`` when the classifier has collapsed to one class (clean error
-        = certified error = 1 - 1/K over the last logs), which a too-fast eps ramp causes.
+        Raises ``CollapseError`` when the classifier has collapsed to one class (every batch
+        since the last log predicted a single class), which a too-fast eps ramp causes.
         """
         last_ckpt = time.monotonic()
         window: list[dict] = []
@@ -205,11 +207,13 @@ class Trainer:
             window.append(rec)
             if self.step % log_every == 0 or self.step == spec.steps:
                 summary = {key: sum(r[key] for r in window) / len(window) for key in ("loss", "clean_error", "certified_error")}
+                constant = all(r["distinct_predictions"] == 1 for r in window)
                 rec = {**rec, **summary, "stage": spec.recipe}
                 window.clear()
                 if on_log is not None:
                     on_log(rec)
-                if spec.trains_classifier and k > 2 and summary["clean_error"] >= 1 - 1.5 / k and rec["eps"] > 0:
+                # The collapse signature: every batch of the window predicted one class only.
+                if spec.trains_classifier and k > 2 and constant and rec["eps"] > 0 and self.step >= 2 * log_every:
                     raise CollapseError(
                         f"the classifier collapsed to a constant at step {self.step} of {spec.recipe} "
                         f"(clean error {summary['clean_error']:.1%}); use more steps or a longer eps ramp"

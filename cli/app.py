@@ -141,10 +141,9 @@ def main() -> None:
     except typer.Abort:
         console.print("aborted")
         sys.exit(1)
-    except Exception as err:  # click's usage errors
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
+    except Exception as err:
+        # Usage errors of the (vendored) click layer: they know how to show themselves.
+        if hasattr(err, "show") and hasattr(err, "exit_code"):
             err.show()
             sys.exit(2)
         raise
