@@ -36,12 +36,17 @@ Font (``export_font``)
       squares on a grid ``oversample`` times finer and simplified (tolerance 0.02 px). A font
       outline is monochrome: ink above 0.5 becomes solid, ink below 0.5 disappears, so the
       gray levels are lost (the part of the defence that lives in faint ink or partial
-      erasures); edges stay where the design crosses half ink.
+      erasures); edges stay where the design crosses half ink. Measured (comic-neue digits,
+      32x32, a short ``cpu``-preset A5/PC run, FreeType rendering at the design geometry): IoU of
+      the ink > 0.5 masks 0.969-0.995 per glyph, mean |rendered - design| 0.006; IBP certified
+      error on 1000 acquisitions 0.1% vs 0.1% at the design's eps_A 0.1, 10.1% vs 11.1% at 0.2,
+      48.0% vs 50.9% at 0.25 (thresholding sharpens the glyphs; it is a different design).
     * ``"halftone"`` (opt-in for gray designs): each pixel becomes a centred square dot of
       area w (side sqrt(w) px), full pixels merged into exact pixel outlines. At the design
       size and pixel grid the box-filtered coverage is the design again (up to rounding to
       integer font units), i.e. an amplitude-modulated screen with the design's pixel pitch;
-      the dots are visible when printed large.
+      the dots are visible when printed large. Same run: IoU 0.985-1.0, mean |diff| 0.0016,
+      certified error 11.4% vs 11.1% at eps_A 0.2, 51.4% vs 50.9% at 0.25.
 
     After writing, the font is re-read with fontTools and every character rendered by FreeType.
     ``rasterize_at_design`` renders any font with the run's exact canvas geometry (the check of
@@ -355,10 +360,6 @@ def _render_pages(design: Design, layout: dict, upsample: str) -> list[np.ndarra
     for p in range(layout["pages"]):
         img = Image.new("L", (w_px, h_px), 255)
         draw = ImageDraw.Draw(img)
-        for m in layout["marks"]:
-            cx, cy = m["center_px"]
-            r = px(m["diameter_mm"]) / 2
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=0)
         page_note = f"   page {p + 1}/{layout['pages']}" if layout["pages"] > 1 else ""
         draw.text((px(18), px(7.5)), header + page_note, fill=0, font=header_font)
         draw.text((px(18), px(12.5)), detail, fill=0, font=detail_font)
@@ -366,6 +367,8 @@ def _render_pages(design: Design, layout: dict, upsample: str) -> list[np.ndarra
                   f"glyph {layout['glyph_mm']:g} mm, {dpi} dpi, {upsample} upsampling; print at 100% (no fit to page)",
                   fill=0, font=small_font)
         arr = np.asarray(img).copy()
+        for m in layout["marks"]:
+            _draw_disc(arr, *m["center_px"], px(m["diameter_mm"]) / 2)
         for b in layout["boxes"]:
             if b["page"] != p:
                 continue
@@ -388,6 +391,20 @@ def _render_pages(design: Design, layout: dict, upsample: str) -> list[np.ndarra
                 draw.line([(ex, ey), (ex, ey - sy * t)], fill=150, width=max(1, int(px(0.15))))
         pages.append(np.asarray(img))
     return pages
+
+
+def _draw_disc(page: np.ndarray, cx: float, cy: float, r: float, supersample: int = 4) -> None:
+    """Paint a black disc (centre in continuous px, pixel (x, y) covers [x, x+1] x [y, y+1]) with
+    anti-aliased edges from ``supersample``^2 samples per pixel, so its ink centroid is (cx, cy)."""
+    x0, x1 = max(0, int(cx - r) - 1), min(page.shape[1], int(cx + r) + 2)
+    y0, y1 = max(0, int(cy - r) - 1), min(page.shape[0], int(cy + r) + 2)
+    offs = (np.arange(supersample) + 0.5) / supersample
+    xs = (np.arange(x0, x1)[:, None] + offs[None, :]).ravel()
+    ys = (np.arange(y0, y1)[:, None] + offs[None, :]).ravel()
+    inside = (xs[None, :] - cx) ** 2 + (ys[:, None] - cy) ** 2 <= r * r
+    cover = inside.reshape(y1 - y0, supersample, x1 - x0, supersample).mean(axis=(1, 3))
+    region = page[y0:y1, x0:x1].astype(np.float64)
+    page[y0:y1, x0:x1] = np.round(region * (1.0 - cover)).astype(np.uint8)
 
 
 def _pdf_bytes(pages: list[np.ndarray], paper_mm: tuple[float, float]) -> bytes:
