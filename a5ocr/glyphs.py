@@ -173,7 +173,9 @@ def rasterize(
     # Baseline row (oversampled px, from the top) that centres the union box vertically.
     top_px = max(tops) / units_per_big_px
     bottom_px = min(bottoms) / units_per_big_px
-    baseline_big = big / 2 + (top_px + bottom_px) / 2
+    # Rounded to a whole oversampled pixel: glyphs are placed at integer offsets, and the stored
+    # baseline must be the one actually used (export maps pixels back to font units with it).
+    baseline_big = float(round(big / 2 + (top_px + bottom_px) / 2))
 
     images = np.zeros((len(charset), resolution, resolution), np.float32)
     origins: list[float] = []
@@ -184,7 +186,7 @@ def rasterize(
             ink_cols = np.nonzero(cov.max(axis=0) > 0)[0]
             centre = (ink_cols[0] + ink_cols[-1] + 1) / 2 if ink_cols.size else cov.shape[1] / 2
             x0 = int(round(big / 2 - centre))
-            y0 = int(round(baseline_big - top))
+            y0 = int(baseline_big) - top
             h, w = cov.shape
             ys, xs = max(0, y0), max(0, x0)
             ye, xe = min(big, y0 + h), min(big, x0 + w)

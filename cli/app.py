@@ -36,9 +36,10 @@ class UserError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     from a5ocr.design import DesignError
     from a5ocr.glyphs import GlyphError
+    from a5ocr.export import ExportError
     from a5ocr.models import CheckpointError
 
-    return (UserError, DesignError, GlyphError, CheckpointError)
+    return (UserError, DesignError, GlyphError, CheckpointError, ExportError)
 
 
 class RichReporter:
@@ -124,6 +125,11 @@ def _print_summary(summary: dict) -> None:
         table.add_row(name, f"{summary[key]['clean_error']:.2%}", f"{summary[key]['certified_error']:.2%}")
     out_console.print(table)
     out_console.print(f"run folder: {summary.get('out', '')}  ({summary['wall_seconds']:.0f} s)")
+
+
+from a5ocr.cli.export_cmd import export  # noqa: E402  (one module per command)
+
+app.command()(export)
 
 
 def main() -> None:
