@@ -28,12 +28,16 @@ from a5ocr.recipes import RobustGlyphs, StageSpec, Trainer, make_stage
 from a5ocr.runio import append_jsonl, atomic_path, environment, read_jsonl, write_json
 
 PRESETS: dict[str, dict] = {
-    # CPU default: 32x32, the wider small net; minutes on a laptop.
-    "cpu": {"resolution": 32, "arch": "cpu", "copies": 2, "stage1_steps": 3000, "warmup": 300, "ramp": 1500, "stage2_steps": 1600},
-    # The paper's setup: 128x128 and the paper's net; meant for a GPU.
-    "paper": {"resolution": 128, "arch": "paper", "copies": 2, "stage1_steps": 6000, "warmup": 600, "ramp": 3000, "stage2_steps": 4000},
+    # CPU default: 32x32, the wider small net, IBP bounds in training (CROWN-IBP costs ~50x an
+    # IBP step on a CPU); minutes on a laptop. Steps chosen with benchmarks/tune_design.py.
+    "cpu": {"resolution": 32, "arch": "cpu", "copies": 2, "stage1_steps": 2400, "warmup": 240, "ramp": 1200,
+            "stage2_steps": 1600, "train_bounds": "ibp"},
+    # The paper's setup: 128x128, the paper's net, lb = f*CROWN-IBP + (1-f)*IBP; meant for a GPU.
+    "paper": {"resolution": 128, "arch": "paper", "copies": 2, "stage1_steps": 6000, "warmup": 600, "ramp": 3000,
+              "stage2_steps": 4000, "train_bounds": "mixed"},
     # Seconds, for tests and smoke runs.
-    "tiny": {"resolution": 16, "arch": "tiny", "copies": 1, "stage1_steps": 30, "warmup": 5, "ramp": 10, "stage2_steps": 20},
+    "tiny": {"resolution": 16, "arch": "tiny", "copies": 1, "stage1_steps": 30, "warmup": 5, "ramp": 10,
+             "stage2_steps": 20, "train_bounds": "ibp"},
 }
 
 
@@ -66,7 +70,7 @@ class DesignConfig:
     stage2_steps: int | None = None
     lr: float = 1e-3
     lr_glyphs: float = 0.05
-    train_bounds: str = "mixed"
+    train_bounds: str | None = None
     eval_samples: int = 100
     eval_seed: int | None = None
     certify_methods: tuple[str, ...] = ("ibp", "crown-ibp")
@@ -100,6 +104,13 @@ class DesignConfig:
         for name in ("copies", "stage1_steps", "stage2_steps"):
             if getattr(cfg, name) < 1:
                 raise DesignError(f"{name} must be at least 1")
+        from a5ocr.bounds import METHODS
+
+        if cfg.train_bounds not in ("mixed", *METHODS):
+            raise DesignError(f"train_bounds must be mixed or one of {', '.join(METHODS)}, got {cfg.train_bounds!r}")
+        for m in cfg.certify_methods:
+            if m not in METHODS:
+                raise DesignError(f"unknown certification method {m!r} (one of: {', '.join(METHODS)})")
         cfg = replace(cfg, certify_methods=tuple(cfg.certify_methods))
         return cfg
 
