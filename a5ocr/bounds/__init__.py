@@ -1,0 +1,44 @@
+"""Certified bound engine: LiRPA (IBP, CROWN, CROWN-IBP, alpha-CROWN) for sequential classifiers.
+
+The model is an ``nn.Sequential`` (nested ones are flattened) of Conv2d, Linear, ReLU,
+Flatten, BatchNorm2d (eval mode), AvgPool2d, Identity and ``a5ocr.normalize.Normalize``.
+The input set is a box [x_L, x_U] per sample. Bounds are differentiable w.r.t. the box and the
+weights (training losses); ``certify`` / ``sound=True`` compute in float64 without gradients.
+
+Entry points (shapes: B samples, K classes, S specs):
+
+* ``margin_spec(labels [B], K) -> [B, K, K]``
+* ``margin_lower_bounds(model, x_lower, x_upper, labels, method) -> [B, K]``
+* ``mixed_margin_lower_bounds(model, x_lower, x_upper, labels, f) -> [B, K]``
+* ``compute_bounds(model, x_lower, x_upper, C [B, S, K], method, bound_upper) -> (lb, ub)``
+* ``certify(model, x_lower, x_upper, labels, method) -> BoolTensor [B]``
+* ``worst_case_logits(margins) -> -margins``, ``worst_case_cross_entropy(margins, labels=None)``
+"""
+
+from a5ocr.bounds.api import (
+    certify,
+    compute_bounds,
+    margin_lower_bounds,
+    margin_spec,
+    mixed_margin_lower_bounds,
+)
+from a5ocr.bounds.engine import METHODS, BoundedSequential
+from a5ocr.bounds.layers import LAYER_RULES, BoundLayer, BoundReLU, ReLURelaxation, rule_for
+from a5ocr.bounds.loss import worst_case_cross_entropy, worst_case_logits
+
+__all__ = [
+    "METHODS",
+    "BoundedSequential",
+    "BoundLayer",
+    "BoundReLU",
+    "LAYER_RULES",
+    "ReLURelaxation",
+    "certify",
+    "compute_bounds",
+    "margin_lower_bounds",
+    "margin_spec",
+    "mixed_margin_lower_bounds",
+    "rule_for",
+    "worst_case_cross_entropy",
+    "worst_case_logits",
+]

@@ -1,0 +1,409 @@
+"""The bounded view of a sequential classifier and the bound algorithms (IBP, CROWN, alpha-CROWN).
+
+Notation: N samples, S specifications, a specification matrix C [N, S, *out] (usually out = (K,)).
+The input set is the box [x_L, x_U] ([N, *in]); lower bounds of C . f(x) over the box are [N, S].
+
+Everything here is a pure function of (model, box, C): the view holds no per-call state.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from a5ocr.bounds.layers import BoundLayer, BoundReLU, ReLURelaxation, _hwc_perm, _sum_to, rule_for
+
+Tensor = torch.Tensor
+
+METHODS = ("ibp", "crown", "crown-ibp", "alpha-crown")
+
+# CROWN intermediate bounds: elements of one backward A tensor (chunks of specifications).
+_CHUNK_ELEMENTS = 1 << 23
+
+
+def _flatten_sequential(model: nn.Module) -> list[nn.Module]:
+    out = []
+    for m in model:
+        if isinstance(m, nn.Sequential):
+            out.extend(_flatten_sequential(m))
+        else:
+            out.append(m)
+    return out
+
+
+class _Concretize(torch.autograd.Function):
+    """min_x A . x (sign=-1) or max_x (sign=+1) over the box (c, r) = A . c + sign * |A| . r.
+
+    Shapes: A3 [N|1, S, M] (contiguous), c3, r3 [N, M, 1] -> [N, S]. Saves only A (one
+    full-size temporary per direction).
+    """
+
+    @staticmethod
+    def forward(ctx, A3, c3, r3, sign):
+        centre = torch.matmul(A3, c3).squeeze(-1)
+        radius = torch.matmul(A3.abs(), r3).squeeze(-1)
+        ctx.save_for_backward(A3, c3, r3)
+        ctx.sign = sign
+        return centre + sign * radius
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        A3, c3, r3 = ctx.saved_tensors
+        sign = ctx.sign
+        need_A, need_c, need_r = ctx.needs_input_grad[:3]
+        grad_A = grad_c = grad_r = None
+        g1 = g.unsqueeze(1)  # [N, 1, S]
+        if need_c:
+            grad_c = _sum_to(torch.matmul(g1, A3).transpose(1, 2), c3.shape)
+        t = None
+        if need_r:
+            t = A3.abs()
+            grad_r = _sum_to(sign * torch.matmul(g1, t).transpose(1, 2), r3.shape)
+        if need_A:
+            gs = g.unsqueeze(-1)  # [N, S, 1]
+            if t is not None and t.shape == torch.broadcast_shapes(t.shape, gs.shape):
+                t = torch.sign(A3, out=t)
+            else:
+                t = torch.sign(A3).expand(torch.broadcast_shapes(A3.shape, gs.shape)).clone()
+            t.mul_(gs).mul_(sign * r3.transpose(1, 2))
+            t.addcmul_(gs, c3.transpose(1, 2))
+            grad_A = _sum_to(t, A3.shape)
+        return grad_A, grad_c, grad_r, None
+
+
+def concretize(A: Tensor, c: Tensor, r: Tensor, upper: bool = False) -> Tensor:
+    """min (or max) of A . x over the box with centre c and radius r.
+
+    Shapes: A [N|1, S, *shape]; c, r [N, *shape] -> [N, S]. (A . c -/+ |A| . r)
+    """
+    perm = _hwc_perm(A)
+    N = c.shape[0]
+    if perm is not None:  # channels-last storage: flatten in (H, W, C) order without copying A
+        A3 = A.permute(perm).reshape(A.shape[0], A.shape[1], -1)
+        cperm = (0, 2, 3, 1)
+        c3 = c.permute(cperm).reshape(N, -1, 1)
+        r3 = r.permute(cperm).reshape(N, -1, 1)
+    else:
+        A3 = A.reshape(A.shape[0], A.shape[1], -1)
+        c3 = c.reshape(N, -1, 1)
+        r3 = r.reshape(N, -1, 1)
+    return _Concretize.apply(A3.contiguous(), c3.contiguous(), r3.contiguous(), 1.0 if upper else -1.0)
+
+
+class BoundedSequential:
+    """A bounded view of an ``nn.Sequential`` classifier (nested Sequentials are flattened).
+
+    ``layers[i]`` is the rule object of the i-th leaf layer. Raises TypeError on a
+    non-Sequential model or an unsupported layer (naming it).
+    """
+
+    def __init__(self, model: nn.Module):
+        if not isinstance(model, nn.Sequential):
+            raise TypeError(
+                f"bound engine: the model must be an nn.Sequential (possibly nested), got {type(model).__name__}"
+            )
+        mods = _flatten_sequential(model)
+        if not mods:
+            raise ValueError("bound engine: empty model")
+        self.layers: list[BoundLayer] = [rule_for(m) for m in mods]
+        # leading layers that map a box to a box exactly (Normalize, BatchNorm, Flatten, ReLU, ...)
+        p = 0
+        while p < len(self.layers) and self.layers[p].box_exact:
+            p += 1
+        self.exact_prefix = p
+
+    # -- shapes and plain forward -----------------------------------------------------------
+
+    def shapes(self, in_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """Per-sample shapes: shapes[i] is the input of layer i, shapes[-1] the output."""
+        out = [tuple(in_shape)]
+        for layer in self.layers:
+            out.append(tuple(layer.out_shape(out[-1])))
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    # -- IBP --------------------------------------------------------------------------------
+
+    def ibp_pass(self, c: Tensor, r: Tensor, stop: int) -> tuple[list, dict[int, tuple[Tensor, Tensor]]]:
+        """Interval propagation through layers[:stop].
+
+        Returns (boxes, pre): boxes[i] = (c, r) at the input of layer i for i <= stop (None
+        where not kept: only the network input, the exact-prefix output and layer ``stop``'s
+        input are kept), pre[i] =
+        (l, u) pre-activation bounds [N, *shape] at the input of every ReLU layer i < stop.
+        """
+        boxes: list = [None] * (stop + 1)
+        pre: dict[int, tuple[Tensor, Tensor]] = {}
+        boxes[0] = (c, r)
+        for i in range(stop):
+            layer = self.layers[i]
+            if isinstance(layer, BoundReLU):
+                pre[i] = (c - r, c + r)
+            c, r = layer.ibp(c, r)
+            if i + 1 == self.exact_prefix or i + 1 == stop:
+                boxes[i + 1] = (c, r)
+        return boxes, pre
+
+    def _fold_start(self) -> int:
+        """Index of the layer into which a final spec is folded for IBP (last mixing affine layer
+        reached through trailing affine layers), or len(layers) when the net ends in a ReLU."""
+        j = len(self.layers)
+        while j > self.exact_prefix and self.layers[j - 1].affine:
+            j -= 1
+            if self.layers[j].mixing:
+                return j
+        return len(self.layers)
+
+    # -- CROWN backward ---------------------------------------------------------------------
+
+    def backward_bound(
+        self,
+        start: int,
+        A: Tensor,
+        shapes: list,
+        pre: dict[int, tuple[Tensor, Tensor]],
+        box: tuple[Tensor, Tensor],
+        *,
+        lower: bool = True,
+        upper: bool = False,
+        alphas: Optional[dict[int, Tensor]] = None,
+        relax_cache: Optional[dict[int, ReLURelaxation]] = None,
+    ) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        """Linear bounds of A . (output of layer ``start``) over the box, by backward propagation.
+
+        A [N|1, S, *shapes[start+1]]; pre: pre-activation bounds of every ReLU in
+        [exact_prefix, start]; box = (c, r) at the input of layer ``exact_prefix``;
+        alphas: optional lower slopes per ReLU index ([N, 1|S, *shape]).
+        Returns (lb [N, S] or None, ub [N, S] or None).
+        """
+        A_l = A if lower else None
+        A_u = A if upper else None
+        b_l: Tensor | float = 0.0
+        b_u: Tensor | float = 0.0
+        for i in range(start, self.exact_prefix - 1, -1):
+            layer = self.layers[i]
+            relax = None
+            if isinstance(layer, BoundReLU):
+                if alphas is not None and i in alphas:
+                    relax = layer.relaxation(*pre[i], alpha=alphas[i])
+                elif relax_cache is not None and i in relax_cache:
+                    relax = relax_cache[i]
+                else:
+                    relax = layer.relaxation(*pre[i])
+                    if relax_cache is not None:
+                        relax_cache[i] = relax
+            A_l, A_u, bl, bu = layer.backward(A_l, A_u, shapes[i], relax)
+            b_l = b_l + bl
+            b_u = b_u + bu
+        c, r = box
+        lb = concretize(A_l, c, r) + b_l if lower else None
+        ub = concretize(A_u, c, r, upper=True) + b_u if upper else None
+        return lb, ub
+
+    def _ibp_exact_at(self, k: int) -> bool:
+        """True when IBP pre-activation bounds at the input of layer k are exact (affine prefix
+        after the box-exact prefix with at most one mixing layer)."""
+        mixing = 0
+        for i in range(self.exact_prefix, k):
+            layer = self.layers[i]
+            if not layer.affine:
+                return False
+            mixing += int(layer.mixing)
+        return mixing <= 1
+
+    def crown_intermediate(
+        self,
+        shapes: list,
+        pre: dict[int, tuple[Tensor, Tensor]],
+        box: tuple[Tensor, Tensor],
+        stop: int,
+        chunk_elements: int = _CHUNK_ELEMENTS,
+    ) -> dict[int, tuple[Tensor, Tensor]]:
+        """Tighten IBP pre-activation bounds of every ReLU before ``stop`` by CROWN (in order).
+
+        Only neurons that the current bounds call unstable (for some sample) are bounded by
+        backward passes from their layer, in chunks of specifications; the result is the
+        intersection of the CROWN and IBP bounds. Returns a new dict {i: (l, u)} ([N, *shape]).
+        """
+        out = dict(pre)
+        cache: dict[int, ReLURelaxation] = {}
+        for k in sorted(pre):
+            if k >= stop or k <= self.exact_prefix or self._ibp_exact_at(k):
+                continue
+            l, u = out[k]
+            N = l.shape[0]
+            lf, uf = l.reshape(N, -1), u.reshape(N, -1)
+            unstable = ((lf < 0) & (uf > 0)).any(0).nonzero().flatten()
+            if unstable.numel() == 0:
+                continue
+            M = lf.shape[1]
+            widest = max(math.prod(s) for s in shapes[self.exact_prefix : k + 1])
+            m = max(1, chunk_elements // max(1, N * widest))
+            lnew, unew = lf.clone(), uf.clone()
+            for s in range(0, unstable.numel(), m):
+                idx = unstable[s : s + m]
+                eye = torch.zeros(idx.numel(), M, dtype=l.dtype, device=l.device)
+                eye[torch.arange(idx.numel(), device=l.device), idx] = 1.0
+                A = eye.view((1, idx.numel()) + tuple(shapes[k]))
+                lb, ub = self.backward_bound(k - 1, A, shapes, out, box, lower=True, upper=True, relax_cache=cache)
+                lnew[:, idx] = torch.maximum(lf[:, idx], lb)
+                unew[:, idx] = torch.minimum(uf[:, idx], ub)
+            out[k] = (lnew.view_as(l), unew.view_as(u))
+        return out
+
+
+# ----------------------------------------------------------------------------------------
+# the algorithms
+
+
+def _check_box(x_lower: Tensor, x_upper: Tensor) -> None:
+    if x_lower.shape != x_upper.shape:
+        raise ValueError(f"x_lower {tuple(x_lower.shape)} and x_upper {tuple(x_upper.shape)} differ in shape")
+
+
+def _identity_spec(net: BoundedSequential, x: Tensor) -> Tensor:
+    out = net.shapes(tuple(x.shape[1:]))[-1]
+    K = math.prod(out)
+    return torch.eye(K, dtype=x.dtype, device=x.device).view((1, K) + tuple(out)).expand((x.shape[0], K) + tuple(out))
+
+
+def _ibp_final(net: BoundedSequential, boxes, C: Tensor, shapes, upper: bool) -> tuple[Tensor, Optional[Tensor]]:
+    """IBP bound of C . f with C folded into the last affine mixing layer."""
+    j = net._fold_start()
+    L = len(net.layers)
+    A_l, A_u = C, (C if upper else None)
+    b_l: Tensor | float = 0.0
+    b_u: Tensor | float = 0.0
+    for i in range(L - 1, j - 1, -1):
+        A_l, A_u, bl, bu = net.layers[i].backward(A_l, A_u, shapes[i])
+        b_l, b_u = b_l + bl, b_u + bu
+    c, r = boxes[j]
+    lb = concretize(A_l, c, r) + b_l
+    ub = concretize(A_u, c, r, upper=True) + b_u if upper else None
+    return lb, ub
+
+
+def _prepare(model, x_lower, x_upper, C):
+    _check_box(x_lower, x_upper)
+    net = BoundedSequential(model)
+    shapes = net.shapes(tuple(x_lower.shape[1:]))
+    if C is None:
+        C = _identity_spec(net, x_lower)
+    c = (x_upper + x_lower) * 0.5
+    r = (x_upper - x_lower) * 0.5
+    return net, shapes, C, c, r
+
+
+def _alpha_optimise(
+    net: BoundedSequential,
+    C: Tensor,
+    shapes,
+    pre,
+    box,
+    steps: int,
+    lr: float,
+) -> dict[int, Tensor]:
+    """Optimise per-spec lower ReLU slopes (alpha-CROWN) for the lower bound of C . f.
+
+    Intermediate bounds ``pre`` are fixed (detached). Projected Adam ascent on alphas in
+    [0, 1], initialised at CROWN's adaptive slopes; returns the best alphas per (sample, spec)
+    as {ReLU index: [N, S, *shape]} (detached).
+    """
+    L = len(net.layers)
+    relu_ids = [i for i in range(net.exact_prefix, L) if isinstance(net.layers[i], BoundReLU)]
+    pre_d = {i: (l.detach(), u.detach()) for i, (l, u) in pre.items()}
+    box_d = (box[0].detach(), box[1].detach())
+    C_d = C.detach()
+    S = C.shape[1]
+    alphas = {}
+    for i in relu_ids:
+        l, u = pre_d[i]
+        a0 = BoundReLU.adaptive_alpha(l, u).unsqueeze(1)
+        alphas[i] = a0.expand((a0.shape[0], S) + tuple(a0.shape[2:])).clone().requires_grad_(True)
+    best = {i: a.detach().clone() for i, a in alphas.items()}
+    best_lb = None
+    if not relu_ids or steps <= 0:
+        return best
+    opt = torch.optim.Adam(list(alphas.values()), lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps + 1):
+            lb, _ = net.backward_bound(L - 1, C_d, shapes, pre_d, box_d, alphas=alphas)
+            with torch.no_grad():
+                if best_lb is None:
+                    best_lb = lb.detach().clone()
+                    improved = None
+                else:
+                    improved = lb > best_lb
+                    best_lb = torch.where(improved, lb, best_lb)
+                    for i in relu_ids:
+                        m = improved.view(improved.shape + (1,) * (alphas[i].dim() - 2))
+                        best[i] = torch.where(m, alphas[i].detach(), best[i])
+            if _ == steps:
+                break
+            opt.zero_grad(set_to_none=True)
+            (-lb.sum()).backward(inputs=list(alphas.values()))
+            opt.step()
+            with torch.no_grad():
+                for a in alphas.values():
+                    a.clamp_(0.0, 1.0)
+    return best
+
+
+def bounds_for(
+    model: nn.Module,
+    x_lower: Tensor,
+    x_upper: Tensor,
+    C: Optional[Tensor],
+    method: str,
+    bound_upper: bool = False,
+    *,
+    alpha_steps: int = 20,
+    alpha_lr: float = 0.1,
+    ibp_too: bool = False,
+):
+    """Core of ``compute_bounds``; with ``ibp_too`` (crown-ibp only) also returns the IBP
+    lower bound from the same IBP pass: (lb, ub, ibp_lb)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown bound method {method!r} (one of: {', '.join(METHODS)})")
+    net, shapes, C, c, r = _prepare(model, x_lower, x_upper, C)
+    L = len(net.layers)
+    if tuple(C.shape[2:]) != tuple(shapes[-1]) or C.shape[0] not in (1, x_lower.shape[0]):
+        raise ValueError(f"spec C {tuple(C.shape)} does not fit outputs [{x_lower.shape[0]}, S, {shapes[-1]}]")
+    C = C.to(dtype=x_lower.dtype)
+
+    if method == "ibp":
+        boxes, _ = net.ibp_pass(c, r, stop=net._fold_start())
+        lb, ub = _ibp_final(net, boxes, C, shapes, bound_upper)
+        return lb, ub, None
+
+    # IBP up to the layer the spec folds into: covers every ReLU (only affine layers follow it)
+    boxes, pre = net.ibp_pass(c, r, stop=net._fold_start())
+    box = boxes[net.exact_prefix]
+    ibp_lb = None
+    if ibp_too and method == "crown-ibp":
+        ibp_lb, _ = _ibp_final(net, boxes, C, shapes, False)
+    if method in ("crown", "alpha-crown"):
+        pre = net.crown_intermediate(shapes, pre, box, stop=L)
+    if method in ("crown-ibp", "crown"):
+        lb, ub = net.backward_bound(L - 1, C, shapes, pre, box, lower=True, upper=bound_upper)
+        return lb, ub, ibp_lb
+    # alpha-crown: never looser than crown (elementwise max with the crown bound)
+    lb0, _ = net.backward_bound(L - 1, C, shapes, pre, box)
+    best = _alpha_optimise(net, C, shapes, pre, box, alpha_steps, alpha_lr)
+    lb1, _ = net.backward_bound(L - 1, C, shapes, pre, box, alphas=best)
+    lb = torch.maximum(lb0, lb1)
+    ub = None
+    if bound_upper:
+        ub0, _ = net.backward_bound(L - 1, -C, shapes, pre, box)
+        best_u = _alpha_optimise(net, -C, shapes, pre, box, alpha_steps, alpha_lr)
+        ub1, _ = net.backward_bound(L - 1, -C, shapes, pre, box, alphas=best_u)
+        ub = -torch.maximum(ub0, ub1)
+    return lb, ub, None

@@ -1,0 +1,515 @@
+"""Tests of the certified bound engine (a5ocr.bounds).
+
+Soundness against exact answers (MILP with scipy's HiGHS), sampling and PGD, tightness
+relations, gradients, unsupported layers, float64 certification.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from a5ocr import bounds
+from a5ocr.bounds import engine as bengine
+from a5ocr.normalize import Normalize
+
+METHODS = bounds.METHODS
+D = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the nets here are tiny: one thread avoids OpenMP overhead (and stalls on a busy machine)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+# ----------------------------------------------------------------------------------------
+# small random networks
+
+
+def _init(model: nn.Module, seed: int, scale: float = 1.0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                fan_in = m.weight[0].numel()
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * scale / math.sqrt(fan_in))
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.3)
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
+    return model.eval().to(D)
+
+
+def mlp(seed: int) -> tuple[nn.Module, tuple[int, ...]]:
+    """5 -> 12 -> 12 -> 3 (24 ReLUs)."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 3))
+    return _init(net, seed), (5,)
+
+
+def convnet(seed: int) -> tuple[nn.Module, tuple[int, ...]]:
+    """1x6x6 -> Normalize -> Conv(1->2, k3) ReLU -> Flatten -> Linear(32->8) ReLU -> Linear(8->3)."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        Normalize(0.5, 1.0, channels=1),
+        nn.Conv2d(1, 2, 3), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32, 8), nn.ReLU(),
+        nn.Linear(8, 3),
+    )
+    return _init(net, seed), (1, 6, 6)
+
+
+def bn_pool_net(seed: int) -> tuple[nn.Module, tuple[int, ...]]:
+    """Nested Sequentials with BatchNorm2d (eval), AvgPool2d, Identity, a strided padded conv."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        Normalize([0.4, 0.6], [0.5, 2.0], channels=2),
+        nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.BatchNorm2d(3), nn.ReLU()),
+        nn.AvgPool2d(2),
+        nn.Identity(),
+        nn.Conv2d(3, 4, 2, padding=1), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 3 * 3, 3),
+    )
+    return _init(net, seed), (2, 8, 8)
+
+
+ARCHS = {"mlp": mlp, "conv": convnet, "bnpool": bn_pool_net}
+
+
+def box(shape, seed: int, eps: float, batch: int = 2):
+    g = torch.Generator().manual_seed(10_000 + seed)
+    x = torch.rand((batch,) + tuple(shape), generator=g, dtype=D)
+    return x, (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------------------
+# exact minima by MILP (independent of the engine: dense unrolled layers + plain interval bounds)
+
+
+def _leaves(model):
+    out = []
+    for m in model:
+        out.extend(_leaves(m) if isinstance(m, nn.Sequential) else [m])
+    return out
+
+
+def dense_segments(model: nn.Module, in_shape) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The net as affine maps (W [out, in], b [out]) separated by ReLUs (unrolled by probing)."""
+    segs, cur, shape = [], [], tuple(in_shape)
+
+    def close():
+        nonlocal cur, shape
+        n = math.prod(shape)
+        with torch.no_grad():
+            eye = torch.eye(n, dtype=D).view((n,) + shape)
+            zero = torch.zeros((1,) + shape, dtype=D)
+            for m in cur:
+                eye, zero = m(eye), m(zero)
+        b = zero.flatten()
+        W = eye.reshape(n, -1) - b
+        segs.append((W.T.numpy(), b.numpy()))
+        shape = tuple(zero.shape[1:])
+        cur = []
+
+    for m in _leaves(model):
+        if isinstance(m, nn.ReLU):
+            close()
+        else:
+            cur.append(m)
+    close()
+    return segs
+
+
+def exact_margin_min(model, x_lower, x_upper, label: int, j: int) -> tuple[float, np.ndarray]:
+    """min over the box of y_label - y_j, by a big-M MILP; returns (value, argmin x)."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    segs = dense_segments(model, x_lower.shape)
+    lo = x_lower.flatten().numpy()
+    hi = x_upper.flatten().numpy()
+    n0 = lo.size
+    # variable layout: x, then per hidden layer: z (pre), a (post), d (binary)
+    sizes = [W.shape[0] for W, _ in segs[:-1]]
+    nvar = n0 + 3 * sum(sizes)
+    var_lo, var_hi = np.full(nvar, -np.inf), np.full(nvar, np.inf)
+    integrality = np.zeros(nvar)
+    var_lo[:n0], var_hi[:n0] = lo, hi
+    rows, rlo, rhi = [], [], []
+    prev, prev_lo, prev_hi = np.arange(n0), lo, hi
+    off = n0
+    for (W, b), n in zip(segs[:-1], sizes):
+        z, a, d = np.arange(off, off + n), np.arange(off + n, off + 2 * n), np.arange(off + 2 * n, off + 3 * n)
+        off += 3 * n
+        Wp, Wn = np.clip(W, 0, None), np.clip(W, None, 0)
+        l = Wp @ prev_lo + Wn @ prev_hi + b
+        u = Wp @ prev_hi + Wn @ prev_lo + b
+        for i in range(n):  # z_i = W_i . prev + b_i
+            r = np.zeros(nvar)
+            r[prev] = W[i]
+            r[z[i]] = -1.0
+            rows.append(r), rlo.append(-b[i]), rhi.append(-b[i])
+        var_lo[z], var_hi[z] = l, u
+        integrality[d] = 1
+        var_lo[d], var_hi[d] = 0, 1
+        for i in range(n):
+            if l[i] >= 0:  # active: a = z
+                r = np.zeros(nvar)
+                r[a[i]], r[z[i]] = 1.0, -1.0
+                rows.append(r), rlo.append(0.0), rhi.append(0.0)
+                var_lo[a[i]], var_hi[a[i]] = l[i], u[i]
+                var_lo[d[i]] = var_hi[d[i]] = 1
+            elif u[i] <= 0:  # inactive: a = 0
+                var_lo[a[i]] = var_hi[a[i]] = 0.0
+                var_lo[d[i]] = var_hi[d[i]] = 0
+            else:
+                var_lo[a[i]], var_hi[a[i]] = 0.0, u[i]
+                r = np.zeros(nvar)  # a - z >= 0
+                r[a[i]], r[z[i]] = 1.0, -1.0
+                rows.append(r), rlo.append(0.0), rhi.append(np.inf)
+                r = np.zeros(nvar)  # a - z - l d <= -l   (a <= z - l (1 - d))
+                r[a[i]], r[z[i]], r[d[i]] = 1.0, -1.0, -l[i]
+                rows.append(r), rlo.append(-np.inf), rhi.append(-l[i])
+                r = np.zeros(nvar)  # a - u d <= 0
+                r[a[i]], r[d[i]] = 1.0, -u[i]
+                rows.append(r), rlo.append(-np.inf), rhi.append(0.0)
+        prev, prev_lo, prev_hi = a, np.maximum(l, 0), np.maximum(u, 0)
+    W, b = segs[-1]
+    cvec = W[label] - W[j]
+    cost = np.zeros(nvar)
+    cost[prev] = cvec
+    const = b[label] - b[j]
+    res = milp(
+        cost,
+        integrality=integrality,
+        bounds=Bounds(var_lo, var_hi),
+        constraints=[LinearConstraint(np.array(rows), rlo, rhi)] if rows else [],
+        options={"mip_rel_gap": 1e-12, "presolve": True},
+    )
+    assert res.status == 0, res.message
+    return float(res.fun + const), res.x[:n0]
+
+
+def margins_of(model, x, labels):
+    """Exact margins y_label - y_j at points x [B, *in] -> [B, K]."""
+    y = model(x)
+    return y.gather(1, labels.view(-1, 1)) - y
+
+
+# ----------------------------------------------------------------------------------------
+# soundness vs MILP
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("arch", ["mlp", "conv", "bnpool"])
+def test_sound_against_milp(arch, seed):
+    model, shape = ARCHS[arch](seed)
+    eps = [0.05, 0.1, 0.2, 0.3][seed % 4] * (0.5 if arch == "bnpool" else 1.0)  # keep the MILPs small
+    x, xl, xu = box(shape, seed, eps)
+    labels = model(x).argmax(1)
+    lbs = {m: bounds.margin_lower_bounds(model, xl, xu, labels, m).detach() for m in METHODS}
+    for n in range(x.shape[0]):
+        for j in range(3):
+            if j == labels[n]:
+                for m in METHODS:
+                    assert lbs[m][n, j] == 0
+                continue
+            exact, xstar = exact_margin_min(model, xl[n], xu[n], int(labels[n]), j)
+            # the MILP optimum is attained by a real input of the box
+            xs = torch.as_tensor(xstar, dtype=D).view((1,) + shape)
+            assert torch.all(xs >= xl[n] - 1e-9) and torch.all(xs <= xu[n] + 1e-9)
+            at = margins_of(model, xs, labels[n : n + 1])[0, j].item()
+            assert at == pytest.approx(exact, abs=1e-6)
+            for m in METHODS:
+                assert exact >= lbs[m][n, j].item() - 1e-6, (m, exact, lbs[m][n, j].item())
+    # tightness order that must hold exactly
+    assert torch.all(lbs["alpha-crown"] >= lbs["crown"] - 1e-12)
+
+
+# ----------------------------------------------------------------------------------------
+# soundness by sampling and PGD
+
+
+def _pgd_min_margin(model, xl, xu, labels, j, steps=30):
+    """Projected gradient descent on y_label - y_j over the box (an attack on our bounds)."""
+    x = ((xl + xu) / 2).clone().requires_grad_(True)
+    step = (xu - xl).max() / 8 + 1e-12
+    for _ in range(steps):
+        m = margins_of(model, x, labels)[:, j].sum()
+        (g,) = torch.autograd.grad(m, x)
+        with torch.no_grad():
+            x -= step * g.sign()
+            x.copy_(torch.maximum(torch.minimum(x, xu), xl))
+    return margins_of(model, x.detach(), labels)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv", "bnpool"])
+def test_sound_sampling_and_pgd(arch):
+    model, shape = ARCHS[arch](7)
+    x, xl, xu = box(shape, 7, 0.15, batch=3)
+    labels = model(x).argmax(1)
+    g = torch.Generator().manual_seed(0)
+    n = 10_000
+    with torch.no_grad():
+        u = torch.rand((n,) + tuple(x.shape), generator=g, dtype=D)
+        u[: n // 2] = u[: n // 2].round()  # half of the samples are box vertices
+        pts = xl + (xu - xl) * u  # [n, B, *in]
+        ys = model(pts.reshape((-1,) + shape)).view(n, x.shape[0], -1)
+        margins = ys.gather(2, labels.view(1, -1, 1).expand(n, -1, 1)) - ys
+    for m in METHODS:
+        lb = bounds.margin_lower_bounds(model, xl, xu, labels, m).detach()
+        assert torch.all(margins >= lb - 1e-9), m
+        for j in range(3):
+            adv = _pgd_min_margin(model, xl, xu, labels, j)
+            assert torch.all(adv >= lb - 1e-9), m
+        lo, hi = bounds.compute_bounds(model, xl, xu, method=m, bound_upper=True)
+        assert lo.shape == (x.shape[0], 3) and hi.shape == (x.shape[0], 3)
+        assert torch.all(ys >= lo - 1e-9) and torch.all(ys <= hi + 1e-9), m
+
+
+def test_general_spec_matches_margin_spec():
+    model, shape = convnet(3)
+    x, xl, xu = box(shape, 3, 0.1, batch=4)
+    labels = torch.tensor([0, 1, 2, 1])
+    C = bounds.margin_spec(labels, 3).to(D)
+    assert C.shape == (4, 3, 3)
+    assert torch.all(C[torch.arange(4), labels] == 0)
+    assert torch.all(C[0, 1] == torch.tensor([1.0, -1.0, 0.0], dtype=D))
+    for m in METHODS:
+        lb, ub = bounds.compute_bounds(model, xl, xu, C, method=m)
+        assert ub is None
+        ml = bounds.margin_lower_bounds(model, xl, xu, labels, m)
+        assert torch.allclose(lb, ml, atol=1e-9), m
+        assert torch.all(ml[torch.arange(4), labels] == 0)
+
+
+# ----------------------------------------------------------------------------------------
+# tightness
+
+
+def test_tightness_relations():
+    diffs = []
+    for seed in range(12):
+        model, shape = ARCHS[["mlp", "conv"][seed % 2]](100 + seed)
+        x, xl, xu = box(shape, seed, 0.1, batch=3)
+        labels = model(x).argmax(1)
+        lb = {m: bounds.margin_lower_bounds(model, xl, xu, labels, m).detach() for m in METHODS}
+        diffs.append((lb["crown"] - lb["ibp"]).mean().item())
+        assert torch.all(lb["alpha-crown"] >= lb["crown"] - 1e-12)
+    assert np.mean(diffs) > 0
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv", "bnpool"])
+def test_zero_width_box_is_exact(arch):
+    model, shape = ARCHS[arch](5)
+    x, _, _ = box(shape, 5, 0.0, batch=3)
+    labels = torch.tensor([0, 1, 2])
+    exact = margins_of(model, x, labels)
+    for m in METHODS:
+        lb = bounds.margin_lower_bounds(model, x, x.clone(), labels, m)
+        assert torch.allclose(lb, exact, atol=1e-5), m
+        lo, hi = bounds.compute_bounds(model, x, x.clone(), method=m, bound_upper=True)
+        y = model(x)
+        assert torch.allclose(lo, y, atol=1e-5) and torch.allclose(hi, y, atol=1e-5), m
+
+
+def test_crown_intermediate_chunking_is_invisible():
+    model, shape = convnet(11)
+    x, xl, xu = box(shape, 11, 0.2, batch=3)
+    net = bengine.BoundedSequential(model)
+    shapes = net.shapes(shape)
+    c, r = (xl + xu) / 2, (xu - xl) / 2
+    boxes, pre = net.ibp_pass(c, r, net._fold_start())
+    a = net.crown_intermediate(shapes, pre, boxes[net.exact_prefix], len(net.layers))
+    b = net.crown_intermediate(shapes, pre, boxes[net.exact_prefix], len(net.layers), chunk_elements=7)
+    for k in a:
+        assert torch.allclose(a[k][0], b[k][0], atol=1e-12) and torch.allclose(a[k][1], b[k][1], atol=1e-12)
+        assert torch.all(a[k][0] >= pre[k][0] - 1e-12) and torch.all(a[k][1] <= pre[k][1] + 1e-12)
+
+
+# ----------------------------------------------------------------------------------------
+# gradients
+
+
+def _smooth_case():
+    """A tiny MLP and box whose pre-activation bounds and adaptive slopes are away from kinks."""
+    for seed in range(200):
+        torch.manual_seed(seed)
+        net = _init(nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3)), seed)
+        x, xl, xu = box((3,), seed, 0.15, batch=2)
+        xl, xu = x - 0.15, x + 0.15
+        bn = bengine.BoundedSequential(net)
+        shapes = bn.shapes((3,))
+        c, r = (xl + xu) / 2, (xu - xl) / 2
+        boxes, pre = bn.ibp_pass(c, r, bn._fold_start())
+        crown_pre = bn.crown_intermediate(shapes, pre, boxes[0], len(bn.layers))
+        ok = True
+        for pp in (pre, crown_pre):
+            for l, u in pp.values():
+                if min(l.abs().min(), u.abs().min(), (u + l).abs().min()) < 0.05:
+                    ok = False
+        if ok:
+            return net, x, xl, xu
+    raise AssertionError("no smooth case found")
+
+
+def _with_weight(module: nn.Module, name: str, value: torch.Tensor, fn):
+    """Run fn() with module.<name> temporarily replaced by a plain tensor (for gradcheck)."""
+    old = getattr(module, name)
+    delattr(module, name)
+    setattr(module, name, value)
+    try:
+        return fn()
+    finally:
+        delattr(module, name)
+        setattr(module, name, old)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_gradcheck(method):
+    net, x, xl, xu = _smooth_case()
+    labels = torch.tensor([0, 2])
+    if method == "alpha-crown":
+        # the optimised slopes are not a smooth function of the inputs: check at fixed alphas
+        bn = bengine.BoundedSequential(net)
+        shapes = bn.shapes((3,))
+        C = bounds.margin_spec(labels, 3).to(D)
+
+        def bound(a, b, alphas=None):
+            c, r = (a + b) / 2, (b - a) / 2
+            boxes, pre = bn.ibp_pass(c, r, bn._fold_start())
+            pre = bn.crown_intermediate(shapes, pre, boxes[0], len(bn.layers))
+            if alphas is None:
+                return boxes, pre
+            return bn.backward_bound(len(bn.layers) - 1, C, shapes, pre, boxes[0], alphas=alphas)[0]
+
+        boxes, pre = bound(xl, xu)
+        alphas = bengine._alpha_optimise(bn, C, shapes, pre, boxes[0], steps=10, lr=0.1)
+        fn = lambda a, b: bound(a, b, alphas)  # noqa: E731
+    else:
+        fn = lambda a, b: bounds.margin_lower_bounds(net, a, b, labels, method)  # noqa: E731
+    xl_ = xl.clone().requires_grad_(True)
+    xu_ = xu.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(fn, (xl_, xu_), eps=1e-6, atol=1e-5)
+    for layer in (0, 2):
+        w0 = net[layer].weight.detach().clone().requires_grad_(True)
+        assert torch.autograd.gradcheck(lambda w: _with_weight(net[layer], "weight", w, lambda: fn(xl, xu)), (w0,), eps=1e-6, atol=1e-5)
+
+
+def test_gradients_reach_weights_and_images_float32():
+    model = nn.Sequential(
+        Normalize(0.5, 1.0), nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 5)
+    )
+    x = torch.rand(3, 3, 8, 8, requires_grad=True)
+    labels = torch.tensor([0, 3, 4])
+    for f in (0.0, 0.5):
+        m = bounds.mixed_margin_lower_bounds(model, (x - 0.02).clamp(0, 1), (x + 0.02).clamp(0, 1), labels, f)
+        loss = bounds.worst_case_cross_entropy(m)
+        model.zero_grad()
+        x.grad = None
+        loss.backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+        assert model[1].weight.grad is not None and model[1].weight.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------------------
+# mixed bounds, losses
+
+
+def test_mixed_bounds(monkeypatch):
+    model, shape = convnet(2)
+    x, xl, xu = box(shape, 2, 0.1, batch=3)
+    labels = torch.tensor([2, 0, 1])
+    ibp = bounds.margin_lower_bounds(model, xl, xu, labels, "ibp")
+    cib = bounds.margin_lower_bounds(model, xl, xu, labels, "crown-ibp")
+    assert torch.allclose(bounds.mixed_margin_lower_bounds(model, xl, xu, labels, 0.3), 0.3 * cib + 0.7 * ibp, atol=1e-12)
+    assert torch.allclose(bounds.mixed_margin_lower_bounds(model, xl, xu, labels, 1.0), cib, atol=1e-12)
+
+    calls = []
+    orig = bengine.BoundedSequential.backward_bound
+    monkeypatch.setattr(bengine.BoundedSequential, "backward_bound", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    assert torch.allclose(bounds.mixed_margin_lower_bounds(model, xl, xu, labels, 0.0), ibp, atol=1e-12)
+    assert not calls  # f == 0: no CROWN pass at all
+
+
+def test_worst_case_cross_entropy():
+    m = torch.tensor([[0.0, 1.0, -2.0], [0.5, 0.0, 3.0]])
+    labels = torch.tensor([0, 1])
+    ref = F.cross_entropy(-m, labels)
+    assert torch.allclose(bounds.worst_case_cross_entropy(m, labels), ref)
+    assert torch.allclose(bounds.worst_case_cross_entropy(m), ref)
+    assert torch.allclose(bounds.worst_case_logits(m), -m)
+    assert bounds.worst_case_cross_entropy(m, reduction="none").shape == (2,)
+
+
+# ----------------------------------------------------------------------------------------
+# layers, errors, certification
+
+
+@pytest.mark.parametrize("layer", [nn.Sigmoid(), nn.MaxPool2d(2), nn.Tanh()])
+def test_unsupported_layer_is_named(layer):
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), layer, nn.Flatten(), nn.LazyLinear(2))
+    x = torch.rand(1, 1, 6, 6)
+    with pytest.raises(TypeError, match=type(layer).__name__):
+        bounds.margin_lower_bounds(model, x, x, torch.tensor([0]))
+
+
+def test_non_sequential_and_train_mode_batchnorm_rejected():
+    class Net(nn.Module):
+        def forward(self, x):
+            return x
+
+    with pytest.raises(TypeError, match="nn.Sequential"):
+        bounds.compute_bounds(Net(), torch.zeros(1, 2), torch.zeros(1, 2))
+    bn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(32, 2))
+    with pytest.raises(ValueError, match="eval"):
+        bounds.compute_bounds(bn, torch.zeros(1, 1, 6, 6), torch.zeros(1, 1, 6, 6))
+    with pytest.raises(ValueError, match="unknown bound method"):
+        bounds.compute_bounds(bn.eval(), torch.zeros(1, 1, 6, 6), torch.zeros(1, 1, 6, 6), method="nope")
+
+
+def test_certify_float64(monkeypatch):
+    from a5ocr.bounds import api
+
+    model, shape = convnet(4)
+    model = model.float()
+    x, xl, xu = box(shape, 4, 0.0, batch=6)
+    x = x.float()
+    labels = model(x).argmax(1)
+    seen = []
+    orig = api.margin_lower_bounds
+
+    def spy(m, a, b, *args, **kw):
+        seen.append((a.dtype, next(m.parameters()).dtype))
+        return orig(m, a, b, *args, **kw)
+
+    monkeypatch.setattr(api, "margin_lower_bounds", spy)
+    for eps, method in ((1e-4, "ibp"), (1e-3, "crown-ibp"), (0.5, "crown"), (0.5, "alpha-crown")):
+        xl, xu = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+        cert = bounds.certify(model, xl, xu, labels, method)
+        assert cert.dtype == torch.bool and cert.shape == (6,)
+        lb = orig(model, xl, xu, labels, method, sound=True)
+        assert lb.dtype == torch.float64
+        assert torch.equal(cert, (lb > 0).scatter(1, labels.view(-1, 1), True).all(1))
+        if eps <= 1e-3:
+            assert cert.all()  # easy: tiny boxes around correctly classified points
+        if eps == 0.5:
+            assert not cert.all()
+    assert seen and all(d == (torch.float64, torch.float64) for d in seen)
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model is untouched
+    # chunking gives the same answer
+    xl, xu = (x - 0.05).clamp(0, 1), (x + 0.05).clamp(0, 1)
+    assert torch.equal(bounds.certify(model, xl, xu, labels, "crown-ibp", chunk=4), bounds.certify(model, xl, xu, labels, "crown-ibp"))
