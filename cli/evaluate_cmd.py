@@ -1,0 +1,165 @@
+"""``a5ocr evaluate``: the full evaluation protocol on a design run folder.
+
+Registered in ``cli/app.py``. Bad input raises ``a5ocr.evaluation.EvaluateError`` (one line,
+exit 2); a broken certificate (a sample certified and yet broken by the attack) or any other
+inconsistency exits with code 3 after saving the evidence.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+EXIT_INCONSISTENT = 3
+
+
+def _fmt(v: float | None, pct: bool = True) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.2%}" if pct else f"{v:.4f}"
+
+
+def print_report(rep: dict, console: Console, weakest: int = 10) -> None:
+    """The overall figures and the weakest glyphs as rich tables."""
+    cert = rep["certified_error"]
+    title = (f"{rep.get('run', '')}  {rep['glyphs'] if 'glyphs' in rep else ''} glyphs  eps_A {rep['eps_a']:g}  "
+             f"{rep['samples']} acquisitions (seed {rep['seed']})")
+    t = Table(title=title)
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    t.add_row("clean error", _fmt(rep["clean_error"]))
+    if rep.get("attack_error") is not None:
+        a = rep["attacked"]
+        t.add_row(f"attack error ({a['attack']}; {a['samples']} attacked)", _fmt(rep["attack_error"]))
+    for name, v in cert.items():
+        t.add_row(f"certified error ({name})", _fmt(v))
+    t.add_row("broken certificates", str(rep.get("broken_certificates", 0)))
+    if rep.get("radius"):
+        r = rep["radius"]
+        t.add_row("certified radius: median / p10", f"{r['median']:.4f} / {r['quantiles']['p10']:.4f}")
+    p = rep["psnr_db"]
+    t.add_row("PSNR vs original glyphs (mean / min)", "identical" if p["mean"] is None and p["min"] is None else
+              f"{_fmt(p['mean'], False)} / {_fmt(p['min'], False)} dB")
+    t.add_row("time", f"{rep['seconds']['total']:.1f} s")
+    console.print(t)
+
+    w = Table(title=f"weakest glyphs (highest certified error, then lowest median radius)")
+    for col in ("char", "clean", "attack", "certified", "certified (IBP)", "median radius", "PSNR dB"):
+        w.add_column(col, justify="right" if col != "char" else "left")
+    for c in rep["weakest"][:weakest]:
+        row = rep["per_char"][c]
+        w.add_row(
+            c, _fmt(row["clean_error"]), _fmt(row.get("attack_error")), _fmt(row["certified_error"]),
+            _fmt(row["certified_error_by_method"].get("ibp")),
+            "-" if row.get("radius_median") is None else f"{row['radius_median']:.4f}",
+            "inf" if row["psnr_db"] is None else f"{row['psnr_db']:.1f}",
+        )
+    console.print(w)
+
+
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A design run folder (from `a5ocr design`) holding glyphs.safetensors, classifier.safetensors and config.json."),
+    original: bool = typer.Option(False, "--original", help="Evaluate the unmodified font glyphs instead of the robust ones (the 'before' column)."),
+    classifier: Optional[Path] = typer.Option(None, help="Another classifier file to evaluate on the run's glyphs (e.g. RUN/baseline_classifier.safetensors); default RUN/classifier.safetensors."),
+    samples_per_char: int = typer.Option(100, "--samples-per-char", help="Fresh random acquisitions per character."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the acquisitions (and of the attack); default: the run's evaluation seed, distinct from its training seed."),
+    eps_a: Optional[float] = typer.Option(None, "--eps-a", help="Attack budget (L-inf on the acquired image) in (0, 1); default: the run's eps_a."),
+    method: Optional[List[str]] = typer.Option(None, "--method", help="Certification method: ibp, crown-ibp, crown, alpha-crown; repeatable. Default: ibp then crown-ibp. IBP always runs first and is reported alone."),
+    cascade: bool = typer.Option(True, "--cascade/--no-cascade", help="Cascade: each later method only on the samples the earlier ones left uncertified (same certified set, far cheaper)."),
+    attack: str = typer.Option("standard", help="Empirical attack: standard (APGD-CE + APGD-T + PGD, AutoAttack-like), fast, or none."),
+    check_fraction: float = typer.Option(0.1, "--check-fraction", help="Fraction of the certified samples also attacked (seeded), as a soundness cross-check; uncertified correct samples are always attacked."),
+    check_attack: str = typer.Option("fast", "--check-attack", help="Attack used on the certified check subset: fast (default; a robust sample runs every stage, so standard costs ~7x), standard."),
+    attack_all: bool = typer.Option(False, "--attack-all", help="Attack every correctly classified sample, certified or not."),
+    radius_steps: int = typer.Option(10, "--radius-steps", help="Bisection steps of the certified radius (0: skip the radius)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure to this JSON file."),
+    histogram: Optional[Path] = typer.Option(None, help="Histogram PNG of the certified radius (default: certified_radius[-original].png beside --json, or in the run folder)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    weakest: int = typer.Option(10, help="Number of weakest glyphs to list."),
+    threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: torch's choice). On a shared machine 1 can be several times faster than 2."),
+) -> None:
+    """Evaluate a design run: clean, attack and certified error, certified radius, PSNR, per character."""
+    import numpy as np
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from a5ocr.design import DesignError, pick_device
+    from a5ocr.evaluation import EvaluateError, check_options, evaluate_run, load_run, save_broken
+    from a5ocr.figures import histogram as draw_histogram
+    from a5ocr.runio import write_json
+
+    err_console = Console(stderr=True)
+    if threads is not None:
+        if threads < 1:
+            raise EvaluateError("--threads must be at least 1")
+        import torch
+
+        torch.set_num_threads(threads)
+    methods = check_options(eps_a=eps_a, methods=tuple(method) if method else ("ibp", "crown-ibp"), attack=attack,
+                            check_fraction=check_fraction, check_attack=check_attack, samples_per_char=samples_per_char, radius_steps=radius_steps)
+    if json_out is not None and not json_out.parent.is_dir():
+        raise EvaluateError(f"cannot write --json {json_out}: folder {json_out.parent} does not exist")
+    if weakest < 0:
+        raise EvaluateError("--weakest must be >= 0")
+    try:
+        dev = pick_device(device)
+    except DesignError as err:
+        raise EvaluateError(str(err)) from None
+    run = load_run(run_dir, classifier)
+
+    with Progress(
+        TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), console=err_console, transient=False,
+    ) as progress:
+        tasks: dict[str, int] = {}
+
+        def on_progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                label = {"certify": "certify + radius", "attack": f"attack ({attack})",
+                         "check": f"check certified ({check_attack})"}.get(phase, phase)
+                tasks[phase] = progress.add_task(label, total=max(total, 1))
+            progress.update(tasks[phase], completed=done, total=max(total, 1))
+
+        ev = evaluate_run(
+            run, original=original, device=dev, eps_a=eps_a, seed=seed, samples_per_char=samples_per_char,
+            methods=methods, cascade=cascade, attack=attack, check_fraction=check_fraction,
+            check_attack=check_attack, attack_all=attack_all, radius_steps=radius_steps, on_progress=on_progress,
+        )
+    rep = ev.report(weakest=max(weakest, 10))
+    out_dir = json_out.parent if json_out is not None else run.path
+    suffix = "-original" if original else ""
+    try:
+        if ev.radius is not None:
+            hist = histogram or out_dir / f"certified_radius{suffix}.png"
+            draw_histogram(ev.radius.numpy(), hist, f"certified radius ({rep['glyphs']} glyphs, {rep['samples']} samples)",
+                           f"largest certified L-inf radius (eps_A = {rep['eps_a']:g})")
+            rep["histogram"] = str(hist)
+        broken_path = None
+        if ev.broken:
+            broken_path = out_dir / "broken_certificates.safetensors"
+            save_broken(broken_path, ev, {"run": run.path, "eps_a": rep["eps_a"], "seed": rep["seed"], "chars": run.chars})
+            rep["broken_certificates_file"] = str(broken_path)
+        if json_out is not None:
+            write_json(json_out, rep)
+    except OSError as err:
+        raise EvaluateError(f"cannot write results: {err}") from None
+
+    out = Console()
+    print_report(rep, out, weakest)
+    if json_out is not None:
+        out.print(f"figures written to {json_out}")
+    viol = rep["consistency"]["violations"]
+    if viol:
+        for v in viol:
+            err_console.print(f"[bold red]INCONSISTENT:[/] {v}", highlight=False)
+        if ev.broken:
+            idx = ev.broken["index"].tolist()
+            labels = ev.broken["labels"].tolist()
+            for i, (n, y) in enumerate(list(zip(idx, labels))[:10]):
+                m = ev.broken["margins_adv"][i]
+                err_console.print(f"  broken certificate: sample {n}, char {run.chars[y]!r}, "
+                                  f"min margin at x_adv {float(np.delete(m.numpy(), y).min()):.3g}", highlight=False)
+            err_console.print(f"  saved to {broken_path}", highlight=False)
+        raise SystemExit(EXIT_INCONSISTENT)  # typer.Exit would be swallowed by standalone_mode=False

@@ -1,0 +1,222 @@
+"""``a5ocr evaluate``: invariants, the attack, broken-certificate detection, determinism, radius,
+PSNR and bad input, on tiny design runs (seconds)."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from a5ocr import bounds
+from a5ocr.design import DesignConfig, run_design
+from a5ocr.evaluation import EvaluateError, certify_batch, evaluate_full, evaluate_run, load_run
+
+TINY = dict(font="comic-neue", chars="AOo0", preset="tiny", eps_a=0.05, eval_samples=5, device="cpu",
+            certify_methods=("ibp",))
+# whether cli/app.py itself registers the command (decided before _cli below registers it here)
+import a5ocr.cli.app as _app  # noqa: E402
+
+REGISTERED = any(getattr(c.callback, "__name__", "") == "evaluate" for c in _app.app.registered_commands)
+FAST = dict(samples_per_char=8, attack="fast", device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    # One thread: these are small tensors, and on a shared 2-core machine a second OpenMP
+    # thread waiting for a busy core makes every op many times slower.
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture(scope="module")
+def pc_run(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("pc") / "run"
+    run_design(DesignConfig(**TINY, out=str(out)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def vanilla_run(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("van") / "run"
+    run_design(DesignConfig(**TINY, recipe="none", classifier_recipe="vanilla", out=str(out)))
+    return out
+
+
+def _cli(monkeypatch, capsys, *args):
+    """The real console entry point (``a5ocr.cli.app.main``) in this process: returns (code, out, err).
+
+    Registers the command and its error class when cli/app.py does not (yet)."""
+    import a5ocr.cli.app as A
+    from a5ocr.cli.evaluate_cmd import evaluate
+
+    if not any(getattr(c.callback, "__name__", "") == "evaluate" for c in A.app.registered_commands):
+        A.app.command()(evaluate)
+    errors = A._user_errors()
+    if EvaluateError not in errors:
+        monkeypatch.setattr(A, "_user_errors", lambda: errors + (EvaluateError,))
+    monkeypatch.setattr(sys, "argv", ["a5ocr", "evaluate", *map(str, args)])
+    code = 0
+    try:
+        A.main()
+    except SystemExit as ex:
+        code = ex.code
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def test_invariants_on_a_trained_run(pc_run):
+    run = load_run(pc_run)
+    ev = evaluate_run(run, check_fraction=1.0, **FAST)
+    rep = ev.report()
+    assert rep["consistency"] == {"ok": True, "violations": []}
+    assert rep["broken_certificates"] == 0
+    for name, cert in rep["certified_error"].items():
+        assert rep["clean_error"] <= rep["attack_error"] <= cert, name
+    # the cascade never certifies less than IBP alone
+    assert rep["certified_error"]["ibp+crown-ibp"] <= rep["certified_error"]["ibp"]
+    # what was attacked: every correct uncertified sample, and (check fraction 1) every certified one
+    a = rep["attacked"]
+    assert a["samples"] == rep["samples"] - a["misclassified"]
+    assert a["certified_not_attacked"] == 0
+    for c, row in rep["per_char"].items():
+        assert row["clean_error"] <= row["attack_error"] <= row["certified_error"] <= row["certified_error_by_method"]["ibp"]
+    assert set(rep["weakest"]) <= set(run.chars)
+
+
+def test_replays_the_design_runs_own_evaluation(pc_run):
+    """Default seed and the run's sample count: the same acquisitions as the design's summary."""
+    run = load_run(pc_run)
+    summary = json.loads((pc_run / "summary.json").read_text())
+    ev = evaluate_run(run, samples_per_char=5, methods=("ibp",), attack="none", radius_steps=0)
+    rep = ev.report()
+    assert rep["seed"] == summary["eval_seed"]
+    assert rep["clean_error"] == pytest.approx(summary["final"]["clean_error"], abs=1e-9)
+    assert rep["certified_error"]["ibp"] == pytest.approx(summary["final"]["certified_error"], abs=1e-9)
+    assert rep["attack_error"] is None and rep["attacked"]["attack"] == "none"
+
+
+def test_attack_breaks_an_undefended_classifier(vanilla_run):
+    ev = evaluate_run(load_run(vanilla_run), original=True, eps_a=0.1, samples_per_char=10, attack="fast", device="cpu")
+    rep = ev.report()
+    assert rep["certified_error"]["best"] == 1.0
+    assert rep["attack_error"] >= 0.9
+    assert rep["clean_error"] < rep["attack_error"]
+    assert rep["consistency"]["ok"]
+
+
+def test_broken_certificates_are_detected_saved_and_exit_3(vanilla_run, tmp_path, monkeypatch, capsys):
+    # An unsound certifier: everything "certified". The attack must expose it.
+    monkeypatch.setattr(bounds, "certify", lambda model, xl, xu, labels, method="crown-ibp", **kw: torch.ones(labels.shape[0], dtype=torch.bool))
+    ev = evaluate_run(load_run(vanilla_run), original=True, eps_a=0.1, samples_per_char=5, attack="fast",
+                      check_fraction=1.0, radius_steps=0, device="cpu")
+    rep = ev.report()
+    assert rep["broken_certificates"] > 0 and not rep["consistency"]["ok"]
+    assert ev.broken["x"].shape[0] == rep["broken_certificates"]
+    js = tmp_path / "e.json"
+    code, out, err = _cli(monkeypatch, capsys, vanilla_run, "--original", "--eps-a", "0.1", "--samples-per-char", "5",
+                          "--attack", "fast", "--check-fraction", "1", "--radius-steps", "0", "--device", "cpu", "--json", js)
+    assert code == 3, err
+    assert "broken certificate" in err
+    saved = tmp_path / "broken_certificates.safetensors"
+    assert saved.is_file()
+    from safetensors.torch import load_file
+
+    t = load_file(str(saved))
+    assert {"x", "x_adv", "labels", "margins_adv", "margins_lower_ibp"} <= set(t)
+    # the saved adversarial points really are misclassified, within eps of x
+    assert (t["x_adv"] - t["x"]).abs().max() <= 0.1 + 1e-6
+    assert json.loads(js.read_text())["broken_certificates"] == t["x"].shape[0]
+
+
+def test_same_seed_same_json_and_radius_matches_the_certificate(pc_run, tmp_path, monkeypatch, capsys):
+    args = [pc_run, "--samples-per-char", "6", "--attack", "fast", "--seed", "123", "--device", "cpu"]
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert _cli(monkeypatch, capsys, *args, "--json", a)[0] == 0
+    assert _cli(monkeypatch, capsys, *args, "--json", b)[0] == 0
+    ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+    ra.pop("seconds"), rb.pop("seconds")
+    assert ra == rb and ra["seed"] == 123
+    for key in ("samples", "eps_a", "clean_error", "attack_error", "certified_error", "broken_certificates", "per_char", "radius", "psnr_db"):
+        assert key in ra
+    assert (tmp_path / "certified_radius.png").is_file()
+
+    # the radius against the certificate at eps_a: >= eps_a exactly where certified
+    run = load_run(pc_run)
+    ev = evaluate_run(run, samples_per_char=6, attack="none", seed=123, device="cpu")
+    cert = ev.result.certified_any()
+    assert cert.any() and (~cert).any()
+    assert bool((ev.radius[cert] >= run.eps_a).all()) and bool((ev.radius[~cert] < run.eps_a).all())
+    assert bool((ev.radius[~ev.result.correct] == 0).all())
+    # each radius above its floor is a float64 IBP proof: re-check it from the same acquisitions
+    from a5ocr.acquisition import Acquisition
+    from a5ocr.evaluation import acquisitions
+
+    x, labels = next(acquisitions(run.robust, Acquisition(run.resolution, run.acquisition), 6, 123))
+    pos = ev.radius > 0
+    ok = certify_batch(run.model, x[pos], labels[pos], ev.radius[pos], "ibp")
+    proven_by_cascade = (ev.radius[pos] == run.eps_a) & cert[pos]
+    assert bool((ok | proven_by_cascade).all())
+
+
+def test_psnr_original_infinite_robust_finite(pc_run):
+    run = load_run(pc_run)
+    rob = evaluate_run(run, samples_per_char=1, attack="none", radius_steps=0, device="cpu")
+    org = evaluate_run(run, original=True, samples_per_char=1, attack="none", radius_steps=0, device="cpu")
+    assert torch.isfinite(rob.psnr).all() and (rob.psnr > 0).all()
+    assert torch.isinf(org.psnr).all()
+    assert org.report()["psnr_db"]["mean"] is None  # JSON null = identical
+    assert math.isfinite(rob.report()["psnr_db"]["mean"])
+
+
+def test_bad_options_raise_evaluate_error(pc_run):
+    run = load_run(pc_run)
+    for kw, needle in (({"eps_a": 1.5}, "--eps-a"), ({"methods": ("ibp", "milp")}, "unknown certification method"),
+                       ({"attack": "strong"}, "--attack"), ({"check_fraction": 2.0}, "--check-fraction"),
+                       ({"samples_per_char": 0}, "--samples-per-char")):
+        with pytest.raises(EvaluateError, match=needle):
+            evaluate_full(run.model, run.robust, run.chars, None, **{"eps_a": 0.05, **kw})
+
+
+@pytest.mark.parametrize(
+    "case,needle",
+    [
+        ("missing", "run folder not found"),
+        ("no-glyphs", "no designs"),
+        ("corrupt-classifier", "not a readable"),
+        ("eps", "--eps-a must be in (0, 1)"),
+        ("method", "unknown certification method"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(case, needle, pc_run, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    extra: list = []
+    if case == "missing":
+        run = tmp_path / "nope"
+    elif case == "no-glyphs":
+        run.mkdir()
+        shutil.copy(pc_run / "config.json", run / "config.json")
+    elif case == "corrupt-classifier":
+        shutil.copytree(pc_run, run)
+        (run / "classifier.safetensors").write_bytes(b"garbage" * 10)
+    else:
+        run = pc_run
+        extra = ["--eps-a", "1.5"] if case == "eps" else ["--method", "milp"]
+    code, out, err = _cli(monkeypatch, capsys, run, *extra, "--samples-per-char", "1", "--attack", "none")
+    assert code == 2, err
+    assert needle in " ".join(err.split()) and "Traceback" not in err
+    assert err.count("error:") == 1 and not out.strip()
+
+
+def test_real_console_script_missing_run(tmp_path):
+    """Through `python -m a5ocr.cli.app` (once cli/app.py registers the command)."""
+    if not REGISTERED:
+        pytest.skip("evaluate is not registered in cli/app.py yet")
+    r = subprocess.run([sys.executable, "-m", "a5ocr.cli.app", "evaluate", str(tmp_path / "nope")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "run folder not found" in r.stderr and "Traceback" not in r.stderr
