@@ -1,0 +1,97 @@
+"""``a5ocr reproduce --table 9`` on the tiny preset: four rows, table files, invariants, resume."""
+
+import json
+import time
+
+import pytest
+import torch
+
+from a5ocr.evaluation import EvaluateError
+from a5ocr.reproduce import ROWS, ReproduceConfig, reproduce
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)  # small tensors on a shared 2-core machine: one thread is far faster
+    yield
+
+
+def _cli(monkeypatch, capsys, *args):
+    """The console entry point (``a5ocr.cli.app.main``) in this process -> (exit code, stdout, stderr);
+    registers the command and its error class where cli/app.py does not (yet)."""
+    import sys
+
+    import a5ocr.cli.app as A
+    from a5ocr.cli.reproduce_cmd import reproduce as command
+
+    if not any(getattr(c.callback, "__name__", "") == "reproduce" for c in A.app.registered_commands):
+        A.app.command()(command)
+    errors = A._user_errors()
+    if EvaluateError not in errors:
+        monkeypatch.setattr(A, "_user_errors", lambda: errors + (EvaluateError,))
+    monkeypatch.setattr(sys, "argv", ["a5ocr", "reproduce", *map(str, args)])
+    code = 0
+    try:
+        A.main()
+    except SystemExit as ex:
+        code = ex.code
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+TINY = dict(preset="tiny", chars="AOo0", eps_a=0.05, samples_per_char=4, attack="fast", device="cpu")
+
+
+def test_table9_tiny_rows_files_invariants_and_resume(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "t9"
+    rec = reproduce(ReproduceConfig(**TINY, out=str(out)))
+    assert [r["key"] for r in rec["rows"]] == list(ROWS)
+    for name in ("table9.md", "table9.json", "eval-vanilla.json", "eval-crown-ibp.json", "eval-a5p.json", "eval-a5pc.json"):
+        assert (out / name).is_file(), name
+    for run in ("a5pc", "a5p", "vanilla"):
+        assert (out / run / "summary.json").is_file()
+    on_disk = json.loads((out / "table9.json").read_text())
+    assert on_disk["rows"] == rec["rows"] and on_disk["consistency"]["ok"]
+    samples = {json.loads((out / f"eval-{k}.json").read_text())["samples"] for k in ROWS}
+    assert samples == {16}  # one protocol: the same number of samples (and seed) for every row
+    seeds = {json.loads((out / f"eval-{k}.json").read_text())["seed"] for k in ROWS}
+    assert len(seeds) == 1
+    for r in rec["rows"]:
+        assert 0 <= r["clean_error"] <= r["attack_error"] <= r["certified_error"] <= r["certified_error_ibp"] <= 1, r
+        assert r["broken_certificates"] == 0 and r["consistent"]
+        assert r["paper"]["certified_error"] > 0 and r["eval_seconds"] >= 0
+    rows = {r["key"]: r for r in rec["rows"]}
+    assert rows["vanilla"]["glyphs"] == rows["crown-ibp"]["glyphs"] == "original"
+    assert rows["crown-ibp"]["classifier"].endswith("a5pc/baseline_classifier.safetensors")
+    assert rows["a5p"]["glyphs"] == rows["a5pc"]["glyphs"] == "robust"
+    md = (out / "table9.md").read_text()
+    assert "0.89% [100.00%]" in md and "0.73% [4.20%]" in md and "Machine:" in md
+
+    # resumable: nothing is trained or evaluated again
+    t0 = time.monotonic()
+    again = reproduce(ReproduceConfig(**TINY, out=str(out)))
+    assert time.monotonic() - t0 < 10
+    for a, b in zip(again["rows"], rec["rows"]):
+        assert {k: v for k, v in a.items() if k not in ("train_seconds", "train_note")} == \
+               {k: v for k, v in b.items() if k not in ("train_seconds", "train_note")}
+
+    # the command line on the finished folder: reads everything back and prints the table
+    code, out_txt, err = _cli(monkeypatch, capsys, "--preset", "tiny", "--chars", "AOo0", "--eps-a", "0.05",
+                              "--samples-per-char", "4", "--attack", "fast", "--device", "cpu", "--out", out)
+    assert code == 0, err
+    assert "A5/PC" in out_txt and "table9.md" in out_txt
+
+    # other settings in the same folder are refused
+    with pytest.raises(EvaluateError, match="other settings"):
+        reproduce(ReproduceConfig(**{**TINY, "eps_a": 0.07}, out=str(out)))
+
+
+def test_only_table_9_and_bad_options(tmp_path, monkeypatch, capsys):
+    with pytest.raises(EvaluateError, match="only Table 9"):
+        reproduce(ReproduceConfig(table=8, out=str(tmp_path / "x")))
+    with pytest.raises(EvaluateError, match="--eps-a"):
+        reproduce(ReproduceConfig(eps_a=1.2, out=str(tmp_path / "x")))
+    with pytest.raises(EvaluateError, match="--attack"):
+        reproduce(ReproduceConfig(attack="strong", out=str(tmp_path / "x")))
+    code, out, err = _cli(monkeypatch, capsys, "--table", "8", "--out", tmp_path / "y")
+    assert code == 2 and "only Table 9" in " ".join(err.split()) and "Traceback" not in err
+    assert not (tmp_path / "y").exists()
