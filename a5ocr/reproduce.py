@@ -22,11 +22,10 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from a5ocr.design import DesignConfig, DesignError, Reporter, _training_keys, pick_device, run_design
+from a5ocr.design import DesignConfig, Reporter, _training_keys, pick_device, run_design
 from a5ocr.evaluation import EvaluateError, check_options, Evaluation, evaluate_run, load_run, save_broken
 from a5ocr.runio import environment, write_json
 
@@ -326,4 +325,4 @@ def table_markdown(rec: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["PAPER_TABLE9", "ROWS", "ReproduceConfig", "ReproduceReporter", "reproduce", "table_markdown", "DesignError"]
+__all__ = ["PAPER_TABLE9", "ROWS", "ReproduceConfig", "ReproduceReporter", "reproduce", "table_markdown"]
