@@ -36,10 +36,11 @@ class UserError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     from a5ocr.design import DesignError
     from a5ocr.glyphs import GlyphError
+    from a5ocr.evaluation import EvaluateError
     from a5ocr.export import ExportError
     from a5ocr.models import CheckpointError
 
-    return (UserError, DesignError, GlyphError, CheckpointError, ExportError)
+    return (UserError, DesignError, GlyphError, CheckpointError, ExportError, EvaluateError)
 
 
 class RichReporter:
@@ -127,8 +128,13 @@ def _print_summary(summary: dict) -> None:
     out_console.print(f"run folder: {summary.get('out', '')}  ({summary['wall_seconds']:.0f} s)")
 
 
-from a5ocr.cli.export_cmd import export  # noqa: E402  (one module per command)
+# One module per command.
+from a5ocr.cli.evaluate_cmd import evaluate  # noqa: E402
+from a5ocr.cli.export_cmd import export  # noqa: E402
+from a5ocr.cli.reproduce_cmd import reproduce  # noqa: E402
 
+app.command()(evaluate)
+app.command()(reproduce)
 app.command()(export)
 
 
