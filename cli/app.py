@@ -141,7 +141,8 @@ app.command()(export)
 def main() -> None:
     """Console-script entry point: user errors become one line and exit code 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns the code of a typer.Exit raised inside
+        sys.exit(code or 0)
     except _user_errors() as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False)
         sys.exit(2)
