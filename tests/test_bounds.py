@@ -404,9 +404,9 @@ def test_gradcheck(method):
     xl_ = xl.clone().requires_grad_(True)
     xu_ = xu.clone().requires_grad_(True)
     assert torch.autograd.gradcheck(fn, (xl_, xu_), eps=1e-6, atol=1e-5)
-    for layer in (0, 2):
-        w0 = net[layer].weight.detach().clone().requires_grad_(True)
-        assert torch.autograd.gradcheck(lambda w: _with_weight(net[layer], "weight", w, lambda: fn(xl, xu)), (w0,), eps=1e-6, atol=1e-5)
+    for layer, name in ((0, "weight"), (2, "weight"), (4, "weight"), (4, "bias")):
+        w0 = getattr(net[layer], name).detach().clone().requires_grad_(True)
+        assert torch.autograd.gradcheck(lambda w: _with_weight(net[layer], name, w, lambda: fn(xl, xu)), (w0,), eps=1e-6, atol=1e-5)
 
 
 def test_gradients_reach_weights_and_images_float32():

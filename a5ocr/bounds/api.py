@@ -26,13 +26,6 @@ def _other_classes(labels: Tensor, num_classes: int) -> Tensor:
     return j + (j >= labels.unsqueeze(1)).long()
 
 
-def _reduced_margin_spec(labels: Tensor, num_classes: int, dtype) -> tuple[Tensor, Tensor]:
-    """(C [B, K-1, K] with rows e_label - e_j for j != label, the j's [B, K-1])."""
-    others = _other_classes(labels, num_classes)
-    eye = torch.eye(num_classes, device=labels.device, dtype=dtype)
-    return eye[labels].unsqueeze(1) - eye[others], others
-
-
 def _scatter_margins(lb: Tensor, others: Tensor, num_classes: int) -> Tensor:
     """lb [B, K-1] for the classes ``others`` -> [B, K] with exact zeros at the label."""
     out = torch.zeros(lb.shape[0], num_classes, dtype=lb.dtype, device=lb.device)
@@ -93,8 +86,8 @@ def margin_lower_bounds(
             m64 = _sound_copy(model)
             return margin_lower_bounds(m64, x_lower.double(), x_upper.double(), labels, method, **options)
     K = _num_classes(model, x_lower)
-    C, others = _reduced_margin_spec(labels, K, x_lower.dtype)
-    lb, _ = compute_bounds(model, x_lower, x_upper, C, method, **options)
+    others = _other_classes(labels, K)
+    lb, _, _ = bounds_for(model, x_lower, x_upper, None, method, margin=(labels, others), **options)
     return _scatter_margins(lb, others, K)
 
 
@@ -105,11 +98,12 @@ def mixed_margin_lower_bounds(model: nn.Module, x_lower: Tensor, x_upper: Tensor
     Shapes as ``margin_lower_bounds``. f: a float (or a 0-d tensor) in [0, 1].
     """
     K = _num_classes(model, x_lower)
-    C, others = _reduced_margin_spec(labels, K, x_lower.dtype)
+    others = _other_classes(labels, K)
+    margin = (labels, others)
     if float(f) <= 1e-6:
-        lb, _, _ = bounds_for(model, x_lower, x_upper, C, "ibp")
+        lb, _, _ = bounds_for(model, x_lower, x_upper, None, "ibp", margin=margin)
     else:
-        crown, _, ibp = bounds_for(model, x_lower, x_upper, C, "crown-ibp", ibp_too=True)
+        crown, _, ibp = bounds_for(model, x_lower, x_upper, None, "crown-ibp", margin=margin, ibp_too=True)
         lb = crown if float(f) >= 1.0 - 1e-6 else f * crown + (1.0 - f) * ibp
     return _scatter_margins(lb, others, K)
 

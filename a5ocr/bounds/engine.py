@@ -12,9 +12,10 @@ import math
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from a5ocr.bounds.layers import BoundLayer, BoundReLU, ReLURelaxation, _hwc_perm, _sum_to, rule_for
+from a5ocr.bounds.layers import BoundLayer, BoundLinear, BoundReLU, ReLURelaxation, _hwc_perm, _sum_to, rule_for
 
 Tensor = torch.Tensor
 
@@ -132,20 +133,23 @@ class BoundedSequential:
 
     # -- IBP --------------------------------------------------------------------------------
 
-    def ibp_pass(self, c: Tensor, r: Tensor, stop: int) -> tuple[list, dict[int, tuple[Tensor, Tensor]]]:
+    def ibp_pass(
+        self, c: Tensor, r: Tensor, stop: int, collect: bool = True
+    ) -> tuple[list, dict[int, tuple[Tensor, Tensor]]]:
         """Interval propagation through layers[:stop].
 
         Returns (boxes, pre): boxes[i] = (c, r) at the input of layer i for i <= stop (None
         where not kept: only the network input, the exact-prefix output and layer ``stop``'s
         input are kept), pre[i] =
-        (l, u) pre-activation bounds [N, *shape] at the input of every ReLU layer i < stop.
+        (l, u) pre-activation bounds [N, *shape] at the input of every ReLU layer i < stop
+        (only with ``collect``; plain IBP does not need them).
         """
         boxes: list = [None] * (stop + 1)
         pre: dict[int, tuple[Tensor, Tensor]] = {}
         boxes[0] = (c, r)
         for i in range(stop):
             layer = self.layers[i]
-            if isinstance(layer, BoundReLU):
+            if collect and isinstance(layer, BoundReLU):
                 pre[i] = (c - r, c + r)
             c, r = layer.ibp(c, r)
             if i + 1 == self.exact_prefix or i + 1 == stop:
@@ -269,37 +273,90 @@ def _check_box(x_lower: Tensor, x_upper: Tensor) -> None:
         raise ValueError(f"x_lower {tuple(x_lower.shape)} and x_upper {tuple(x_upper.shape)} differ in shape")
 
 
-def _identity_spec(net: BoundedSequential, x: Tensor) -> Tensor:
-    out = net.shapes(tuple(x.shape[1:]))[-1]
-    K = math.prod(out)
-    return torch.eye(K, dtype=x.dtype, device=x.device).view((1, K) + tuple(out)).expand((x.shape[0], K) + tuple(out))
+class _MarginLinearIBP(torch.autograd.Function):
+    """IBP of the margins y_label - y_j (j in others) with the spec folded into the last Linear.
+
+    y = W z + b over the box z in [c - r, c + r]: lb[n, s] = (W_l - W_j) . c + b_l - b_j - |W_l - W_j| . r
+    with l = labels[n], j = others[n, s]. Shapes: W [K, D], b [K] or None, c, r [N, D],
+    labels [N], others [N, S] -> [N, S]. Gathers instead of a dense spec product and keeps
+    large temporaries to two (one per direction).
+    """
+
+    @staticmethod
+    def forward(ctx, W, b, c, r, labels, others):
+        yc = F.linear(c, W, b)
+        centre = yc.gather(1, labels.unsqueeze(1)) - yc.gather(1, others)
+        Wd = _margin_rows(W, labels, others).abs_()
+        radius = torch.bmm(Wd, r.unsqueeze(-1)).squeeze(-1)
+        ctx.save_for_backward(W, c, r, labels, others, Wd)
+        ctx.has_bias = b is not None
+        return centre - radius
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        W, c, r, labels, others, absWd = ctx.saved_tensors
+        need_W, need_b, need_c, need_r = ctx.needs_input_grad[:4]
+        # centre part through the logits: d/dy = +sum_s g at the label, -g at each j
+        gy = torch.zeros(g.shape[0], W.shape[0], dtype=g.dtype, device=g.device)
+        gy.scatter_add_(1, others, -g)
+        gy.scatter_add_(1, labels.unsqueeze(1), g.sum(1, keepdim=True))
+        grad_W = gy.t() @ c if need_W else None
+        grad_b = gy.sum(0) if (need_b and ctx.has_bias) else None
+        grad_c = gy @ W if need_c else None
+        grad_r = -torch.bmm(g.unsqueeze(1), absWd).squeeze(1) if need_r else None
+        if need_W:  # radius part: d/dWd = -g r sign(Wd), Wd = W_l - W_j
+            t = _margin_rows(W, labels, others).sign_()
+            t.mul_(g.unsqueeze(-1)).mul_(r.unsqueeze(1))
+            grad_W.index_add_(0, labels, t.sum(1), alpha=-1.0)
+            grad_W.index_add_(0, others.flatten(), t.view(-1, W.shape[1]))
+        return grad_W, grad_b, grad_c, grad_r, None, None
 
 
-def _ibp_final(net: BoundedSequential, boxes, C: Tensor, shapes, upper: bool) -> tuple[Tensor, Optional[Tensor]]:
-    """IBP bound of C . f with C folded into the last affine mixing layer."""
+def _margin_rows(W: Tensor, labels: Tensor, others: Tensor) -> Tensor:
+    """W[labels] - W[others]: W [K, D], labels [N], others [N, S] -> a fresh [N, S, D] (no autograd)."""
+    t = W[others]
+    return torch.sub(W[labels].unsqueeze(1), t, out=t)
+
+
+def margin_fold(W: Tensor, b: Optional[Tensor], labels: Tensor, others: Tensor) -> tuple[Tensor, Tensor | float]:
+    """The margin spec folded into the last Linear (differentiable): (A [N, S, D], bias [N, S] or 0.0)."""
+    A = W[labels].unsqueeze(1) - W[others]
+    bias = (b[labels].unsqueeze(1) - b[others]) if b is not None else 0.0
+    return A, bias
+
+
+def _ibp_final(net: BoundedSequential, boxes, C, shapes, upper: bool, margin=None) -> tuple[Tensor, Optional[Tensor]]:
+    """IBP bound of C . f with C folded into the last affine mixing layer.
+
+    ``margin`` = (labels [N], others [N, S]) describes C as margin rows (then C may be a
+    callable building the dense spec on demand)."""
     j = net._fold_start()
     L = len(net.layers)
+    last = net.layers[-1]
+    c, r = boxes[j]
+    if margin is not None and not upper and j == L - 1 and isinstance(last, BoundLinear) and c.dim() == 2:
+        lb = _MarginLinearIBP.apply(last.module.weight, last.module.bias, c, r, margin[0], margin[1])
+        return lb, None
+    C = C() if callable(C) else C
     A_l, A_u = C, (C if upper else None)
     b_l: Tensor | float = 0.0
     b_u: Tensor | float = 0.0
     for i in range(L - 1, j - 1, -1):
         A_l, A_u, bl, bu = net.layers[i].backward(A_l, A_u, shapes[i])
         b_l, b_u = b_l + bl, b_u + bu
-    c, r = boxes[j]
     lb = concretize(A_l, c, r) + b_l
     ub = concretize(A_u, c, r, upper=True) + b_u if upper else None
     return lb, ub
 
 
-def _prepare(model, x_lower, x_upper, C):
+def _prepare(model, x_lower, x_upper):
     _check_box(x_lower, x_upper)
     net = BoundedSequential(model)
     shapes = net.shapes(tuple(x_lower.shape[1:]))
-    if C is None:
-        C = _identity_spec(net, x_lower)
     c = (x_upper + x_lower) * 0.5
     r = (x_upper - x_lower) * 0.5
-    return net, shapes, C, c, r
+    return net, shapes, c, r
 
 
 def _alpha_optimise(
@@ -357,6 +414,12 @@ def _alpha_optimise(
     return best
 
 
+def _dense_margin_spec(labels: Tensor, others: Tensor, num_classes: int, dtype) -> Tensor:
+    """C [N, S, K] with rows e_label - e_j for j in others [N, S]."""
+    eye = torch.eye(num_classes, device=labels.device, dtype=dtype)
+    return eye[labels].unsqueeze(1) - eye[others]
+
+
 def bounds_for(
     model: nn.Module,
     x_lower: Tensor,
@@ -365,23 +428,39 @@ def bounds_for(
     method: str,
     bound_upper: bool = False,
     *,
+    margin: Optional[tuple[Tensor, Tensor]] = None,
     alpha_steps: int = 20,
     alpha_lr: float = 0.1,
     ibp_too: bool = False,
 ):
-    """Core of ``compute_bounds``; with ``ibp_too`` (crown-ibp only) also returns the IBP
-    lower bound from the same IBP pass: (lb, ub, ibp_lb)."""
+    """Core of ``compute_bounds``: returns (lb, ub or None, ibp_lb or None).
+
+    ``margin`` = (labels [N], others [N, S]) gives the spec as margin rows e_label - e_j (then
+    C must be None): the last Linear is folded by gathers. With ``ibp_too`` (crown-ibp only)
+    the IBP lower bound from the same IBP pass is also returned."""
     if method not in METHODS:
         raise ValueError(f"unknown bound method {method!r} (one of: {', '.join(METHODS)})")
-    net, shapes, C, c, r = _prepare(model, x_lower, x_upper, C)
+    net, shapes, c, r = _prepare(model, x_lower, x_upper)
     L = len(net.layers)
-    if tuple(C.shape[2:]) != tuple(shapes[-1]) or C.shape[0] not in (1, x_lower.shape[0]):
-        raise ValueError(f"spec C {tuple(C.shape)} does not fit outputs [{x_lower.shape[0]}, S, {shapes[-1]}]")
-    C = C.to(dtype=x_lower.dtype)
+    out_shape = tuple(shapes[-1])
+    if margin is not None:
+        if C is not None or len(out_shape) != 1:
+            raise ValueError("margin specs need C=None and a flat output")
+        K = out_shape[0]
+        spec = lambda: _dense_margin_spec(margin[0], margin[1], K, x_lower.dtype)  # noqa: E731
+    else:
+        if C is None:
+            K = math.prod(out_shape)
+            C = torch.eye(K, dtype=x_lower.dtype, device=x_lower.device).view((1, K) + out_shape)
+            C = C.expand((x_lower.shape[0],) + tuple(C.shape[1:]))
+        if tuple(C.shape[2:]) != out_shape or C.shape[0] not in (1, x_lower.shape[0]):
+            raise ValueError(f"spec C {tuple(C.shape)} does not fit outputs [{x_lower.shape[0]}, S, {out_shape}]")
+        C = C.to(dtype=x_lower.dtype)
+        spec = lambda: C  # noqa: E731
 
     if method == "ibp":
-        boxes, _ = net.ibp_pass(c, r, stop=net._fold_start())
-        lb, ub = _ibp_final(net, boxes, C, shapes, bound_upper)
+        boxes, _ = net.ibp_pass(c, r, stop=net._fold_start(), collect=False)
+        lb, ub = _ibp_final(net, boxes, spec, shapes, bound_upper, margin)
         return lb, ub, None
 
     # IBP up to the layer the spec folds into: covers every ReLU (only affine layers follow it)
@@ -389,13 +468,23 @@ def bounds_for(
     box = boxes[net.exact_prefix]
     ibp_lb = None
     if ibp_too and method == "crown-ibp":
-        ibp_lb, _ = _ibp_final(net, boxes, C, shapes, False)
+        ibp_lb, _ = _ibp_final(net, boxes, spec, shapes, False, margin)
     if method in ("crown", "alpha-crown"):
         pre = net.crown_intermediate(shapes, pre, box, stop=L)
     if method in ("crown-ibp", "crown"):
-        lb, ub = net.backward_bound(L - 1, C, shapes, pre, box, lower=True, upper=bound_upper)
+        last = net.layers[-1]
+        if margin is not None and isinstance(last, BoundLinear):
+            A, bias = margin_fold(last.module.weight, last.module.bias, *margin)
+            lb, _ = net.backward_bound(L - 2, A, shapes, pre, box)
+            lb = lb + bias
+            ub = None
+            if bound_upper:
+                _, ub = net.backward_bound(L - 1, spec(), shapes, pre, box, lower=False, upper=True)
+            return lb, ub, ibp_lb
+        lb, ub = net.backward_bound(L - 1, spec(), shapes, pre, box, lower=True, upper=bound_upper)
         return lb, ub, ibp_lb
     # alpha-crown: never looser than crown (elementwise max with the crown bound)
+    C = spec()
     lb0, _ = net.backward_bound(L - 1, C, shapes, pre, box)
     best = _alpha_optimise(net, C, shapes, pre, box, alpha_steps, alpha_lr)
     lb1, _ = net.backward_bound(L - 1, C, shapes, pre, box, alphas=best)

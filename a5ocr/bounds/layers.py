@@ -210,7 +210,10 @@ class _ConvAdjoint(torch.autograd.Function):
             for i in range(2)
         )
         A4 = _channels_last(A.reshape((lead[0] * lead[1],) + tuple(A.shape[2:])))
-        out = F.conv_transpose2d(A4, W, None, stride, padding, opad, groups, dilation)
+        if groups == 1 and dilation == (1, 1) and stride != (1, 1) and W.shape[1] * stride[0] * stride[1] <= 32:
+            out = _phase_conv_transpose(A4, W, stride, padding, in_hw)
+        else:
+            out = F.conv_transpose2d(A4, W, None, stride, padding, opad, groups, dilation)
         ctx.save_for_backward(A4, W, b)
         ctx.conf = (stride, padding, dilation, groups, lead)
         if b is None:
@@ -237,6 +240,58 @@ class _ConvAdjoint(torch.autograd.Function):
         if b is not None and ctx.needs_input_grad[2] and g_bias is not None:
             grad_b = torch.matmul(g_bias.reshape(1, -1), A4.sum(dim=(2, 3))).view_as(b)
         return grad_A, grad_W, grad_b, None, None, None, None, None
+
+
+def _phase_weight(W: Tensor, stride, padding) -> tuple[Tensor, list[int]]:
+    """Sub-pixel (phase) form of conv_transpose2d(., W, stride, padding): a stride-1 cross-correlation
+    kernel K [Cin*sh*sw, Cout, Th, Tw] (output channel c*sh*sw + py*sw + px holds output pixels
+    (s*q + py, s*q' + px)) and each axis's left padding d_hi (the largest tap offset)."""
+    Cout, Cin, kh, kw = W.shape
+    taps, d_his = [], []
+    for k, s, p in ((kh, stride[0], padding[0]), (kw, stride[1], padding[1])):
+        ds = [d for py in range(s) for d in range(-(k + p) // s - 1, (k + p) // s + 2) if 0 <= s * d + py + p < k]
+        d_lo, d_hi = min(ds), max(ds)
+        T = d_hi - d_lo + 1
+        # index[py, t] = kernel tap s * (d_hi - t) + py + p, or k (a zero tap) when out of range
+        idx = torch.full((s, T), k, dtype=torch.long)
+        for py in range(s):
+            for t in range(T):
+                ky = s * (d_hi - t) + py + p
+                if 0 <= ky < k:
+                    idx[py, t] = ky
+        taps.append(idx)
+        d_his.append(d_hi)
+    Wz = F.pad(W, (0, 1, 0, 1))  # [Cout, Cin, kh+1, kw+1], last row/col zero
+    iy, ix = taps[0].to(W.device), taps[1].to(W.device)
+    sh, Th = iy.shape
+    sw, Tw = ix.shape
+    K = Wz[:, :, iy.view(sh, 1, Th, 1), ix.view(1, sw, 1, Tw)]  # [Cout, Cin, sh, sw, Th, Tw]
+    K = K.permute(1, 2, 3, 0, 4, 5).reshape(Cin * sh * sw, Cout, Th, Tw)
+    return K, d_his
+
+
+def _phase_conv_transpose(A4: Tensor, W: Tensor, stride, padding, in_hw) -> Tensor:
+    """conv_transpose2d(A4, W, stride, padding) cropped/padded to ``in_hw``, computed as one stride-1
+    convolution with Cin*sh*sw output channels and a pixel shuffle: several times faster on CPU
+    when Cin is small (the network's input layer). A4 [n, Cout, Ho, Wo] -> [n, Cin, H, W] (channels-last)."""
+    n, Cout, Ho, Wo = A4.shape
+    Cin = W.shape[1]
+    sh, sw = stride
+    K, d_his = _phase_weight(W, stride, padding)
+    Th, Tw = K.shape[2:]
+    Qh, Qw = -(-in_hw[0] // sh), -(-in_hw[1] // sw)
+    pads, starts = [], []
+    for Q, Hq, T, d_hi in ((Qh, Ho, Th, d_his[0]), (Qw, Wo, Tw, d_his[1])):
+        pad_r = Q - Hq - d_hi + T - 1
+        P = max(0, d_hi, pad_r)
+        pads.append(P)
+        starts.append(P - d_hi)
+    out = F.conv2d(A4, K.to(A4.dtype), None, 1, tuple(pads))
+    out = out[:, :, starts[0] : starts[0] + Qh, starts[1] : starts[1] + Qw]
+    # [n, Cin*sh*sw, Qh, Qw] -> [n, Qh, sh, Qw, sw, Cin] -> [n, Cin, Qh*sh, Qw*sw] (channels-last)
+    out = out.permute(0, 2, 3, 1).reshape(n, Qh, Qw, Cin, sh, sw).permute(0, 1, 4, 2, 5, 3)
+    out = out.reshape(n, Qh * sh, Qw * sw, Cin)[:, : in_hw[0], : in_hw[1]]
+    return out.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
 
 
 def conv_adjoint(A: Tensor, W: Tensor, b: Optional[Tensor], stride, padding, dilation, groups, in_hw):
@@ -352,8 +407,11 @@ class BoundFlatten(BoundLayer):
             raise ValueError("Flatten over the batch dimension (start_dim=0) is not supported")
 
     def out_shape(self, in_shape):
-        x = torch.empty((1,) + tuple(in_shape), device="meta")
-        return tuple(self.module(x).shape[1:])
+        start, end = self.module.start_dim, self.module.end_dim
+        dims = (None,) + tuple(in_shape)
+        start = start if start >= 0 else len(dims) + start
+        end = end if end >= 0 else len(dims) + end
+        return tuple(in_shape[: start - 1]) + (math.prod(dims[start : end + 1]),) + tuple(in_shape[end:])
 
     def ibp(self, c, r):
         return self.module(c), self.module(r)
@@ -489,6 +547,38 @@ def relu_lower_backward(A: Tensor, relax: ReLURelaxation) -> tuple[Tensor, Tenso
     return _ReLULowerBackward.apply(A.contiguous(), d_l.contiguous(), d_u.contiguous(), b_u.contiguous())
 
 
+class _ReLUIBP(torch.autograd.Function):
+    """Interval ReLU in centre/radius form with few large temporaries (fresh allocations are
+    costly on CPU): lo = relu(c - r), hi = relu(c + r) -> ((hi + lo) / 2, (hi - lo) / 2).
+    Shapes: c, r [N, *shape] -> same."""
+
+    @staticmethod
+    def forward(ctx, c, r):
+        lo = torch.sub(c, r).relu_()
+        hi = torch.add(c, r).relu_()
+        r2 = hi.sub_(lo).mul_(0.5)
+        c2 = lo.add_(r2)
+        ctx.save_for_backward(c2, r2)
+        return c2, r2
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gc, gr):
+        c2, r2 = ctx.saved_tensors
+        if gc is None:
+            gc = torch.zeros_like(c2)
+        if gr is None:
+            gr = torch.zeros_like(r2)
+        # hi = c2 + r2, lo = c2 - r2 (both >= 0): [hi > 0] = sign(hi), [lo > 0] = sign(lo)
+        m = torch.add(c2, r2).sign_()
+        d_hi = torch.add(gc, gr).mul_(m).mul_(0.5)
+        grad_c = torch.sub(gc, gr)
+        d_lo = torch.sub(c2, r2, out=m).sign_().mul_(grad_c).mul_(0.5)
+        torch.add(d_hi, d_lo, out=grad_c)
+        grad_r = d_hi.sub_(d_lo)
+        return grad_c, grad_r
+
+
 class BoundReLU(BoundLayer):
     """ReLU with the CROWN relaxation.
 
@@ -506,9 +596,7 @@ class BoundReLU(BoundLayer):
         return tuple(in_shape)
 
     def ibp(self, c, r):
-        lo = torch.relu(c - r)
-        hi = torch.relu(c + r)
-        return (hi + lo) * 0.5, (hi - lo) * 0.5
+        return _ReLUIBP.apply(c, r)
 
     @staticmethod
     def relaxation(l: Tensor, u: Tensor, alpha: Optional[Tensor] = None) -> ReLURelaxation:
