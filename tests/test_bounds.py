@@ -513,3 +513,28 @@ def test_certify_float64(monkeypatch):
     # chunking gives the same answer
     xl, xu = (x - 0.05).clamp(0, 1), (x + 0.05).clamp(0, 1)
     assert torch.equal(bounds.certify(model, xl, xu, labels, "crown-ibp", chunk=4), bounds.certify(model, xl, xu, labels, "crown-ibp"))
+
+
+def test_memory_chunking_is_invisible():
+    model = nn.Sequential(
+        Normalize(0.5, 1.0), nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 8),
+        nn.ReLU(), nn.Linear(8, 5),
+    ).to(D)
+    x = torch.rand(7, 3, 8, 8, dtype=D)
+    labels = torch.tensor([0, 3, 4, 1, 2, 2, 0])
+    for method in ("crown-ibp", "crown"):
+        grads = []
+        outs = []
+        for budget in (6.0, 1e-6):  # the tiny budget forces one sample per chunk
+            xl = (x - 0.05).clamp(0, 1).requires_grad_(True)
+            m = bounds.margin_lower_bounds(model, xl, (x + 0.05).clamp(0, 1), labels, method, max_memory_gib=budget)
+            model.zero_grad()
+            bounds.worst_case_cross_entropy(m).backward()
+            outs.append(m.detach())
+            grads.append((xl.grad.clone(), model[1].weight.grad.clone(), model[6].weight.grad.clone()))
+        assert torch.allclose(outs[0], outs[1], atol=1e-12)
+        for a, b in zip(*grads):
+            assert torch.allclose(a, b, atol=1e-12)
+        lo1, hi1 = bounds.compute_bounds(model, x - 0.05, x + 0.05, method=method, bound_upper=True)
+        lo2, hi2 = bounds.compute_bounds(model, x - 0.05, x + 0.05, method=method, bound_upper=True, max_memory_gib=1e-6)
+        assert torch.allclose(lo1, lo2, atol=1e-12) and torch.allclose(hi1, hi2, atol=1e-12)

@@ -13,6 +13,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from a5ocr.bounds.layers import BoundLayer, BoundLinear, BoundReLU, ReLURelaxation, _hwc_perm, _sum_to, rule_for
@@ -414,6 +415,65 @@ def _alpha_optimise(
     return best
 
 
+# peak memory of the final CROWN pass (forward + backward) per element of its widest A tensor,
+# in units of that tensor (measured: about 4.7 on the paper's net at 64x64, float32)
+_CROWN_WORK_FACTOR = 5.0
+
+
+def _crown_final(net: BoundedSequential, shapes, pre, box, spec, margin, upper: bool, max_memory_gib: float):
+    """The final CROWN backward pass (lower, optionally upper) for ``crown``/``crown-ibp``.
+
+    With a margin spec and a last Linear, the spec is folded by gathers. When the estimated
+    memory exceeds ``max_memory_gib``, samples are processed in chunks; under autograd each chunk
+    is checkpointed (its backward pass recomputes it), so only one chunk's graph is alive.
+    Returns (lb [N, S], ub [N, S] or None).
+    """
+    L = len(net.layers)
+    last = net.layers[-1]
+    c, r = box
+    N = c.shape[0]
+    S = margin[1].shape[1] if margin is not None else spec().shape[1]
+    widest = max(math.prod(sh) for sh in shapes[net.exact_prefix :])
+    per_sample = S * widest * c.element_size() * _CROWN_WORK_FACTOR * (2 if upper else 1)
+    chunk = max(1, int(max_memory_gib * 2**30 // max(1, per_sample)))
+    relu_ids = sorted(pre)
+
+    def run(lo: int, hi: int, c_, r_, *pre_flat):
+        pre_c = {i: (pre_flat[2 * k], pre_flat[2 * k + 1]) for k, i in enumerate(relu_ids)}
+        box_c = (c_, r_)
+        ub = None
+        if margin is not None and isinstance(last, BoundLinear):
+            A, bias = margin_fold(last.module.weight, last.module.bias, margin[0][lo:hi], margin[1][lo:hi])
+            lb, _ = net.backward_bound(L - 2, A, shapes, pre_c, box_c)
+            lb = lb + bias
+            if upper:
+                C = spec()
+                _, ub = net.backward_bound(L - 1, C[lo:hi], shapes, pre_c, box_c, lower=False, upper=True)
+        else:
+            C = spec()
+            C = C if C.shape[0] == 1 else C[lo:hi]
+            lb, ub = net.backward_bound(L - 1, C, shapes, pre_c, box_c, lower=True, upper=upper)
+        return (lb, ub) if upper else (lb,)
+
+    if chunk >= N:
+        flat = [t for i in relu_ids for t in pre[i]]
+        out = run(0, N, c, r, *flat)
+        return out[0], (out[1] if upper else None)
+    grad = torch.is_grad_enabled()
+    lbs, ubs = [], []
+    for lo in range(0, N, chunk):
+        hi = min(N, lo + chunk)
+        args = [c[lo:hi], r[lo:hi]] + [t[lo:hi] for i in relu_ids for t in pre[i]]
+        if grad:
+            out = torch.utils.checkpoint.checkpoint(run, lo, hi, *args, use_reentrant=False)
+        else:
+            out = run(lo, hi, *args)
+        lbs.append(out[0])
+        if upper:
+            ubs.append(out[1])
+    return torch.cat(lbs), (torch.cat(ubs) if upper else None)
+
+
 def _dense_margin_spec(labels: Tensor, others: Tensor, num_classes: int, dtype) -> Tensor:
     """C [N, S, K] with rows e_label - e_j for j in others [N, S]."""
     eye = torch.eye(num_classes, device=labels.device, dtype=dtype)
@@ -432,12 +492,14 @@ def bounds_for(
     alpha_steps: int = 20,
     alpha_lr: float = 0.1,
     ibp_too: bool = False,
+    max_memory_gib: float = 6.0,
 ):
     """Core of ``compute_bounds``: returns (lb, ub or None, ibp_lb or None).
 
     ``margin`` = (labels [N], others [N, S]) gives the spec as margin rows e_label - e_j (then
     C must be None): the last Linear is folded by gathers. With ``ibp_too`` (crown-ibp only)
-    the IBP lower bound from the same IBP pass is also returned."""
+    the IBP lower bound from the same IBP pass is also returned. ``max_memory_gib``: the final
+    CROWN pass runs in checkpointed chunks of samples when its estimated memory is larger."""
     if method not in METHODS:
         raise ValueError(f"unknown bound method {method!r} (one of: {', '.join(METHODS)})")
     net, shapes, c, r = _prepare(model, x_lower, x_upper)
@@ -472,16 +534,7 @@ def bounds_for(
     if method in ("crown", "alpha-crown"):
         pre = net.crown_intermediate(shapes, pre, box, stop=L)
     if method in ("crown-ibp", "crown"):
-        last = net.layers[-1]
-        if margin is not None and isinstance(last, BoundLinear):
-            A, bias = margin_fold(last.module.weight, last.module.bias, *margin)
-            lb, _ = net.backward_bound(L - 2, A, shapes, pre, box)
-            lb = lb + bias
-            ub = None
-            if bound_upper:
-                _, ub = net.backward_bound(L - 1, spec(), shapes, pre, box, lower=False, upper=True)
-            return lb, ub, ibp_lb
-        lb, ub = net.backward_bound(L - 1, spec(), shapes, pre, box, lower=True, upper=bound_upper)
+        lb, ub = _crown_final(net, shapes, pre, box, spec, margin, bound_upper, max_memory_gib)
         return lb, ub, ibp_lb
     # alpha-crown: never looser than crown (elementwise max with the crown bound)
     C = spec()
