@@ -53,8 +53,16 @@ def _neuron_dims(t: Tensor) -> tuple[int, ...]:
     return tuple(range(2, t.dim()))
 
 
+def _fast_conv_dtype(t: Tensor) -> bool:
+    """Whether convolutions of this dtype take the oneDNN/cuDNN fast paths (float64 does not)."""
+    return t.dtype in (torch.float32, torch.bfloat16, torch.float16)
+
+
 def _channels_last(t4: Tensor) -> Tensor:
-    """4-D tensor in channels_last memory layout (oneDNN's fast path for the big transposed convs)."""
+    """4-D tensor in channels_last memory layout (oneDNN's fast path for the big transposed convs);
+    plain contiguous layout for float64 (whose CPU convolutions are the slow reference ones)."""
+    if not _fast_conv_dtype(t4):
+        return t4.contiguous()
     if t4.dim() == 4 and not t4.is_contiguous(memory_format=torch.channels_last):
         return t4.contiguous(memory_format=torch.channels_last)
     return t4
@@ -210,7 +218,10 @@ class _ConvAdjoint(torch.autograd.Function):
             for i in range(2)
         )
         A4 = _channels_last(A.reshape((lead[0] * lead[1],) + tuple(A.shape[2:])))
-        if groups == 1 and dilation == (1, 1) and stride != (1, 1) and W.shape[1] * stride[0] * stride[1] <= 32:
+        if (
+            groups == 1 and dilation == (1, 1) and stride != (1, 1) and W.shape[1] * stride[0] * stride[1] <= 32
+            and _fast_conv_dtype(A4) and A4.device.type == "cpu"
+        ):
             out = _phase_conv_transpose(A4, W, stride, padding, in_hw)
         else:
             out = F.conv_transpose2d(A4, W, None, stride, padding, opad, groups, dilation)
