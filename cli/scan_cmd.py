@@ -1,0 +1,106 @@
+"""``a5ocr scan`` and ``a5ocr render-text``.
+
+Registered in ``cli/app.py``; bad input raises ``a5ocr.scan.ScanError`` (a ``ValueError``; one
+line, exit 2). ``scan --require-certified`` exits 1 when a character is not certified.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+
+def scan(
+    page: Path = typer.Argument(..., help="The scanned page: PNG, JPEG or TIFF (the first frame). A glyph sheet from `a5ocr export --sheet` is recognised by its <name>.layout.json beside it (or --layout)."),
+    run: Path = typer.Option(..., "--run", help="A design run folder (glyphs.safetensors and classifier.safetensors)."),
+    eps_a: Optional[float] = typer.Option(None, "--eps-a", help="Attack budget on each normalised character image, in (0, 1); default: the run's eps_A (0.1 if unknown)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result as JSON: per character its box, label, confidence, certificate and certified radius."),
+    overlay: Optional[Path] = typer.Option(None, "--overlay", help="Write the page with a box per character: green certified, red not (.png)."),
+    require_certified: bool = typer.Option(False, "--require-certified", help="Exit with code 1 if any character is not certified."),
+    method: str = typer.Option("crown-ibp", help="Certificate: ibp, or crown-ibp (IBP first, CROWN-IBP on what IBP leaves)."),
+    layout: Optional[Path] = typer.Option(None, "--layout", help="The sheet layout JSON, when it is not <page stem>.layout.json beside the page."),
+    sheet_page: int = typer.Option(1, "--sheet-page", help="Which page of a multi-page sheet this scan is (1-based)."),
+    classifier: Optional[Path] = typer.Option(None, help="Another classifier of the run (e.g. baseline_classifier.safetensors) instead of classifier.safetensors."),
+) -> None:
+    """Read a scanned page with a design run's classifier and certify every character."""
+    from a5ocr import scan as sc
+
+    # check the outputs before the work
+    if json_out is not None:
+        if json_out.suffix.lower() != ".json":
+            raise sc.ScanError(f"--json must end in .json, got {json_out.name!r}")
+        if not json_out.parent.is_dir():
+            raise sc.ScanError(f"cannot write {json_out}: folder {json_out.parent} does not exist")
+    if overlay is not None:
+        if overlay.suffix.lower() not in (".png", ".jpg", ".jpeg", ".tif", ".tiff"):
+            raise sc.ScanError(f"--overlay must be a .png (or .jpg, .tif), got {overlay.name!r}")
+        if not overlay.parent.is_dir():
+            raise sc.ScanError(f"cannot write {overlay}: folder {overlay.parent} does not exist")
+    if layout is not None and not layout.is_file():
+        raise sc.ScanError(f"sheet layout not found: {layout}")
+
+    result = sc.scan(page, run, eps_a=eps_a, method=method, layout=layout, classifier=classifier, sheet_page=sheet_page)
+    if json_out is not None:
+        sc.write_json(result, json_out)
+    if overlay is not None:
+        sc.write_overlay(result, sc.load_page(page), overlay)
+
+    out = Console()
+    if not result.chars:
+        out.print(f"{page.name}: no text found")
+    else:
+        text = Text()
+        line = None
+        for c in result.chars:
+            if line is not None and c.line != line:
+                text.append("\n")
+            elif c.space_before:
+                text.append(" ")
+            text.append(c.char, style=None if c.certified else "bold red")
+            line = c.line
+        out.print(text)
+        n, k = len(result.chars), result.certified_count
+        tail = ""
+        if result.mode == "sheet":
+            d = result.to_dict()
+            tail = f", read correctly {d['accuracy']:.1%}"
+        out.print(
+            f"[dim]{n} characters, {k} certified ({k / n:.1%}) at eps_A {result.eps_a:g} ({result.method}){tail}; "
+            f"uncertified in [bold red]red[/bold red][/dim]", highlight=False,
+        )
+    for label, path in (("json", json_out), ("overlay", overlay)):
+        if path is not None:
+            out.print(f"[dim]{label}: {path}[/dim]", highlight=False)
+    if require_certified and result.certified_count < len(result.chars):
+        # SystemExit, not typer.Exit: the console script runs typer with standalone_mode=False,
+        # where an Exit's code would be returned and dropped.
+        raise SystemExit(1)
+
+
+def render_text(
+    text: str = typer.Argument(..., help="The text; a literal \\n starts a new line; '-' reads it from standard input. Lines are wrapped to the page width."),
+    font: str = typer.Option(..., "--font", help="A TTF/OTF path (e.g. a font from `a5ocr export --font`) or a shipped font name."),
+    out: Path = typer.Option(..., "--out", help="The page image (.png, .jpg, .tif); the ground truth goes to <out>.truth.json."),
+    dpi: int = typer.Option(300, help="Rendering resolution (dots per inch)."),
+    size_pt: float = typer.Option(24.0, "--size-pt", help="Font size in points."),
+    seed: int = typer.Option(0, help="Seed of the scanner degradation."),
+    clean: bool = typer.Option(False, "--clean", help="No degradation: the page as rendered."),
+    width_in: float = typer.Option(8.27, "--width-in", help="Page width in inches (A4: 8.27)."),
+) -> None:
+    """Render text in a font on a page as a scanner would see it (blur, resampling, noise, slight rotation, JPEG)."""
+    from a5ocr import render_text as rt
+
+    if text == "-":
+        text = sys.stdin.read()
+    text = text.replace("\\n", "\n")
+    opts = rt.RenderOptions(dpi=dpi, size_pt=size_pt, seed=seed, clean=clean, width_in=width_in)
+    gray, truth = rt.render_text(text, font, opts)
+    page, tp = rt.write_page(out, gray, truth, dpi)
+    n = len(truth["chars"])
+    deg = "clean" if clean else f"degraded (seed {seed}, rotation {truth['degradation']['angle_deg']:+.2f} deg)"
+    Console().print(f"{page}: {gray.shape[1]}x{gray.shape[0]} px, {len(truth['lines'])} lines, {n} characters, {deg}; truth: {tp}", highlight=False)
