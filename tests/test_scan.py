@@ -1,0 +1,372 @@
+"""``a5ocr scan`` and ``a5ocr render-text``: page I/O, segmentation, deskew, normalisation,
+certificates, glyph sheets, the end-to-end read of a page printed in a designed font, bad input.
+
+One tiny design run (8 characters, 32x32, seconds) is shared by the module. Its classifier is
+small and briefly trained, so the reading threshold is 90% of the characters (it reads these
+pages perfectly on the machine the tests were written on)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import shutil
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from a5ocr import page as pg
+from a5ocr import scan as sc
+from a5ocr.render_text import RenderError, RenderOptions, render_text, truth_path, write_page
+
+CHARS = "ABCDEFGH"
+TEXT = "BAD CAFE FACE\nHEAD BEACH EDGE\nDEAF GAB HEDGE"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from a5ocr.design import DesignConfig, run_design
+
+    torch.set_num_threads(2)
+    out = tmp_path_factory.mktemp("scanrun") / "run"
+    run_design(DesignConfig(font="comic-neue", chars=CHARS, preset="tiny", resolution=32, eps_a=0.02, eval_samples=5,
+                            device="cpu", certify_methods=("ibp",), out=str(out), stage1_steps=60, stage2_steps=30))
+    return out
+
+
+@pytest.fixture(scope="module")
+def font(run):
+    from a5ocr.export import export_font
+
+    path = run / "a5.ttf"
+    export_font(run, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reader(run):
+    return sc.load_reader(run)
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _page(tmp_path, text, font="comic-neue", name="page.png", **kw):
+    opts = RenderOptions(**{"size_pt": 20.0, "width_in": 6.0, "margin_in": 0.4, **kw})
+    gray, truth = render_text(text, font, opts)
+    path, _ = write_page(tmp_path / name, gray, truth, opts.dpi)
+    return path, gray, truth
+
+
+# --------------------------------------------------------------------------- render-text
+
+
+def test_render_text_writes_page_and_truth_reproducibly(tmp_path):
+    path, gray, truth = _page(tmp_path, "Hello jiji World\nsecond line", seed=3)
+    assert path.is_file() and truth_path(path).is_file()
+    saved = json.loads(truth_path(path).read_text())
+    assert saved["text"] == "Hello jiji World\nsecond line" and saved["lines"] == ["Hello jiji World", "second line"]
+    assert len(saved["chars"]) == len("HellojijiWorldsecondline")
+    assert abs(saved["degradation"]["angle_deg"]) <= 1.0 and saved["degradation"]["jpeg_quality"] == 85
+    h, w = gray.shape
+    for c in saved["chars"]:
+        x0, y0, x1, y1 = c["box"]
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+    again, _ = render_text("Hello jiji World\nsecond line", "comic-neue", RenderOptions(size_pt=20.0, width_in=6.0, margin_in=0.4, seed=3))
+    assert np.array_equal(gray, again)
+    other, _ = render_text("Hello jiji World\nsecond line", "comic-neue", RenderOptions(size_pt=20.0, width_in=6.0, margin_in=0.4, seed=4))
+    assert not np.array_equal(gray, other)
+    clean, t2 = render_text("Hello", "comic-neue", RenderOptions(clean=True))
+    assert clean.max() == 1.0 and clean.min() < 0.05 and t2["degradation"] == {}
+
+
+def test_render_text_wraps_and_refuses_missing_glyphs(tmp_path, font):
+    gray, truth = render_text("ABC " * 40, "comic-neue", RenderOptions(width_in=4.0, margin_in=0.5, clean=True))
+    assert len(truth["lines"]) > 2 and all(line for line in truth["lines"])
+    with pytest.raises(RenderError, match="no glyph"):
+        render_text("BAD xyz", font)
+    with pytest.raises(RenderError, match="empty"):
+        render_text("   ", "comic-neue")
+    with pytest.raises(sc.ScanError, match="font not found"):
+        render_text("A", tmp_path / "none.ttf")
+
+
+# --------------------------------------------------------------------------- pipeline without a classifier
+
+
+def test_segmentation_counts_characters_lines_and_merges_dots(tmp_path):
+    text = "jig fizz Jiminy\nquick brown fox\njumps high"
+    _, gray, truth = _page(tmp_path, text, seed=1)
+    seg = sc.segment(gray)
+    assert len(seg.lines) == 3
+    assert [len(line) for line in seg.lines] == [len(t.replace(" ", "")) for t in truth["lines"]]
+    boxes = [seg.page_box(g.box) for g in seg.glyphs]
+    ious = [_iou(b, c["box"]) for b, c in zip(boxes, truth["chars"])]
+    assert min(ious) > 0.6 and float(np.median(ious)) > 0.8
+    # the i and j boxes reach up to their dots: as tall as the truth boxes
+    for b, c in zip(boxes, truth["chars"]):
+        if c["char"] in "ij":
+            assert abs(b[1] - c["box"][1]) < 4 and _iou(b, c["box"]) > 0.6
+
+
+@pytest.mark.parametrize("angle", [1.7, -2.4])
+def test_deskew_recovers_a_known_rotation(angle):
+    clean, _ = render_text("The quick brown fox jumps\nover the lazy dog again", "comic-neue",
+                           RenderOptions(clean=True, size_pt=18.0, width_in=6.0, margin_in=0.5))
+    rotated = pg.rotate_image(clean, angle, fill=1.0, expand=True)
+    levels = sc.paper_and_ink(rotated)
+    est = sc.estimate_skew(sc.ink_mask(rotated, levels))
+    assert abs(est - angle) < 0.3
+    seg = sc.segment(rotated)
+    assert abs(seg.angle - angle) < 0.3 and len(seg.lines) == 2
+
+
+@pytest.mark.parametrize("scale,min_iou", [(1.0, 0.8), (2.9, 0.9)])
+def test_normalisation_reproduces_the_prototypes(tmp_path, run, reader, scale, min_iou):
+    """A clean page in the source font, normalised at the fitted geometry, gives the design's
+    original prototypes: IoU of the ink > 0.5 masks >= 0.9 per character when a canvas pixel
+    spans 2.9 page pixels; at the design geometry itself (1 page px per canvas px, the page's
+    pixel grid not aligned with the canvas) >= 0.8 (the thin bars of E) and >= 0.93 on average."""
+    from a5ocr.export import iou, load_design
+
+    design = load_design(run)
+    size_pt = scale * reader.units_per_em / reader.units_per_pixel * 72 / 300
+    _, gray, truth = _page(tmp_path, "ABCD EFGH\nHEAD BAG", clean=True, size_pt=size_pt)
+    seg = sc.segment(gray)
+    labels = np.array([CHARS.index(c["char"]) for c in truth["chars"]])
+    assert len(seg.glyphs) == len(labels)
+    geo, canv, _ = sc.fit_geometry(seg, reader, labels=labels)
+    em_px = reader.units_per_em * float(np.median(geo.k)) / reader.units_per_pixel
+    assert abs(em_px / (size_pt * 300 / 72) - 1) < 0.03
+    assert geo.table == "original"  # the page is in the source font
+    got = iou(torch.from_numpy(canv), design.original[torch.from_numpy(labels)])
+    assert float(got.min()) >= min_iou and float(got.mean()) >= 0.93, got
+
+
+def test_ink_extents_and_otsu():
+    p = np.array([0, 0, 0.25, 1, 1, 1, 0.75, 0, 0])
+    assert sc.ink_extents(p) == pytest.approx((2.5 + 0.25 / 0.75, 6.5 + 0.25 / 0.75))
+    assert all(math.isnan(v) for v in sc.ink_extents(np.zeros(5)))
+    g = np.r_[np.full(1000, 0.95), np.full(100, 0.1)]
+    assert 0.1 < sc.otsu_threshold(g) < 0.95
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_scan_reads_a_page_in_the_designed_font(tmp_path, run, font):
+    path, gray, truth = _page(tmp_path, TEXT, font=font, seed=2)
+    result = sc.scan(path, run, method="ibp")
+    assert result.eps_a == pytest.approx(0.02)  # the run's eps_A
+    read = result.text.replace("\n", " ")
+    want = truth["text"].replace("\n", " ")
+    assert len(result.chars) == len(truth["chars"])
+    assert len(read) == len(want)
+    correct = sum(a == b for a, b in zip(read.replace(" ", ""), want.replace(" ", "")))
+    assert correct / len(truth["chars"]) >= 0.9, (read, want)
+    assert [i for i, c in enumerate(read) if c in " "] == [i for i, c in enumerate(want) if c == " "]
+    ious = [_iou(c.box, t["box"]) for c, t in zip(result.chars, truth["chars"])]
+    assert min(ious) > 0.6 and float(np.median(ious)) > 0.8
+    # JSON and overlay
+    sc.write_json(result, tmp_path / "r.json")
+    sc.write_overlay(result, sc.load_page(path), tmp_path / "r.png")
+    d = json.loads((tmp_path / "r.json").read_text())
+    assert d["text"] == result.text and d["counts"]["characters"] == len(truth["chars"])
+    assert d["certified_fraction"] == pytest.approx(result.certified_count / len(result.chars))
+    for c in d["characters"]:
+        assert set(c) >= {"char", "box", "confidence", "certified", "radius"}
+        assert 0.0 <= c["confidence"] <= 1.0 and (c["radius"] >= 0.02) == c["certified"]
+    with Image.open(tmp_path / "r.png") as im:
+        assert im.size == (gray.shape[1], gray.shape[0]) and im.mode == "RGB"
+        arr = np.asarray(im)
+    green = (arr[..., 1] > 150) & (arr[..., 0] < 60)
+    red = (arr[..., 0] > 200) & (arr[..., 1] < 60)
+    assert green.any() == (result.certified_count > 0) and red.any() == (result.certified_count < len(result.chars))
+
+
+def test_certificates_and_radii_are_sound(reader):
+    from a5ocr import bounds
+
+    r = reader.resolution
+    design_w = torch.rand(6, r, r, generator=torch.Generator().manual_seed(0)) * 0.2
+    x = (1 - design_w).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+    labels = reader.model(x).argmax(1)
+    cert, radius = sc.certify_canvases(reader.model, x, labels, 0.02, "crown-ibp")
+    assert ((radius >= 0.02) == cert).all()
+    pos = radius > 0
+    if pos.any():
+        e = torch.from_numpy(radius[pos]).view(-1, 1, 1, 1)
+        xs = x[torch.from_numpy(pos)].double()
+        lab = labels[torch.from_numpy(pos)]
+        box = ((xs - e).clamp(0, 1), (xs + e).clamp(0, 1))
+        ok = bounds.certify(reader.model, *box, lab, method="ibp") | bounds.certify(reader.model, *box, lab, method="crown-ibp")
+        assert ok.all()  # every radius is a proof (IBP, or CROWN-IBP at eps_A)
+
+
+def test_scan_a_glyph_sheet_with_registration_marks(tmp_path, run):
+    from a5ocr.export import export_sheet
+    from a5ocr.render_text import degrade
+
+    export_sheet(run, tmp_path / "sheet.png", glyph_mm=10.0, dpi=150)
+    gray = pg.read_page(tmp_path / "sheet.png")
+    scanned, _ = degrade(gray, np.random.default_rng(5))
+    pg.write_image(tmp_path / "scan.png", scanned)
+    shutil.copy(tmp_path / "sheet.layout.json", tmp_path / "scan.layout.json")
+    res = sc.scan(tmp_path / "scan.png", run, method="ibp")
+    d = res.to_dict()
+    assert res.mode == "sheet" and len(res.chars) == len(CHARS) and d["accuracy"] >= 0.75
+    assert [c.expected for c in res.chars] == list(CHARS)
+    layout = json.loads((tmp_path / "sheet.layout.json").read_text())
+    for c, b in zip(res.chars, layout["boxes"]):
+        assert _iou(c.box, b["box_px"]) > 0.8  # a 1-degree rotation at most
+    # a sheet of another page size / a blank page: the marks are not found
+    pg.write_image(tmp_path / "blank.png", np.ones((300, 200), np.float32))
+    with pytest.raises(sc.ScanError, match="blank"):
+        sc.scan(tmp_path / "blank.png", run, layout=tmp_path / "sheet.layout.json")
+    with pytest.raises(sc.ScanError, match="not an a5ocr sheet layout"):
+        (tmp_path / "bad.json").write_text("{}")
+        sc.scan(tmp_path / "scan.png", run, layout=tmp_path / "bad.json")
+
+
+# --------------------------------------------------------------------------- image formats and bad input
+
+
+def _rgba_page(gray: np.ndarray) -> Image.Image:
+    """Black text drawn only through the alpha channel (transparent black paper)."""
+    a = np.round((1 - gray) * 255).astype(np.uint8)
+    rgba = np.zeros(gray.shape + (4,), np.uint8)
+    rgba[..., 3] = a
+    return Image.fromarray(rgba, "RGBA")
+
+
+def test_gray_rgba_16bit_palette_tiff_read_alike(tmp_path, run, font):
+    path, gray, truth = _page(tmp_path, "BAD CAFE", font=font, seed=0)
+    base = pg.read_page(path)
+    u8 = pg.to_u8(base)
+    Image.fromarray(u8, "L").convert("RGB").save(tmp_path / "rgb.jpg", quality=98)
+    _rgba_page(base).save(tmp_path / "rgba.png")
+    Image.fromarray((base.astype(np.float64) * 65535).round().astype(np.uint16)).save(tmp_path / "g16.png")
+    Image.fromarray(u8, "L").convert("P").save(tmp_path / "pal.png")
+    Image.fromarray(u8, "L").save(tmp_path / "page.tif")
+    with Image.open(tmp_path / "g16.png") as im:
+        assert im.mode.startswith("I")
+    for name, tol in (("rgba.png", 1 / 255 + 1e-6), ("g16.png", 1e-4), ("pal.png", 1 / 255 + 1e-6), ("page.tif", 1e-6), ("rgb.jpg", 0.2)):
+        got = pg.read_page(tmp_path / name)
+        assert got.shape == base.shape and float(np.abs(got - base).max()) <= tol, name
+    want = sc.scan(path, run, method="ibp").text
+    for name in ("rgba.png", "g16.png"):
+        assert sc.scan(tmp_path / name, run, method="ibp").text == want
+
+
+def _bomb_png(path, width=50_000, height=50_000):
+    """A valid 1x1 PNG whose IHDR claims width x height (CRC fixed): never decoded here."""
+    buf = io.BytesIO()
+    Image.new("L", (1, 1), 255).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+
+
+def test_bad_pages_give_clear_errors(tmp_path, run):
+    (tmp_path / "notes.png").write_text("not an image at all")
+    with pytest.raises(sc.ScanError, match="not an image"):
+        sc.scan(tmp_path / "notes.png", run)
+    (tmp_path / "doc.pdf").write_bytes(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n")
+    with pytest.raises(sc.ScanError, match="PDF input is not supported: convert it to PNG"):
+        sc.scan(tmp_path / "doc.pdf", run)
+    _bomb_png(tmp_path / "bomb.png")
+    with pytest.raises(sc.ScanError, match="pixels"):
+        sc.scan(tmp_path / "bomb.png", run)
+    _bomb_png(tmp_path / "big.png", 12_000, 10_000)  # 120 Mpx: over our limit, under Pillow's error level
+    with pytest.raises(sc.ScanError, match="megapixel"):
+        pg.read_page(tmp_path / "big.png")
+    good = io.BytesIO()
+    Image.new("L", (64, 64), 128).save(good, format="PNG")
+    (tmp_path / "cut.png").write_bytes(good.getvalue()[:60])
+    with pytest.raises(sc.ScanError, match="cannot read"):
+        sc.scan(tmp_path / "cut.png", run)
+    with pytest.raises(sc.ScanError, match="page not found"):
+        sc.scan(tmp_path / "missing.png", run)
+    with pytest.raises(sc.ScanError, match="no designs"):
+        sc.scan(tmp_path / "notes.png", tmp_path)
+    pg.write_image(tmp_path / "white.png", np.ones((200, 300), np.float32))
+    with pytest.raises(sc.ScanError, match="--eps-a"):
+        sc.scan(tmp_path / "white.png", run, eps_a=1.5)
+    with pytest.raises(sc.ScanError, match="--method"):
+        sc.scan(tmp_path / "white.png", run, method="crown")
+
+
+def test_blank_and_noisy_pages_give_an_empty_result(tmp_path, run):
+    rng = np.random.default_rng(0)
+    pg.write_image(tmp_path / "white.png", np.ones((400, 300), np.float32))
+    pg.write_image(tmp_path / "noise.png", np.clip(0.93 + rng.normal(0, 0.02, (400, 300)), 0, 1).astype(np.float32))
+    for name in ("white.png", "noise.png"):
+        res = sc.scan(tmp_path / name, run, method="ibp")
+        d = res.to_dict()
+        assert res.chars == [] and d["text"] == "" and d["counts"]["characters"] == 0 and d["certified_fraction"] is None
+        sc.write_overlay(res, sc.load_page(tmp_path / name), tmp_path / f"{name}.overlay.png")
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _cli():
+    import typer
+
+    from a5ocr.cli.scan_cmd import render_text as render_cmd
+    from a5ocr.cli.scan_cmd import scan as scan_cmd
+
+    app = typer.Typer()
+    app.command(name="scan")(scan_cmd)
+    app.command(name="render-text")(render_cmd)
+    return app
+
+
+def test_cli_render_text_and_scan(tmp_path, run, font):
+    from typer.testing import CliRunner
+
+    app, runner = _cli(), CliRunner()
+    page = tmp_path / "p.png"
+    r = runner.invoke(app, ["render-text", "BAD\\nFACE", "--font", str(font), "--out", str(page), "--size-pt", "18", "--seed", "1"])
+    assert r.exit_code == 0, r.output
+    assert page.is_file() and truth_path(page).is_file()
+    assert json.loads(truth_path(page).read_text())["lines"] == ["BAD", "FACE"]
+    args = ["scan", str(page), "--run", str(run), "--method", "ibp", "--json", str(tmp_path / "o.json"), "--overlay", str(tmp_path / "o.png")]
+    r = runner.invoke(app, args + ["--require-certified"])
+    d = json.loads((tmp_path / "o.json").read_text())
+    assert r.exit_code == (0 if d["counts"]["uncertified"] == 0 else 1), r.output
+    assert (tmp_path / "o.png").is_file() and "characters" in r.output
+    # nothing is certified at a huge budget: --require-certified fails, without it the scan succeeds
+    r = runner.invoke(app, args + ["--eps-a", "0.9", "--require-certified"])
+    assert r.exit_code == 1 and json.loads((tmp_path / "o.json").read_text())["counts"]["certified"] == 0
+    assert runner.invoke(app, args + ["--eps-a", "0.9"]).exit_code == 0
+    r = runner.invoke(app, ["scan", str(page), "--run", str(run), "--json", str(tmp_path / "o.txt")])
+    assert isinstance(r.exception, sc.ScanError) and "--json must end in .json" in str(r.exception)
+
+
+def _registered() -> bool:
+    from a5ocr.cli.app import app
+
+    return any(getattr(c, "name", None) == "scan" or getattr(c.callback, "__name__", "") == "scan" for c in app.registered_commands)
+
+
+@pytest.mark.skipif(not _registered(), reason="scan is not registered in cli/app.py yet")
+def test_console_script_bad_input_is_one_line_exit_2(tmp_path, run):
+    import subprocess
+    import sys
+
+    (tmp_path / "x.png").write_text("text")
+    r = subprocess.run([sys.executable, "-m", "a5ocr.cli.app", "scan", str(tmp_path / "x.png"), "--run", str(run)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "not an image" in r.stderr and "Traceback" not in r.stderr
