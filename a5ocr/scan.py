@@ -11,46 +11,56 @@ Pipeline (running text):
    classes differ by less than 0.15 in gray has no text (empty result).
 3. **Deskew**: the angle in [-3, 3] degrees that maximises the sum of squares of the ink's
    projection profile on the rotated vertical axis (a 0.1-degree scan, refined to 0.01 degree);
-   the page is rotated back (bilinear, enlarged so nothing is cut) when it is above 0.02 degree.
-   Boxes are reported in the coordinates of the page as read (rotated back again).
+   above 0.05 degree the page is rotated back (bilinear, enlarged so nothing is cut). What is
+   left (the profile is coarse on a few short lines) is taken up by the baselines, fitted with a
+   slope per line (step 5). Boxes are reported in the coordinates of the page as read.
 4. **Characters**: 8-connected components of the mask (``scipy.ndimage.label``); specks smaller
    than (0.06 h)^2 px (h = the 75th percentile component height) are dropped. Lines: components of
    height >= 0.35 h, in order of their vertical centre, join the line whose vertical span covers
    at least half their height; smaller ones join the line whose span (grown by half its height)
    holds their centre, or are dropped. Within a line, pieces stacked vertically (horizontal
    overlap >= half the narrower, vertical overlap <= a quarter of the shorter) are one
-   character: the dots of i and j, and strokes broken by a light print. Characters are read left
-   to right; a space is emitted where the ink gap exceeds the typical letter gap plus half the
-   source font's space advance (both in page pixels through the estimated scale).
+   character: the dots of i and j, and strokes broken by a light print. Each character owns the
+   page pixels nearest to its components (Euclidean distance transform, up to 0.04 h px: the
+   anti-aliased fringe); neighbours' ink is masked out. Letters that touch (ft, rt, vw ... after
+   blur) are split by recognition (``split_merged``): a character that reads badly -- low
+   confidence, or an ink box or a shape that does not fit the class read -- is cut at a column
+   in the lows of its ink profile when the pieces read better. Characters are read left to
+   right; a space is emitted where the ink gap, less the gap the font itself leaves between the
+   two characters read (right bearing + left bearing, from the prototypes and the source font's
+   advance widths), exceeds half the font's space advance.
 5. **Normalisation**, exactly as ``a5ocr.glyphs.rasterize`` frames prototypes: the canvas is
    R x R; one canvas pixel is ``units_per_pixel`` font units; the glyph's baseline is at canvas
-   row ``baseline`` and its ink box is centred at R / 2. On the page, each character keeps only
-   the ink nearest to its own components (within 0.04 h px; neighbours are masked out), its ink
-   box centre goes to R / 2, the line's baseline to the design baseline, and each canvas pixel is
-   the mean coverage over its footprint on the page (bilinear samples on a grid of about one per
-   page pixel): ink w in [0, 1]; the classifier sees ``x = 1 - w`` on 3 channels (``Acquisition``'s
-   convention, paper = 1).
+   row ``baseline`` and its ink box is centred at R / 2. On the page, the character's ink box
+   centre (0.5-level crossings) goes to the column where the prototype of the class read has it
+   (R / 2 up to the framing's rounding), the line's baseline to the design baseline row, and each
+   canvas pixel is the exact mean of the page's coverage over its footprint (page pixels as
+   uniform squares, separable box re-binning): ink w in [0, 1]; the classifier sees
+   ``x = 1 - w`` on 3 channels (``Acquisition``'s convention, paper = 1).
 
    **Scale** (page pixels per canvas pixel) and **baselines**: the font size on the page is
    unknown. A first guess per line takes the baseline as the median bottom of its characters and
    the height from the line's highest ink to that baseline, matched to the tallest glyph of the
    design above its baseline (median over lines). Then a fixed point: normalise, classify, and
-   compare each normalised character's ink extents (top and bottom 0.5-level crossings of its
-   row profile, measured on the canvas exactly as on the prototypes) with the prototype of the
-   class it was read as: the page scale is the median of the size ratios, each line's baseline
-   the median of the implied baselines (from the ink centre); repeated until the labels are
-   stable and the scale moves by < 0.2% (at most 5 rounds). Medians make it robust to a minority
-   of misread characters; one scale per page, except a line of >= 6 characters whose own median
-   differs by > 15% (a heading in another size). The prototype table (robust or original glyphs)
-   is the one whose extents fit the page better (the page may be printed in either font).
+   compare each normalised character's ink moments (mean and standard deviation of its rows,
+   weighted by ink -- unlike edge positions, not biased by blur) with those of the prototype of
+   the class it was read as: the page scale is the median ratio of the deviations; each line's
+   baseline follows from the ink centroids (a Theil-Sen line through the implied baselines, so a
+   residual skew is absorbed); repeated until the labels are stable and the scale moves by
+   < 0.2% (at most 5 rounds). Medians make it robust to a minority of misread characters; one
+   scale per page, except a line of >= 6 characters whose own median differs by > 15% (a heading
+   in another size). The prototypes compared are the robust glyphs as the exported font prints
+   them (the 0.5 iso-line of the design) or the original glyphs, whichever the page's
+   characters are closer to (the page may be printed in either font).
 6. **Certificates**: each character's label is the classifier's answer; it is certified when the
    sound float64 bound (``a5ocr.bounds.certify``; IBP first, then CROWN-IBP on the rest with
    ``method="crown-ibp"``) proves that no change of L-inf size eps_A of its normalised image
    changes that answer. Its radius is the largest such size (IBP bisection, each step a float64
-   proof; at least eps_A where certified). A change of size e to the scanned page moves the
-   normalised image by at most e / (paper - ink) (resampling is an average; the level stretch
-   divides by the contrast), so the page-level budget is ``eps_A * (paper - ink)``
-   (``page_eps_a`` in the JSON).
+   proof; at least eps_A where certified). The certificate is about the classifier's input. With
+   the segmentation and the fitted geometry held fixed, the chain from the page is an average
+   (bilinear deskew, box re-binning) followed by the level stretch 1 / (paper - ink), so a change
+   of size e of the page's pixels moves the input by at most e / (paper - ink): ``page_eps_a`` =
+   eps_A (paper - ink) in the JSON. Segmentation and the geometry fit are not covered.
 
 Glyph sheets from ``a5ocr export --sheet`` (a ``<sheet>.layout.json`` beside the page, or
 ``layout=``): the four registration discs are found near their expected places (scaled to the
@@ -312,6 +322,7 @@ class Glyph:
     box: tuple[int, int, int, int]  # [x0, y0, x1, y1) of its mask pixels
     line: int = 0
     gid: int = 0  # its number in the owner maps
+    cols: tuple[int, int] | None = None  # a piece of a split: only the page columns [c0, c1) of gid
     space_before: bool = False
     left: float = math.nan  # 0.5-level ink extents (sub-pixel)
     right: float = math.nan
@@ -336,7 +347,6 @@ class Segmentation:
     lines: list[list[Glyph]] = field(default_factory=list)
     ref_height: float = 0.0
     dmax: float = 2.0  # px of anti-aliased fringe a character keeps around its mask
-    next_gid: int = 1
     owner_bands: list = field(default_factory=list)  # per line: (y0, y1, owner map [y1 - y0, W])
 
     @property
@@ -395,7 +405,7 @@ def segment(gray: np.ndarray, deskew: bool = True) -> Segmentation:
     mask = ink_mask(gray, levels)
     angle = estimate_skew(mask) if deskew else 0.0
     if abs(angle) > 0.05:
-        gray = rotate_image(gray, -angle, fill=levels.paper, expand=True, order=3)
+        gray = rotate_image(gray, -angle, fill=levels.paper, expand=True, order=1)
         mask = ink_mask(gray, levels)
     else:
         angle = 0.0
@@ -487,7 +497,6 @@ def _isolate_and_measure(seg: Segmentation) -> None:
     for gi, g in enumerate(seg.glyphs, start=1):
         g.gid = gi
         lookup[g.comps] = gi
-    seg.next_gid = len(seg.glyphs) + 1
     seg.dmax = max(2.0, 0.04 * seg.ref_height)
     h = seg.labels.shape[0]
     for line in seg.lines:
@@ -510,11 +519,21 @@ def _glyph_window(seg: Segmentation, g: Glyph) -> tuple[int, int, int, int]:
     return max(0, g.box[0] - m), max(b0, g.box[1] - m), min(seg.labels.shape[1], g.box[2] + m), min(b1, g.box[3] + m)
 
 
+def _owned(seg: Segmentation, g: Glyph, window: tuple[int, int, int, int]) -> np.ndarray:
+    """Boolean map of the pixels of ``g`` over ``window`` = (x0, y0, x1, y1) (inside its line's band)."""
+    xa, ya, xb, yb = window
+    b0, _, owner = seg.owner_bands[g.line]
+    own = owner[ya - b0 : yb - b0, xa:xb] == g.gid
+    if g.cols is not None:
+        cols = np.arange(xa, xb)
+        own &= ((cols >= g.cols[0]) & (cols < g.cols[1]))[None, :]
+    return own
+
+
 def _isolated(seg: Segmentation, g: Glyph, window: tuple[int, int, int, int]) -> np.ndarray:
     """Coverage of ``g`` alone over ``window`` = (x0, y0, x1, y1) (inside its line's band)."""
     xa, ya, xb, yb = window
-    b0, _, owner = seg.owner_bands[g.line]
-    return np.where(owner[ya - b0 : yb - b0, xa:xb] == g.gid, seg.coverage[ya:yb, xa:xb], 0.0).astype(np.float32)
+    return np.where(_owned(seg, g, window), seg.coverage[ya:yb, xa:xb], 0.0).astype(np.float32)
 
 
 def _measure(seg: Segmentation, g: Glyph) -> None:
@@ -721,38 +740,26 @@ def _score(reader: Reader, geo: PageGeometry, g: Glyph, canvas: np.ndarray, prob
 
 def _set_box(seg: Segmentation, g: Glyph) -> bool:
     """The mask box of ``g``'s own pixels; False when it has none."""
-    xa, ya, xb, yb = _glyph_window(seg, g)
-    b0, _, owner = seg.owner_bands[g.line]
-    own = (owner[ya - b0 : yb - b0, xa:xb] == g.gid) & (seg.labels[ya:yb, xa:xb] > 0)
-    rows, cols = np.nonzero(own)
+    xa, ya, xb, yb = win = _glyph_window(seg, g)
+    rows, cols = np.nonzero(_owned(seg, g, win) & (seg.labels[ya:yb, xa:xb] > 0))
     if rows.size == 0:
         return False
     g.box = (xa + int(cols.min()), ya + int(rows.min()), xa + int(cols.max()) + 1, ya + int(rows.max()) + 1)
     return True
 
 
-def _split_at(seg: Segmentation, g: Glyph, cut: int) -> tuple[Glyph, Glyph, tuple] | None:
-    """Give the pixels of ``g`` right of column ``cut`` to a new glyph; returns (left, right, undo)."""
-    xa, ya, xb, yb = _glyph_window(seg, g)
-    b0, _, owner = seg.owner_bands[g.line]
-    region = owner[ya - b0 : yb - b0, cut:xb]
-    saved = region.copy()
-    right = Glyph(comps=list(g.comps), box=g.box, line=g.line, gid=seg.next_gid)
-    seg.next_gid += 1
-    region[region == g.gid] = right.gid
-    left = Glyph(comps=list(g.comps), box=g.box, line=g.line, gid=g.gid)
-    undo = (g, (ya - b0, yb - b0, cut, xb), saved)
+def _pieces(seg: Segmentation, g: Glyph, a: int, b: int) -> tuple[Glyph, Glyph] | None:
+    """``g`` cut in two: the left piece keeps its columns < ``b``, the right one those >= ``a``
+    (a < b: the columns between belong to both -- two crossbars fused into one, as in ft, tt;
+    a > b: those between belong to neither). None when a piece has no ink."""
+    c0, c1 = g.cols if g.cols is not None else (-(1 << 30), 1 << 30)
+    left = Glyph(comps=list(g.comps), box=g.box, line=g.line, gid=g.gid, cols=(c0, min(c1, b)))
+    right = Glyph(comps=list(g.comps), box=g.box, line=g.line, gid=g.gid, cols=(max(c0, a), c1))
     if not (_set_box(seg, left) and _set_box(seg, right)):
-        _undo(seg, undo)
         return None
     _measure(seg, left)
     _measure(seg, right)
-    return left, right, undo
-
-
-def _undo(seg: Segmentation, undo: tuple) -> None:
-    g, (r0, r1, c0, c1), saved = undo
-    seg.owner_bands[g.line][2][r0:r1, c0:c1] = saved
+    return left, right
 
 
 def _read(seg: Segmentation, reader: Reader, geo: PageGeometry, glyphs: list[Glyph]) -> list[float]:
@@ -761,10 +768,11 @@ def _read(seg: Segmentation, reader: Reader, geo: PageGeometry, glyphs: list[Gly
     return [_score(reader, geo, q, canv[i], probs[i]) for i, q in enumerate(glyphs)]
 
 
-def _cut_candidates(seg: Segmentation, reader: Reader, geo: PageGeometry, g: Glyph, most: int = 12) -> list[int]:
-    """Page columns where ``g`` may be two letters touching: the lows of its column ink profile
-    (the joint is a single thin stroke, often a long flat low: every column of it is a
-    candidate), at least 0.08 em from either end; at most ``most``, evenly spread."""
+def _cut_candidates(seg: Segmentation, reader: Reader, geo: PageGeometry, g: Glyph) -> list[int]:
+    """Page columns where ``g`` may be two letters touching, at least 0.08 em from either end:
+    up to 8 columns in the lows of its column ink profile (the joint of two letters is a single
+    thin stroke) and 12 evenly spaced ones (a joint along a crossbar is a long low where the
+    lowest columns need not be the right cut)."""
     from scipy import ndimage
 
     k, _ = geo.of(g)
@@ -775,37 +783,61 @@ def _cut_candidates(seg: Segmentation, reader: Reader, geo: PageGeometry, g: Gly
     if hi <= lo:
         return []
     inner = prof[lo:hi]
-    cands = np.nonzero(inner <= inner.min() + 0.5 * (np.median(inner) - inner.min()))[0]
-    if cands.size > most:
-        cands = cands[np.round(np.linspace(0, cands.size - 1, most)).astype(int)]
-    return [xa + lo + int(m) for m in cands]
+    lows = np.nonzero(inner <= inner.min() + 0.5 * (np.median(inner) - inner.min()))[0]
+    if lows.size > 8:
+        lows = lows[np.round(np.linspace(0, lows.size - 1, 8)).astype(int)]
+    even = np.round(np.linspace(0, inner.size - 1, min(12, inner.size))).astype(int)
+    return [xa + lo + int(m) for m in sorted(set(lows.tolist()) | set(even.tolist()))]
 
 
-def _best_split(seg: Segmentation, reader: Reader, geo: PageGeometry, g: Glyph, lookahead: int) -> tuple[float, int | None]:
-    """(score, first cut) of the best way to cut ``g`` in two -- or, with ``lookahead``, in up to
-    three: a piece that reads badly and is wide enough for two letters (> 0.35 em) counts with
-    its own best cut. The score of a cut is its worst piece's."""
-    best: tuple[float, int | None] = (0.0, None)
-    two_letters = 0.35 * reader.units_per_em / reader.units_per_pixel * geo.of(g)[0]
-    for cut in _cut_candidates(seg, reader, geo, g):
-        trial = _split_at(seg, g, cut)
-        if trial is None:
+def _best_split(seg: Segmentation, reader: Reader, geo: PageGeometry, g: Glyph, lookahead: int) -> tuple[float, int, int]:
+    """(score, a, b) of the best way to cut ``g`` in two (``_pieces``) -- or, with ``lookahead``,
+    in up to three: a piece that reads badly and is wide enough for two letters (> 0.35 em)
+    counts with its own best cut (tried for the 3 cuts nearest the other side's best). The left
+    piece's cut b and the right piece's cut a are chosen apart, with an overlap of at most
+    0.2 em and a gap of at most 0.05 em. The score of a split is its worst piece's. All
+    candidate pieces are read in one batch. Score 0 when there is no cut."""
+    em = reader.units_per_em / reader.units_per_pixel * geo.of(g)[0]
+    cuts = _cut_candidates(seg, reader, geo, g)
+    lefts, rights, lcuts, rcuts = [], [], [], []
+    for cut in cuts:
+        pair = _pieces(seg, g, cut, cut)
+        if pair is None:
             continue
-        left, right, undo = trial
-        scores = _read(seg, reader, geo, [left, right])
-        for i, q in enumerate((left, right)):
-            if lookahead > 0 and scores[i] < 0.9 and q.right - q.left > two_letters:
-                scores[i] = max(scores[i], _best_split(seg, reader, geo, q, lookahead - 1)[0])
-        _undo(seg, undo)
-        if min(scores) > best[0]:
-            best = (min(scores), cut)
-    return best
+        lefts.append(pair[0])
+        rights.append(pair[1])
+        lcuts.append(cut)
+        rcuts.append(cut)
+    if not lefts:
+        return 0.0, 0, 0
+    glyphs = lefts + rights
+    canv = np.stack([normalize_glyph(seg, q, reader, *geo.of(q)) for q in glyphs])
+    probs, _ = _classify(reader.model, canv)
+    scores = np.array([_score(reader, geo, q, canv[i], probs[i]) for i, q in enumerate(glyphs)])
+    sl, sr = scores[: len(lefts)], scores[len(lefts) :]
+    lcuts_a, rcuts_a = np.array(lcuts), np.array(rcuts)
+    if lookahead > 0:
+        for side, other_best in ((sr, lcuts_a[int(np.argmax(sl))]), (sl, rcuts_a[int(np.argmax(sr))])):
+            pieces = rights if side is sr else lefts
+            cut_pos = rcuts_a if side is sr else lcuts_a
+            for i in np.argsort(np.abs(cut_pos - other_best))[:3]:
+                q = pieces[i]
+                if side[i] < 0.9 and q.right - q.left > 0.35 * em:
+                    side[i] = max(side[i], _best_split(seg, reader, geo, q, 0)[0])
+    a = rcuts_a[None, :]
+    b = lcuts_a[:, None]
+    allowed = (b - a <= 0.2 * em) & (a - b <= 0.05 * em)
+    pair = np.where(allowed, np.minimum(sl[:, None], sr[None, :]), -1.0)
+    i, j = np.unravel_index(int(np.argmax(pair)), pair.shape)
+    if pair[i, j] < 0:
+        return 0.0, 0, 0
+    return float(pair[i, j]), int(rcuts_a[j]), int(lcuts_a[i])
 
 
 def split_merged(seg: Segmentation, reader: Reader, geo: PageGeometry, canv: np.ndarray, probs: np.ndarray,
                  max_pieces: int = 4) -> bool:
     """Split characters that touch (module doc, step 4): a character that reads badly (``_score``
-    below 0.9) is cut at a column in the lows of its column ink profile (at most 12 tried) when
+    below 0.9) is cut at a column (``_cut_candidates``) when
     the pieces read better than the whole (and at least 0.3; with one level of lookahead, so
     that three letters in one blob are found); pieces are tried again, up to ``max_pieces``."""
     changed = False
@@ -814,10 +846,10 @@ def split_merged(seg: Segmentation, reader: Reader, geo: PageGeometry, canv: np.
         g, whole, pieces = queue.pop()
         if whole >= 0.9 or pieces >= max_pieces:
             continue
-        score, cut = _best_split(seg, reader, geo, g, lookahead=1 if pieces + 1 < max_pieces else 0)
-        if cut is None or score <= max(whole, 0.3):
+        score, a, b = _best_split(seg, reader, geo, g, lookahead=1 if pieces + 1 < max_pieces else 0)
+        if score <= max(whole, 0.3):
             continue
-        left, right, _ = _split_at(seg, g, cut)
+        left, right = _pieces(seg, g, a, b)
         line = seg.lines[g.line]
         i = next(j for j, q in enumerate(line) if q is g)
         line[i : i + 1] = [left, right]

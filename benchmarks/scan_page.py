@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--eps-a", type=float, default=None, help="default: the run's eps_A")
     ap.add_argument("--method", default="crown-ibp")
     ap.add_argument("--out", type=Path, default=None, help="where pages, fonts and JSON go (default <run>/scan-bench)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest for the small batches of a scan on a busy machine)")
     args = ap.parse_args()
 
     import torch
@@ -88,7 +89,8 @@ def main() -> None:
     from a5ocr.render_text import RenderOptions, render_text, write_page
     from a5ocr.scan import scan, write_json
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     design = load_design(args.run)
     out = args.out or (args.run / "scan-bench")
     out.mkdir(parents=True, exist_ok=True)

@@ -160,6 +160,31 @@ def test_ink_extents_and_otsu():
     assert 0.1 < sc.otsu_threshold(g) < 0.95
 
 
+def _template_reader(reader):
+    """The reader with a nearest-prototype classifier (logits = -|x - p|^2 / 2 up to a common
+    term, p = the robust glyphs as printed): a near-perfect reader of clean pages in the font."""
+    import dataclasses
+
+    protos = 1 - torch.from_numpy(reader.tables["robust"]["glyphs"]).float()
+    k, r, _ = protos.shape
+    lin = torch.nn.Linear(3 * r * r, k)
+    with torch.no_grad():
+        lin.weight.copy_((2 * protos / 3).reshape(k, 1, r * r).expand(k, 3, r * r).reshape(k, -1) / 2)
+        lin.bias.copy_(-(protos**2).flatten(1).sum(1) / 2)
+    return dataclasses.replace(reader, model=torch.nn.Sequential(torch.nn.Flatten(), lin).eval())
+
+
+def test_touching_letters_are_split_by_recognition(reader, font):
+    """Letters emboldened until some touch (fewer components than letters) are read one by one."""
+    from scipy import ndimage
+
+    gray, truth = render_text("HEAD BEACH FACE\nCAGE BADGE", font, RenderOptions(clean=True, size_pt=20.0, width_in=6.0, margin_in=0.4))
+    bold = ndimage.grey_erosion(gray, size=(3, 7))
+    assert len(sc.segment(bold).glyphs) < len(truth["chars"])
+    result = sc.scan_text(bold, _template_reader(reader), 0.02, "ibp")
+    assert result.text == truth["text"]
+
+
 # --------------------------------------------------------------------------- end to end
 
 
