@@ -971,7 +971,7 @@ class ScanChar:
     expected: str | None = None  # sheets: the character printed in that box
 
     def to_dict(self) -> dict:
-        d = {"char": self.char, "box": [round(v, 2) for v in self.box], "line": self.line,
+        d = {"label": self.char, "box": [round(v, 2) for v in self.box], "line": self.line,
              "confidence": round(self.confidence, 6), "certified": bool(self.certified), "radius": round(self.radius, 6),
              "runner_up": self.second, "runner_up_confidence": round(self.second_confidence, 6)}
         if self.expected is not None:
@@ -1018,11 +1018,12 @@ class ScanResult:
             "counts": {"characters": n, "certified": self.certified_count, "uncertified": n - self.certified_count,
                        "lines": len({c.line for c in self.chars})},
             "certified_fraction": self.certified_fraction,
+            "radius_cap": min(1.0, 4.0 * self.eps_a),
         }
         if any(c.expected is not None for c in self.chars):
             d["accuracy"] = sum(c.expected == c.char for c in self.chars) / n if n else None
         d.update(self.info)
-        d["units"] = "box = [x0, y0, x1, y1] in pixels of the page as read (y down); radius = certified L-inf radius on the normalised character"
+        d["units"] = "box = [x0, y0, x1, y1] in pixels of the page as read (y down); radius = certified L-inf radius of the normalised character image (at the cap: at least that)"
         d["characters"] = [c.to_dict() for c in self.chars]
         return d
 

@@ -208,7 +208,7 @@ def test_scan_reads_a_page_in_the_designed_font(tmp_path, run, font):
     assert d["text"] == result.text and d["counts"]["characters"] == len(truth["chars"])
     assert d["certified_fraction"] == pytest.approx(result.certified_count / len(result.chars))
     for c in d["characters"]:
-        assert set(c) >= {"char", "box", "confidence", "certified", "radius"}
+        assert set(c) >= {"label", "box", "confidence", "certified", "radius"}
         assert 0.0 <= c["confidence"] <= 1.0 and (c["radius"] >= 0.02) == c["certified"]
     with Image.open(tmp_path / "r.png") as im:
         assert im.size == (gray.shape[1], gray.shape[0]) and im.mode == "RGB"
