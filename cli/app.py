@@ -39,8 +39,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from a5ocr.evaluation import EvaluateError
     from a5ocr.export import ExportError
     from a5ocr.models import CheckpointError
+    from a5ocr.scan import ScanError
 
-    return (UserError, DesignError, GlyphError, CheckpointError, ExportError, EvaluateError)
+    return (UserError, DesignError, GlyphError, CheckpointError, ExportError, EvaluateError, ScanError)
 
 
 class RichReporter:
@@ -132,10 +133,13 @@ def _print_summary(summary: dict) -> None:
 from a5ocr.cli.evaluate_cmd import evaluate  # noqa: E402
 from a5ocr.cli.export_cmd import export  # noqa: E402
 from a5ocr.cli.reproduce_cmd import reproduce  # noqa: E402
+from a5ocr.cli.scan_cmd import render_text, scan  # noqa: E402
 
 app.command()(evaluate)
 app.command()(reproduce)
 app.command()(export)
+app.command()(scan)
+app.command(name="render-text")(render_text)
 
 
 def main() -> None:
