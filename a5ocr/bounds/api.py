@@ -14,9 +14,9 @@ from a5ocr.bounds.engine import METHODS, BoundedSequential, bounds_for
 Tensor = torch.Tensor
 
 
-def margin_spec(labels: Tensor, num_classes: int) -> Tensor:
+def margin_spec(labels: Tensor, num_classes: int, dtype: Optional[torch.dtype] = None) -> Tensor:
     """Margin specification: labels [B] -> C [B, K, K], row j = e_label - e_j (row ``label`` is 0)."""
-    eye = torch.eye(num_classes, device=labels.device)
+    eye = torch.eye(num_classes, device=labels.device, dtype=dtype or torch.get_default_dtype())
     return eye[labels].unsqueeze(1) - eye.unsqueeze(0)
 
 
