@@ -538,3 +538,44 @@ def test_memory_chunking_is_invisible():
         lo1, hi1 = bounds.compute_bounds(model, x - 0.05, x + 0.05, method=method, bound_upper=True)
         lo2, hi2 = bounds.compute_bounds(model, x - 0.05, x + 0.05, method=method, bound_upper=True, max_memory_gib=1e-6)
         assert torch.allclose(lo1, lo2, atol=1e-12) and torch.allclose(hi1, hi2, atol=1e-12)
+
+
+def test_phase_split_transposed_conv():
+    from a5ocr.bounds.layers import _phase_conv_transpose
+
+    g = torch.Generator().manual_seed(0)
+    for k, s, p, H in ((5, 2, 2, 16), (3, 2, 1, 9), (4, 3, 0, 11), (5, 2, 2, 7), (1, 2, 0, 6)):
+        x = torch.zeros(1, 3, H, H)
+        Ho = F.conv2d(x, torch.zeros(4, 3, k, k), stride=s, padding=p).shape[-1]
+        W = torch.randn(4, 3, k, k, generator=g)
+        A = torch.randn(5, 4, Ho, Ho, generator=g)
+        opad = H - ((Ho - 1) * s - 2 * p + k)
+        ref = F.conv_transpose2d(A, W, None, s, p, opad)
+        out = _phase_conv_transpose(A.contiguous(memory_format=torch.channels_last), W, (s, s), (p, p), (H, H))
+        assert out.shape == ref.shape
+        assert torch.allclose(out, ref, atol=1e-4)
+
+
+def test_float32_fast_paths_match_float64():
+    """float32 takes the channels-last / phase-split / permuted-ReLU paths that float64 skips."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        Normalize(0.5, 1.0), nn.Conv2d(3, 6, 5, stride=2, padding=2), nn.ReLU(),
+        nn.Conv2d(6, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 10), nn.ReLU(),
+        nn.Linear(10, 4),
+    )
+    x = torch.rand(3, 3, 16, 16)
+    labels = torch.tensor([0, 3, 1])
+    for method in METHODS:
+        res = {}
+        for dt in (torch.float32, torch.float64):
+            m = model.to(dt)
+            xl = (x.to(dt) - 0.03).clamp(0, 1).requires_grad_(True)
+            xu = (x.to(dt) + 0.03).clamp(0, 1).requires_grad_(True)
+            lb = bounds.margin_lower_bounds(m, xl, xu, labels, method, alpha_steps=5)
+            m.zero_grad()
+            bounds.worst_case_cross_entropy(lb).backward()
+            res[dt] = [lb.detach(), xl.grad, xu.grad, m[1].weight.grad, m[3].weight.grad, m[6].weight.grad]
+        for a, b in zip(res[torch.float32], res[torch.float64]):
+            assert torch.allclose(a.double(), b, rtol=1e-3, atol=1e-4), method
+    model.float()
