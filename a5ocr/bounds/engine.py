@@ -316,13 +316,13 @@ class _MarginLinearIBP(torch.autograd.Function):
 
 def _margin_rows(W: Tensor, labels: Tensor, others: Tensor) -> Tensor:
     """W[labels] - W[others]: W [K, D], labels [N], others [N, S] -> a fresh [N, S, D] (no autograd)."""
-    t = W[others]
-    return torch.sub(W[labels].unsqueeze(1), t, out=t)
+    t = W.index_select(0, others.flatten()).view(others.shape + W.shape[1:])
+    return torch.sub(W.index_select(0, labels).unsqueeze(1), t, out=t)
 
 
 def margin_fold(W: Tensor, b: Optional[Tensor], labels: Tensor, others: Tensor) -> tuple[Tensor, Tensor | float]:
     """The margin spec folded into the last Linear (differentiable): (A [N, S, D], bias [N, S] or 0.0)."""
-    A = W[labels].unsqueeze(1) - W[others]
+    A = W.index_select(0, labels).unsqueeze(1) - W.index_select(0, others.flatten()).view(others.shape + W.shape[1:])
     bias = (b[labels].unsqueeze(1) - b[others]) if b is not None else 0.0
     return A, bias
 
