@@ -273,7 +273,8 @@ def test_certified_error_survives_the_font_round_trip(request, tmp_path, run_nam
 
     reference = certified_error(d.robust)
     assert 0.0 < reference < 1.0  # a comparison that can fail
-    assert certified_error(rendered) == pytest.approx(reference, abs=0.01)
+    # within 1 percentage point, counted in samples (a float 0.42 vs 0.43 must pass)
+    assert abs(certified_error(rendered) - reference) <= 0.01 + 1e-9
 
 
 # --------------------------------------------------------------------------- PNGs, figure, CLI
