@@ -136,6 +136,7 @@ def machine(device: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--max-res", type=int, default=128, choices=(32, 64, 128))
+    ap.add_argument("--res", default="32,64,128", help="resolutions to run (comma list; capped by --max-res)")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats after one warm-up (crown-ibp at 128: 2)")
     ap.add_argument("--fast-repeats", type=int, default=20, help="timed repeats of plain and ibp (cheap, noisy)")
     ap.add_argument("--batch", type=int, default=62)
@@ -149,7 +150,7 @@ def main() -> None:
     print(f"# date: {_dt.date.today().isoformat()}; batch {args.batch}, 61 margin specs, eps {args.eps:.4f}, device {args.device}")
     print(f"# load average at start: {_loadavg()}")
     rows = []
-    for res in (32, 64, 128):
+    for res in sorted(int(v) for v in args.res.split(",")):
         if res > args.max_res:
             break
         out = {}
