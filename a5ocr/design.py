@@ -25,7 +25,7 @@ from a5ocr.acquisition import Acquisition, AcquisitionConfig
 from a5ocr.evaluation import evaluate
 from a5ocr.glyphs import GlyphSet, rasterize
 from a5ocr.recipes import RobustGlyphs, StageSpec, Trainer, make_stage
-from a5ocr.runio import append_jsonl, atomic_path, environment, read_jsonl, write_json
+from a5ocr.runio import append_jsonl, atomic_path, ensure_writable_dir, environment, read_jsonl, write_json
 
 PRESETS: dict[str, dict] = {
     # CPU default: 32x32, the wider small net, IBP bounds in training (CROWN-IBP costs ~50x an
@@ -183,10 +183,7 @@ def run_design(cfg: DesignConfig, *, resume: bool = False, reporter: Reporter | 
     out = Path(cfg.out) if cfg.out else default_out(cfg, glyphs.family)
     cfg = replace(cfg, out=str(out))
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        ensure_writable_dir(out)
     except OSError as err:
         raise DesignError(f"cannot write to --out {out}: {err.strerror or err}") from None
 

@@ -27,7 +27,7 @@ import torch
 
 from a5ocr.design import DesignConfig, Reporter, _training_keys, pick_device, run_design
 from a5ocr.evaluation import EvaluateError, check_options, Evaluation, evaluate_run, load_run, save_broken
-from a5ocr.runio import environment, write_json
+from a5ocr.runio import ensure_writable_dir, environment, write_json
 
 # The published figures (reference.md, Table 9, eps_A = 0.1).
 PAPER_TABLE9: dict[str, dict] = {
@@ -191,10 +191,7 @@ def reproduce(cfg: ReproduceConfig, reporter: ReproduceReporter | None = None) -
     t_start = time.monotonic()
     out = Path(cfg.out) if cfg.out else default_out(cfg.font)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        ensure_writable_dir(out)
     except OSError as err:
         raise EvaluateError(f"cannot write to --out {out}: {err.strerror or err}") from None
     device = pick_device(cfg.device)

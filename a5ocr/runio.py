@@ -32,6 +32,15 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def ensure_writable_dir(path: Path | str) -> None:
+    """Create ``path`` if needed and prove it writable; raises ``OSError`` otherwise."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / ".write-test"
+    probe.write_text("ok")
+    probe.unlink()
+
+
 def write_json(path: Path | str, data: object) -> None:
     """Write ``data`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:

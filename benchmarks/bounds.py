@@ -27,22 +27,10 @@ KINDS = ("plain", "ibp", "crown-ibp")
 
 
 def paper_net(resolution: int, num_classes: int = 62):
-    """The paper's fonts classifier (Normalize(0.5, 1), 4 stride-2 convs, Linear 512, Linear K)."""
-    from torch import nn
+    """The paper's fonts classifier, as the project builds it (a5ocr.models.paper_net)."""
+    from a5ocr.models import paper_net as build
 
-    from a5ocr.normalize import Normalize
-
-    side = resolution // 16
-    return nn.Sequential(
-        Normalize(0.5, 1.0),
-        nn.Conv2d(3, 64, 5, stride=2, padding=2), nn.ReLU(),
-        nn.Conv2d(64, 32, 5, stride=2, padding=2), nn.ReLU(),
-        nn.Conv2d(32, 16, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 8, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(8 * side * side, 512), nn.ReLU(),
-        nn.Linear(512, num_classes),
-    )
+    return build(resolution, num_classes)
 
 
 def _measure(kind: str, res: int, batch: int, repeats: int, device: str, threads: int, eps: float, q) -> None:
