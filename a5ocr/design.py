@@ -243,7 +243,7 @@ def run_design(cfg: DesignConfig, *, resume: bool = False, reporter: Reporter | 
         spec = stages[trainer.stage_index]
         rep.stage(spec.recipe, spec.steps, trainer.step)
         trainer.run_stage(spec, on_log=on_log, on_checkpoint=save_checkpoint, checkpoint_seconds=cfg.checkpoint_seconds)
-        if trainer.stage_index == 0:
+        if trainer.stage_index == 0 and legacy is None:
             models.save_classifier(trainer.model, baseline_path, arch=cfg.arch, resolution=cfg.resolution, chars=glyphs.chars)
         trainer.stage_index += 1
         if trainer.stage_index < len(stages):
