@@ -47,16 +47,6 @@ def _all_attacks(model, x, y, eps, seed=0):
 
 
 # ----------------------------------------------------------------------- fixtures
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The models here are tiny: intra-op threads only add contention (10x slower on a
-    busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _patterns() -> torch.Tensor:
     """5 low-contrast 1x8x8 patterns (0.4 background, 0.6 strokes)."""
     p = torch.full((5, 1, 8, 8), 0.4)

@@ -22,15 +22,6 @@ METHODS = bounds.METHODS
 D = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the nets here are tiny: one thread avoids OpenMP overhead (and stalls on a busy machine)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # ----------------------------------------------------------------------------------------
 # small random networks
 

@@ -15,24 +15,11 @@ from a5ocr.evaluation import EvaluateError, certify_batch, evaluate_full, evalua
 
 TINY = dict(font="comic-neue", chars="AOo0", preset="tiny", eps_a=0.05, eval_samples=5, device="cpu",
             certify_methods=("ibp",))
-# whether cli/app.py itself registers the command (decided before _cli below registers it here)
-import a5ocr.cli.app as _app  # noqa: E402
-
-REGISTERED = any(getattr(c.callback, "__name__", "") == "evaluate" for c in _app.app.registered_commands)
 FAST = dict(samples_per_char=8, attack="fast", device="cpu")
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    # One thread: these are small tensors, and on a shared 2-core machine a second OpenMP
-    # thread waiting for a busy core makes every op many times slower.
-    torch.set_num_threads(1)
-    yield
 
 
 @pytest.fixture(scope="module")
 def pc_run(tmp_path_factory):
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("pc") / "run"
     run_design(DesignConfig(**TINY, out=str(out)))
     return out
@@ -40,32 +27,9 @@ def pc_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vanilla_run(tmp_path_factory):
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("van") / "run"
     run_design(DesignConfig(**TINY, recipe="none", classifier_recipe="vanilla", out=str(out)))
     return out
-
-
-def _cli(monkeypatch, capsys, *args):
-    """The real console entry point (``a5ocr.cli.app.main``) in this process: returns (code, out, err).
-
-    Registers the command and its error class when cli/app.py does not (yet)."""
-    import a5ocr.cli.app as A
-    from a5ocr.cli.evaluate_cmd import evaluate
-
-    if not any(getattr(c.callback, "__name__", "") == "evaluate" for c in A.app.registered_commands):
-        A.app.command()(evaluate)
-    errors = A._user_errors()
-    if EvaluateError not in errors:
-        monkeypatch.setattr(A, "_user_errors", lambda: errors + (EvaluateError,))
-    monkeypatch.setattr(sys, "argv", ["a5ocr", "evaluate", *map(str, args)])
-    code = 0
-    try:
-        A.main()
-    except SystemExit as ex:
-        code = ex.code
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def test_invariants_on_a_trained_run(pc_run):
@@ -108,7 +72,7 @@ def test_attack_breaks_an_undefended_classifier(vanilla_run):
     assert rep["consistency"]["ok"]
 
 
-def test_broken_certificates_are_detected_saved_and_exit_3(vanilla_run, tmp_path, monkeypatch, capsys):
+def test_broken_certificates_are_detected_saved_and_exit_3(vanilla_run, tmp_path, monkeypatch, a5ocr_main):
     # An unsound certifier: everything "certified". The attack must expose it.
     monkeypatch.setattr(bounds, "certify", lambda model, xl, xu, labels, method="crown-ibp", **kw: torch.ones(labels.shape[0], dtype=torch.bool))
     ev = evaluate_run(load_run(vanilla_run), original=True, eps_a=0.1, samples_per_char=5, attack="fast",
@@ -117,7 +81,7 @@ def test_broken_certificates_are_detected_saved_and_exit_3(vanilla_run, tmp_path
     assert rep["broken_certificates"] > 0 and not rep["consistency"]["ok"]
     assert ev.broken["x"].shape[0] == rep["broken_certificates"]
     js = tmp_path / "e.json"
-    code, out, err = _cli(monkeypatch, capsys, vanilla_run, "--original", "--eps-a", "0.1", "--samples-per-char", "5",
+    code, out, err = a5ocr_main("evaluate", vanilla_run, "--original", "--eps-a", "0.1", "--samples-per-char", "5",
                           "--attack", "fast", "--check-fraction", "1", "--radius-steps", "0", "--device", "cpu", "--json", js)
     assert code == 3, err
     assert "broken certificate" in err
@@ -132,11 +96,11 @@ def test_broken_certificates_are_detected_saved_and_exit_3(vanilla_run, tmp_path
     assert json.loads(js.read_text())["broken_certificates"] == t["x"].shape[0]
 
 
-def test_same_seed_same_json_and_radius_matches_the_certificate(pc_run, tmp_path, monkeypatch, capsys):
+def test_same_seed_same_json_and_radius_matches_the_certificate(pc_run, tmp_path, a5ocr_main):
     args = [pc_run, "--samples-per-char", "6", "--attack", "fast", "--seed", "123", "--device", "cpu"]
     a, b = tmp_path / "a.json", tmp_path / "b.json"
-    assert _cli(monkeypatch, capsys, *args, "--json", a)[0] == 0
-    assert _cli(monkeypatch, capsys, *args, "--json", b)[0] == 0
+    assert a5ocr_main("evaluate", *args, "--json", a)[0] == 0
+    assert a5ocr_main("evaluate", *args, "--json", b)[0] == 0
     ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
     ra.pop("seconds"), rb.pop("seconds")
     assert ra == rb and ra["seed"] == 123
@@ -191,7 +155,7 @@ def test_bad_options_raise_evaluate_error(pc_run):
         ("method", "unknown certification method"),
     ],
 )
-def test_bad_input_is_one_line_exit_2(case, needle, pc_run, tmp_path, monkeypatch, capsys):
+def test_bad_input_is_one_line_exit_2(case, needle, pc_run, tmp_path, a5ocr_main):
     import shutil
 
     run = tmp_path / "run"
@@ -207,16 +171,14 @@ def test_bad_input_is_one_line_exit_2(case, needle, pc_run, tmp_path, monkeypatc
     else:
         run = pc_run
         extra = ["--eps-a", "1.5"] if case == "eps" else ["--method", "milp"]
-    code, out, err = _cli(monkeypatch, capsys, run, *extra, "--samples-per-char", "1", "--attack", "none")
+    code, out, err = a5ocr_main("evaluate", run, *extra, "--samples-per-char", "1", "--attack", "none")
     assert code == 2, err
     assert needle in " ".join(err.split()) and "Traceback" not in err
     assert err.count("error:") == 1 and not out.strip()
 
 
 def test_real_console_script_missing_run(tmp_path):
-    """Through `python -m a5ocr.cli.app` (once cli/app.py registers the command)."""
-    if not REGISTERED:
-        pytest.skip("evaluate is not registered in cli/app.py yet")
+    """Through `python -m a5ocr.cli.app`."""
     r = subprocess.run([sys.executable, "-m", "a5ocr.cli.app", "evaluate", str(tmp_path / "nope")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "run folder not found" in r.stderr and "Traceback" not in r.stderr

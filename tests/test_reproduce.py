@@ -4,44 +4,15 @@ import json
 import time
 
 import pytest
-import torch
 
 from a5ocr.evaluation import EvaluateError
 from a5ocr.reproduce import ROWS, ReproduceConfig, reproduce
-
-@pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(1)  # small tensors on a shared 2-core machine: one thread is far faster
-    yield
-
-
-def _cli(monkeypatch, capsys, *args):
-    """The console entry point (``a5ocr.cli.app.main``) in this process -> (exit code, stdout, stderr);
-    registers the command and its error class where cli/app.py does not (yet)."""
-    import sys
-
-    import a5ocr.cli.app as A
-    from a5ocr.cli.reproduce_cmd import reproduce as command
-
-    if not any(getattr(c.callback, "__name__", "") == "reproduce" for c in A.app.registered_commands):
-        A.app.command()(command)
-    errors = A._user_errors()
-    if EvaluateError not in errors:
-        monkeypatch.setattr(A, "_user_errors", lambda: errors + (EvaluateError,))
-    monkeypatch.setattr(sys, "argv", ["a5ocr", "reproduce", *map(str, args)])
-    code = 0
-    try:
-        A.main()
-    except SystemExit as ex:
-        code = ex.code
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 TINY = dict(preset="tiny", chars="AOo0", eps_a=0.05, samples_per_char=4, attack="fast", device="cpu")
 
 
-def test_table9_tiny_rows_files_invariants_and_resume(tmp_path, monkeypatch, capsys):
+def test_table9_tiny_rows_files_invariants_and_resume(tmp_path, a5ocr_main):
     out = tmp_path / "t9"
     rec = reproduce(ReproduceConfig(**TINY, out=str(out)))
     assert [r["key"] for r in rec["rows"]] == list(ROWS)
@@ -75,7 +46,7 @@ def test_table9_tiny_rows_files_invariants_and_resume(tmp_path, monkeypatch, cap
                {k: v for k, v in b.items() if k not in ("train_seconds", "train_note")}
 
     # the command line on the finished folder: reads everything back and prints the table
-    code, out_txt, err = _cli(monkeypatch, capsys, "--preset", "tiny", "--chars", "AOo0", "--eps-a", "0.05",
+    code, out_txt, err = a5ocr_main("reproduce", "--preset", "tiny", "--chars", "AOo0", "--eps-a", "0.05",
                               "--samples-per-char", "4", "--attack", "fast", "--device", "cpu", "--out", out)
     assert code == 0, err
     assert "A5/PC" in out_txt and "table9.md" in out_txt
@@ -85,13 +56,13 @@ def test_table9_tiny_rows_files_invariants_and_resume(tmp_path, monkeypatch, cap
         reproduce(ReproduceConfig(**{**TINY, "eps_a": 0.07}, out=str(out)))
 
 
-def test_only_table_9_and_bad_options(tmp_path, monkeypatch, capsys):
+def test_only_table_9_and_bad_options(tmp_path, a5ocr_main):
     with pytest.raises(EvaluateError, match="only Table 9"):
         reproduce(ReproduceConfig(table=8, out=str(tmp_path / "x")))
     with pytest.raises(EvaluateError, match="--eps-a"):
         reproduce(ReproduceConfig(eps_a=1.2, out=str(tmp_path / "x")))
     with pytest.raises(EvaluateError, match="--attack"):
         reproduce(ReproduceConfig(attack="strong", out=str(tmp_path / "x")))
-    code, out, err = _cli(monkeypatch, capsys, "--table", "8", "--out", tmp_path / "y")
+    code, out, err = a5ocr_main("reproduce", "--table", "8", "--out", tmp_path / "y")
     assert code == 2 and "only Table 9" in " ".join(err.split()) and "Traceback" not in err
     assert not (tmp_path / "y").exists()
