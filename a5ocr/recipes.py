@@ -182,7 +182,7 @@ class Trainer:
             if state["opt_glyphs"] is not None and self.opt_glyphs is not None:
                 self.opt_glyphs.load_state_dict(state["opt_glyphs"])
         self.step = int(state["step"])
-        self.generator.set_state(state["generator"].to("cpu") if self.device.type == "cpu" else state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # RNG states are CPU byte tensors on every device
 
     # -- a whole stage ------------------------------------------------------------------
     def run_stage(
