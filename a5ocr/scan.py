@@ -22,8 +22,12 @@ Pipeline (running text):
    overlap >= half the narrower, vertical overlap <= a quarter of the shorter) are one
    character: the dots of i and j, and strokes broken by a light print. Each character owns the
    page pixels nearest to its components (Euclidean distance transform, up to 0.04 h px: the
-   anti-aliased fringe); neighbours' ink is masked out. Letters that touch (ft, rt, vw ... after
-   blur) are split by recognition (``split_merged``): a character that reads badly -- low
+   anti-aliased fringe); neighbours' ink is masked out. A character in pieces side by side (a
+   defended glyph printed with a gap in a stroke: an h as "ti", an x as "ie", or a loose piece
+   blurred into the next letter) is regrouped by recognition first (``join_broken``): two
+   neighbours of which one reads badly are replaced by their union, or by their union cut anew,
+   when that reads better. Letters that touch (ft, rt, vw ... after
+   blur) are then split by recognition (``split_merged``): a character that reads badly -- low
    confidence, or an ink box or a shape that does not fit the class read -- is cut at a column
    in the lows of its ink profile when the pieces read better. Characters are read left to
    right; a space is emitted where the ink gap, less the gap the font itself leaves between the
@@ -321,8 +325,7 @@ class Glyph:
     comps: list[int]
     box: tuple[int, int, int, int]  # [x0, y0, x1, y1) of its mask pixels
     line: int = 0
-    gid: int = 0  # its number in the owner maps
-    cols: tuple[int, int] | None = None  # a piece of a split: only the page columns [c0, c1) of gid
+    cols: tuple[int, int] | None = None  # a piece of a split: only the page columns [c0, c1) of its components
     space_before: bool = False
     left: float = math.nan  # 0.5-level ink extents (sub-pixel)
     right: float = math.nan
@@ -486,17 +489,17 @@ def segment(gray: np.ndarray, deskew: bool = True) -> Segmentation:
 
 
 def _isolate_and_measure(seg: Segmentation) -> None:
-    """Per line: which pixels belong to which character (nearest component ink within
-    ``seg.dmax`` px; ``seg.owner_bands``) and each character's sub-pixel ink extents."""
+    """Per line: which component owns each pixel (the nearest component ink within ``seg.dmax``
+    px; ``seg.owner_bands``; a character owns the pixels of its components, so characters can be
+    regrouped without recomputing the map) and each character's sub-pixel ink extents."""
     from scipy import ndimage
 
     n_labels = int(seg.labels.max())
     # ink of components that are no character (specks, borders) is owned by nobody (-1)
     lookup = np.full(n_labels + 1, -1, np.int32)
     lookup[0] = 0
-    for gi, g in enumerate(seg.glyphs, start=1):
-        g.gid = gi
-        lookup[g.comps] = gi
+    for g in seg.glyphs:
+        lookup[g.comps] = g.comps
     seg.dmax = max(2.0, 0.04 * seg.ref_height)
     h = seg.labels.shape[0]
     for line in seg.lines:
@@ -523,7 +526,8 @@ def _owned(seg: Segmentation, g: Glyph, window: tuple[int, int, int, int]) -> np
     """Boolean map of the pixels of ``g`` over ``window`` = (x0, y0, x1, y1) (inside its line's band)."""
     xa, ya, xb, yb = window
     b0, _, owner = seg.owner_bands[g.line]
-    own = owner[ya - b0 : yb - b0, xa:xb] == g.gid
+    band = owner[ya - b0 : yb - b0, xa:xb]
+    own = band == g.comps[0] if len(g.comps) == 1 else np.isin(band, g.comps)
     if g.cols is not None:
         cols = np.arange(xa, xb)
         own &= ((cols >= g.cols[0]) & (cols < g.cols[1]))[None, :]
@@ -753,8 +757,8 @@ def _pieces(seg: Segmentation, g: Glyph, a: int, b: int) -> tuple[Glyph, Glyph] 
     (a < b: the columns between belong to both -- two crossbars fused into one, as in ft, tt;
     a > b: those between belong to neither). None when a piece has no ink."""
     c0, c1 = g.cols if g.cols is not None else (-(1 << 30), 1 << 30)
-    left = Glyph(comps=list(g.comps), box=g.box, line=g.line, gid=g.gid, cols=(c0, min(c1, b)))
-    right = Glyph(comps=list(g.comps), box=g.box, line=g.line, gid=g.gid, cols=(max(c0, a), c1))
+    left = Glyph(comps=list(g.comps), box=g.box, line=g.line, cols=(c0, min(c1, b)))
+    right = Glyph(comps=list(g.comps), box=g.box, line=g.line, cols=(max(c0, a), c1))
     if not (_set_box(seg, left) and _set_box(seg, right)):
         return None
     _measure(seg, left)
@@ -856,6 +860,73 @@ def split_merged(seg: Segmentation, reader: Reader, geo: PageGeometry, canv: np.
         s_left, s_right = _read(seg, reader, geo, [left, right])
         queue += [(left, s_left, pieces + 1), (right, s_right, pieces + 1)]
         changed = True
+    return changed
+
+
+def _joined(seg: Segmentation, a: Glyph, b: Glyph) -> Glyph:
+    """One character made of the neighbours ``a`` and ``b`` (whole characters, not split pieces)."""
+    box = (min(a.box[0], b.box[0]), min(a.box[1], b.box[1]), max(a.box[2], b.box[2]), max(a.box[3], b.box[3]))
+    u = Glyph(comps=a.comps + b.comps, box=box, line=a.line)
+    _measure(seg, u)
+    return u
+
+
+def join_broken(seg: Segmentation, reader: Reader, geo: PageGeometry, canv: np.ndarray, probs: np.ndarray,
+                max_gap_em: float = 0.08, max_parts: int = 4) -> bool:
+    """Regroup neighbours that are one character in pieces (module doc, step 4) -- the converse
+    of ``split_merged``. A defended glyph may print in pieces that do not touch (an h whose stem
+    and arch are apart reads "ti", an x of two strokes "ie"), and a piece may touch the next
+    letter instead (the loose leg of an x blurred into the e before it). For two neighbours on a
+    line, whole characters less than ``max_gap_em`` em apart (or overlapping) of which one reads
+    badly (``_score`` < 0.9), two regroupings are read: their union as one character, and their
+    union cut again in two at its best column (``_best_split``). The better one replaces the
+    pair when its worst character reads better than the pair's worse one and at least 0.5; the
+    best move of a line is taken first and the line tried again, a character being made of at
+    most ``max_parts`` pieces. Pieces of a split are never regrouped."""
+    changed = False
+    index = {id(g): i for i, g in enumerate(seg.glyphs)}
+    scores = {id(g): _score(reader, geo, g, canv[index[id(g)]], probs[index[id(g)]]) for g in seg.glyphs}
+    parts = {id(g): 1 for g in seg.glyphs}
+    best: dict = {}  # (id a, id b) -> (gain, new characters, their scores) of a pair already read
+    keep = list(seg.glyphs)  # every character the dicts' ids refer to stays alive (ids are not reused)
+    for line in seg.lines:
+        while True:
+            fresh = []
+            for a, b in zip(line, line[1:]):
+                if (id(a), id(b)) in best or a.cols is not None or b.cols is not None:
+                    continue
+                em = reader.units_per_em / reader.units_per_pixel * geo.of(a)[0]
+                if (parts[id(a)] + parts[id(b)] > max_parts or min(scores[id(a)], scores[id(b)]) >= 0.9
+                        or b.left - a.right > max_gap_em * em):
+                    best[(id(a), id(b))] = (0.0, [], [])  # two pieces that each read plausibly stay two
+                    continue
+                fresh.append((a, b))
+            if fresh:
+                unions = [_joined(seg, a, b) for a, b in fresh]
+                keep += unions
+                for (a, b), u, su in zip(fresh, unions, _read(seg, reader, geo, unions)):
+                    floor = max(min(scores[id(a)], scores[id(b)]), 0.5)
+                    move = (su - floor, [u], [su])
+                    s_cut, c_a, c_b = _best_split(seg, reader, geo, u, lookahead=0)
+                    pair = _pieces(seg, u, c_a, c_b) if s_cut > move[0] + floor else None
+                    if pair is not None:
+                        keep += pair
+                        s_pair = _read(seg, reader, geo, list(pair))
+                        if min(s_pair) - floor > move[0]:
+                            move = (min(s_pair) - floor, list(pair), s_pair)
+                    best[(id(a), id(b))] = move
+            pairs = [(best.get((id(a), id(b)), (0.0, [], [])), i) for i, (a, b) in enumerate(zip(line, line[1:]))]
+            if not pairs:
+                break
+            (gain, new, s_new), i = max(pairs, key=lambda m: m[0][0])
+            if gain <= 0:
+                break
+            n_parts = parts[id(line[i])] + parts[id(line[i + 1])]
+            for q, sq in zip(new, s_new):
+                scores[id(q)] = sq
+                parts[id(q)] = n_parts
+            line[i : i + 2] = new
+            changed = True
     return changed
 
 
@@ -1066,9 +1137,11 @@ def scan_text(gray: np.ndarray, reader: Reader, eps_a: float, method: str = "cro
         return ScanResult(page=page_name, mode="text", eps_a=eps_a, method=method, chars=[],
                           page_px=(gray.shape[1], gray.shape[0]), info=info)
     geo, canv, probs = fit_geometry(seg, reader)
-    if split_merged(seg, reader, geo, canv, probs):
-        glyphs = seg.glyphs
+    if join_broken(seg, reader, geo, canv, probs):
         geo, canv, probs = fit_geometry(seg, reader, geo, max_rounds=2)
+    if split_merged(seg, reader, geo, canv, probs):
+        geo, canv, probs = fit_geometry(seg, reader, geo, max_rounds=2)
+    glyphs = seg.glyphs
     k = geo.k[[g.line for g in glyphs]]
     _mark_spaces(seg, reader, k, probs.argmax(1), geo.table)
     _, x = _classify(reader.model, canv)

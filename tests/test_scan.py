@@ -184,6 +184,20 @@ def test_touching_letters_are_split_by_recognition(reader, font):
     assert result.text == truth["text"]
 
 
+def test_letters_in_pieces_are_joined_by_recognition(reader, font):
+    """Letters cut in two by a thin white gap (as a defended glyph or a light print may come
+    out: more components than letters, pieces side by side) are read as one letter each."""
+    gray, truth = render_text("HEAD BEACH FACE\nCAGE BADGE", font, RenderOptions(clean=True, size_pt=20.0, width_in=6.0, margin_in=0.4))
+    broken = gray.copy()
+    for c in truth["chars"]:
+        x0, y0, x1, y1 = (int(round(v)) for v in c["box"])
+        mid = (x0 + x1) // 2
+        broken[y0 : y1 + 1, mid - 1 : mid + 1] = 1.0  # a 2-px gap down the middle of every letter
+    assert len(sc.segment(broken).glyphs) > len(truth["chars"])
+    result = sc.scan_text(broken, _template_reader(reader), 0.02, "ibp")
+    assert result.text == truth["text"]
+
+
 # --------------------------------------------------------------------------- end to end
 
 
