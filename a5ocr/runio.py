@@ -57,13 +57,22 @@ def environment() -> dict:
     import numpy
     import torch
 
+    from importlib import metadata
+
     versions = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__}
-    for name in ("kornia", "fontTools", "freetype", "PIL", "typer", "rich", "safetensors", "scipy"):
+    # distribution versions from the installed metadata (module attributes differ: freetype-py's
+    # ``version`` is a function, rich has none)
+    for dist in ("kornia", "fonttools", "freetype-py", "pillow", "typer", "rich", "safetensors", "scipy"):
         try:
-            mod = __import__(name)
-            versions[name] = getattr(mod, "__version__", getattr(mod, "version", "unknown"))
-        except ImportError:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
             continue
+    try:
+        import freetype
+
+        versions["FreeType library"] = ".".join(str(v) for v in freetype.version())
+    except Exception:  # noqa: BLE001 - the bundled library is a record, not a requirement
+        pass
     import a5ocr
 
     versions["a5ocr"] = a5ocr.__version__

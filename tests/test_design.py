@@ -72,6 +72,7 @@ def test_design_end_to_end_and_outputs(tmp_path):
         assert 0 <= summary[part]["clean_error"] <= summary[part]["certified_error"] <= 1
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["config"]["seed"] == 0 and "torch" in cfg["environment"]["versions"]
+    assert all(v[0].isdigit() for v in cfg["environment"]["versions"].values()), cfg["environment"]["versions"]
     assert s == summary
 
 
