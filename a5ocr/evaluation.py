@@ -25,7 +25,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -498,7 +498,7 @@ class Evaluation:
         ps = self.psnr
         mse_all = float(torch.mean(10 ** (-ps / 10)).item()) if torch.isfinite(ps).any() else 0.0
         out["psnr_db"] = {
-            "reference": "original glyphs (peak 1); null = identical (infinite PSNR)",
+            "reference": self.protocol.get("psnr_reference", "original glyphs") + " (peak 1); null = identical (infinite PSNR)",
             "mean": _finite(float(ps.mean())),
             "min": _finite(float(ps.min())),
             "overall": _finite(-10 * math.log10(mse_all) if mse_all > 0 else math.inf),
@@ -541,6 +541,42 @@ def evaluate_full(
     eps_a: float,
     samples_per_char: int = 100,
     seed: int = 10_000,
+    reference: torch.Tensor | None = None,
+    chunk: int = 1024,
+    transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    **options,
+) -> Evaluation:
+    """The full protocol of ``a5ocr evaluate`` on ``glyphs`` [K, R, R]: ``evaluate_samples`` on
+    ``samples_per_char`` fresh acquisitions of each glyph, the same draws as ``evaluate``
+    (seed, chunking), so the default seed and sample count replay a design run's own evaluation.
+
+    ``reference`` [K, R, R]: glyphs to measure PSNR against (default: ``glyphs``, inf).
+    ``transform(x, labels) -> x'``: an image-side defence applied to each chunk of acquisitions
+    before the classifier (A5/O, A5/R); the certificates and attacks are about x'.
+    ``options``: those of ``evaluate_samples``.
+    """
+    check_options(samples_per_char=samples_per_char)
+    k = glyphs.shape[0]
+    chunks = acquisitions(glyphs.detach(), acquisition, samples_per_char, seed, chunk)
+    if transform is not None:
+        chunks = ((transform(x, labels), labels) for x, labels in chunks)
+    ev = evaluate_samples(model, chunks, total=k * samples_per_char, chars=chars, eps_a=eps_a, seed=seed,
+                          device=glyphs.device, **options)
+    ref = glyphs if reference is None else reference
+    ev.psnr = psnr_db(glyphs.detach().cpu(), ref.detach().cpu())
+    ev.protocol = {"chars": chars, "samples_per_char": samples_per_char, **ev.protocol}
+    return ev
+
+
+def evaluate_samples(
+    model: nn.Module,
+    chunks: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    total: int,
+    chars: str | list[str],
+    eps_a: float,
+    seed: int = 10_000,
+    device: torch.device | str = "cpu",
     methods: tuple[str, ...] = ("ibp", "crown-ibp"),
     cascade: bool = True,
     attack: str = "standard",
@@ -548,18 +584,15 @@ def evaluate_full(
     check_attack: str = "fast",
     attack_all: bool = False,
     radius_steps: int = 10,
-    reference: torch.Tensor | None = None,
-    chunk: int = 1024,
     attack_batch: int = 250,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> Evaluation:
-    """The full protocol of ``a5ocr evaluate`` on ``glyphs`` [K, R, R].
+    """The full protocol on given inputs: ``chunks`` yields (x [n, 3, R, R], labels [n]),
+    ``total`` samples in all; ``chars`` names the classes (a string of characters or a list).
 
-    1. Acquisitions: the same draws as ``evaluate`` (seed, chunking), so the default seed and
-       sample count replay a design run's own evaluation.
-    2. Certificates: ``methods`` (IBP first; it is put first when missing) as a cascade.
-    3. Certified radius (``radius_steps`` > 0; see ``certified_radius``).
-    4. Attack (``attack`` standard / fast / none, ``a5ocr.attacks.attack``): every correct
+    1. Certificates: ``methods`` (IBP first; it is put first when missing) as a cascade.
+    2. Certified radius (``radius_steps`` > 0; see ``certified_radius``).
+    3. Attack (``attack`` standard / fast / none, ``a5ocr.attacks.attack``): every correct
        sample that no method certified, plus a seeded random ``check_fraction`` of the
        certified ones with ``check_attack`` (the soundness cross-check: a certified sample
        cannot be broken, so any success is a bug; ``fast`` by default because a robust sample
@@ -567,18 +600,17 @@ def evaluate_full(
        ``attack``.
        Misclassified samples count as broken without attack. Certified samples left out are
        counted as not broken: their certificate proves it.
-    ``reference`` [K, R, R]: glyphs to measure PSNR against (default: ``glyphs``, inf).
     ``on_progress(phase, done, total)``: phases "certify" (with the radius), "attack", "check".
+    The PSNR of the result is left infinite (no reference); ``evaluate_full`` sets it.
     """
     from a5ocr import attacks
 
     methods = check_options(eps_a=eps_a, methods=methods, attack=attack, check_fraction=check_fraction,
-                            samples_per_char=samples_per_char, radius_steps=radius_steps, check_attack=check_attack)
+                            radius_steps=radius_steps, check_attack=check_attack)
 
     model.eval()
-    device = glyphs.device
-    k = glyphs.shape[0]
-    total = k * samples_per_char
+    device = torch.device(device)
+    k = len(chars)
     names = cascade_names(methods, cascade)
     t0 = time.monotonic()
     progress = on_progress or (lambda *a: None)
@@ -591,7 +623,8 @@ def evaluate_full(
     sel_gen = torch.Generator().manual_seed(seed + 7_919)
     t_radius = 0.0
     done = 0
-    for x, labels in acquisitions(glyphs.detach(), acquisition, samples_per_char, seed, chunk):
+    for x, labels in chunks:
+        x, labels = x.detach(), labels
         with torch.no_grad():
             correct = model(x).argmax(1) == labels
         certs = [torch.zeros_like(correct) for _ in names]
@@ -631,6 +664,8 @@ def evaluate_full(
     per_attack: dict = {}
     broken: dict[str, torch.Tensor] = {}
     t2 = time.monotonic()
+    if done != total:
+        raise ValueError(f"evaluate_samples: the chunks held {done} samples, not {total}")
     if attack != "none":
         xs = torch.cat(keep_x)
         idx = torch.cat(keep_idx)
@@ -665,10 +700,7 @@ def evaluate_full(
             broken = _broken_record(model, xs[hit], x_adv_all[hit], labels_all[idx[hit]], idx[hit], eps_a, methods, device)
     t_attack = time.monotonic() - t2
 
-    ref = glyphs if reference is None else reference
     protocol = {
-        "chars": chars,
-        "samples_per_char": samples_per_char,
         "seed": seed,
         "methods": list(methods),
         "cascade": cascade,
@@ -696,7 +728,7 @@ def evaluate_full(
         attacked_mask=attacked_mask,
         attack_success=success,
         per_attack=per_attack,
-        psnr=psnr_db(glyphs.detach().cpu(), ref.detach().cpu()),
+        psnr=torch.full((k,), math.inf, dtype=torch.float64),
         broken=broken,
         seconds={"certify": round(t_cert, 2), "radius": round(t_radius, 2), "attack": round(t_attack, 2),
                  "total": round(time.monotonic() - t0, 2)},

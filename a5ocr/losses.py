@@ -14,6 +14,15 @@ from torch import nn
 from a5ocr import bounds
 
 
+def defended(x: torch.Tensor, z: torch.Tensor, eps_d: float) -> torch.Tensor:
+    """The paper's defensive change (Eq. 4-5): clamp(x + eps_D (2 sigmoid(z) - 1), 0, 1).
+
+    x, z: same shape (glyph ink [K, R, R] or images [B, C, H, W]; x in [0, 1]); z = 0 is no
+    change. |result - x| <= eps_D everywhere: the change is bounded by eps_D before the clamp,
+    and clamping to [0, 1] only moves a value towards x, which lies in [0, 1]."""
+    return (x + eps_d * (2.0 * torch.sigmoid(z) - 1.0)).clamp(0.0, 1.0)
+
+
 def attack_box(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The L-inf ball of radius eps around x, clipped to the pixel range [0, 1]. Shapes: x -> (x_L, x_U)."""
     return (x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0)

@@ -1,19 +1,25 @@
-"""Training recipes over glyphs: ``vanilla``, ``crown-ibp``, A5/P (``p``) and A5/PC (``pc``).
+"""Training recipes: ``vanilla``, ``crown-ibp``, A5/P (``p``), A5/PC (``pc``), A5/R (``r``) and
+A5/RC (``rc``).
 
-All four are one loop (``Trainer.run_stage``) that differs only in what it trains and in its
-eps schedule:
+All are one loop (``Trainer.run_stage``) that differs only in what it trains and in its eps
+schedule:
 
-=========  =====================  ===============  =========================
-recipe     trains                 attack radius    loss
-=========  =====================  ===============  =========================
-vanilla    classifier             0                clean cross-entropy
-crown-ibp  classifier             ramp to eps_A    f*CE + (1-f)*worst-case CE
-p          glyph change dw        eps_A            worst-case CE (C frozen)
-pc         dw and classifier      eps_A            worst-case CE
-=========  =====================  ===============  =========================
+=========  ==========================  ===============  =========================
+recipe     trains                      attack radius    loss
+=========  ==========================  ===============  =========================
+vanilla    classifier                  0                clean cross-entropy
+crown-ibp  classifier                  ramp to eps_A    f*CE + (1-f)*worst-case CE
+p          glyph change dw             eps_A            worst-case CE (C frozen)
+pc         dw and classifier           eps_A            worst-case CE
+r          robustifier R (on x)        eps_A            worst-case CE (C frozen)
+rc         R and classifier            eps_A            worst-case CE
+=========  ==========================  ===============  =========================
 
-Each step draws fresh acquisitions of every glyph (``copies`` per glyph). The glyph change is
-the paper's sigmoid parameterisation dw = eps_D (2 sigmoid(z) - 1), w_rob = clamp(w + dw, 0, 1).
+Each step draws a batch: by default fresh acquisitions of every glyph (``copies`` per glyph);
+any other source (an image dataset) through ``Trainer(batch=...)``. The glyph change is the
+paper's sigmoid parameterisation dw = eps_D (2 sigmoid(z) - 1), w_rob = clamp(w + dw, 0, 1)
+(``a5ocr.losses.defended``); A5/R and A5/RC put the acquired image through a robustifier
+(``a5ocr.robustify.Robustifier``) whose output z = clamp(x + dx_D, 0, 1) the classifier reads.
 """
 
 from __future__ import annotations
@@ -27,10 +33,10 @@ import torch
 from torch import nn
 
 from a5ocr.acquisition import Acquisition
-from a5ocr.losses import a5_loss
+from a5ocr.losses import a5_loss, defended
 from a5ocr.schedule import EpsSchedule
 
-RECIPES = ("vanilla", "crown-ibp", "p", "pc")
+RECIPES = ("vanilla", "crown-ibp", "p", "pc", "r", "rc")
 
 
 class RobustGlyphs(nn.Module):
@@ -51,7 +57,7 @@ class RobustGlyphs(nn.Module):
         self.ink = ink
 
     def forward(self) -> torch.Tensor:
-        w = (self.base + self.eps_d * (2.0 * torch.sigmoid(self.z) - 1.0)).clamp(0.0, 1.0)
+        w = defended(self.base, self.z, self.eps_d)
         if self.ink == "binary":
             w = w + ((w > 0.5).to(w.dtype) - w).detach()
         return w
@@ -68,14 +74,19 @@ class StageSpec:
     lr_glyphs: float
     lr_milestones: tuple[float, ...] = (0.7, 0.9)
     train_bounds: str = "mixed"
+    lr_robustifier: float = 1e-3
 
     @property
     def trains_classifier(self) -> bool:
-        return self.recipe in ("vanilla", "crown-ibp", "pc")
+        return self.recipe in ("vanilla", "crown-ibp", "pc", "rc")
 
     @property
     def trains_glyphs(self) -> bool:
         return self.recipe in ("p", "pc")
+
+    @property
+    def uses_robustifier(self) -> bool:
+        return self.recipe in ("r", "rc")
 
 
 def lr_factor(step: int, steps: int, milestones: tuple[float, ...]) -> float:
@@ -93,18 +104,34 @@ def batch_errors(logits: torch.Tensor, margins: torch.Tensor | None, labels: tor
     return clean, cert
 
 
+Batch = Callable[[torch.Generator], "tuple[torch.Tensor, torch.Tensor]"]
+
+
 class Trainer:
-    """Holds what a run trains (classifier, glyphs), its optimisers and RNG, and checkpoints.
+    """Holds what a run trains (classifier, glyphs, robustifier), its optimisers and RNG, and
+    checkpoints.
+
+    ``glyphs`` + ``acquisition``: the default batch, fresh acquisitions of every glyph.
+    ``batch(generator) -> (x [B, 3, R, R], labels [B])``: any other source (then ``glyphs``
+    may be None and ``num_classes`` is required). ``robustifier``: the A5/R network that
+    stages ``r`` and ``rc`` put between the batch and the classifier.
 
     ``checkpoint(path)`` / ``restore(path)`` save and load everything needed to continue a
     stage exactly where it stopped: weights, glyph parameters, optimiser states, the step,
-    and the acquisition generator's state (so an interrupted run replays the same draws).
+    and the generator's state (so an interrupted run replays the same draws).
     """
 
-    def __init__(self, model: nn.Module, glyphs: RobustGlyphs, acquisition: Acquisition, *, copies: int, seed: int, device: torch.device):
+    def __init__(self, model: nn.Module, glyphs: RobustGlyphs | None, acquisition: Acquisition | None, *, copies: int = 1,
+                 seed: int, device: torch.device, robustifier: nn.Module | None = None, batch: Batch | None = None,
+                 num_classes: int | None = None):
+        if batch is None and (glyphs is None or acquisition is None):
+            raise ValueError("Trainer needs glyphs and an acquisition, or a batch source")
         self.model = model.to(device)
-        self.glyphs = glyphs.to(device)
+        self.glyphs = glyphs.to(device) if glyphs is not None else None
         self.acquisition = acquisition
+        self.robustifier = robustifier.to(device) if robustifier is not None else None
+        self.batch = batch
+        self.num_classes = int(num_classes if num_classes is not None else glyphs.base.shape[0])
         self.copies = copies
         self.device = device
         self.generator = torch.Generator(device=device).manual_seed(seed)
@@ -112,26 +139,42 @@ class Trainer:
         self.step = 0
         self.opt_classifier: torch.optim.Optimizer | None = None
         self.opt_glyphs: torch.optim.Optimizer | None = None
+        self.opt_robustifier: torch.optim.Optimizer | None = None
 
     # -- optimisers ---------------------------------------------------------------------
     def start_stage(self, spec: StageSpec) -> None:
+        if spec.uses_robustifier and self.robustifier is None:
+            raise ValueError(f"stage {spec.recipe!r} needs a robustifier")
+        if spec.trains_glyphs and self.glyphs is None:
+            raise ValueError(f"stage {spec.recipe!r} needs glyphs")
         self.step = 0
         self.opt_classifier = torch.optim.Adam(self.model.parameters(), lr=spec.lr) if spec.trains_classifier else None
         self.opt_glyphs = torch.optim.Adam(self.glyphs.parameters(), lr=spec.lr_glyphs) if spec.trains_glyphs else None
+        self.opt_robustifier = (torch.optim.Adam(self.robustifier.parameters(), lr=spec.lr_robustifier)
+                                if spec.uses_robustifier else None)
+
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next training batch (x [B, 3, R, R], labels [B]) before any robustifier."""
+        if self.batch is not None:
+            return self.batch(self.generator)
+        labels = torch.arange(self.num_classes, device=self.device).repeat(self.copies)
+        w = self.glyphs()
+        return self.acquisition(w[labels], self.generator), labels
 
     # -- one step -----------------------------------------------------------------------
     def train_step(self, spec: StageSpec) -> dict:
-        """One optimisation step on fresh acquisitions of every glyph; returns its metrics."""
-        k = self.glyphs.base.shape[0]
-        labels = torch.arange(k, device=self.device).repeat(self.copies)
+        """One optimisation step on a fresh batch (``draw``); returns its metrics."""
         eps = spec.schedule(self.step)
         f = spec.schedule.mixing(self.step)
         self.model.train(spec.trains_classifier)
-        w = self.glyphs()
-        x = self.acquisition(w[labels], self.generator)
+        x, labels = self.draw()
+        if spec.uses_robustifier:
+            self.robustifier.train()
+            x = self.robustifier(x)
         loss, stats = a5_loss(self.model, x, labels, eps, f, spec.train_bounds)
         scale = lr_factor(self.step, spec.steps, spec.lr_milestones)
-        for opt, base_lr in ((self.opt_classifier, spec.lr), (self.opt_glyphs, spec.lr_glyphs)):
+        for opt, base_lr in ((self.opt_classifier, spec.lr), (self.opt_glyphs, spec.lr_glyphs),
+                             (self.opt_robustifier, spec.lr_robustifier)):
             if opt is not None:
                 opt.zero_grad(set_to_none=True)
                 for group in opt.param_groups:
@@ -144,6 +187,9 @@ class Trainer:
             self.opt_classifier.step()
         if self.opt_glyphs is not None:
             self.opt_glyphs.step()
+        if self.opt_robustifier is not None:
+            nn.utils.clip_grad_norm_(self.robustifier.parameters(), 10.0)
+            self.opt_robustifier.step()
         self.step += 1
         clean, cert = batch_errors(stats["logits"].detach(), None if stats["margins"] is None else stats["margins"].detach(), labels)
         distinct = int(torch.unique(stats["logits"].detach().argmax(1)).numel())
@@ -156,9 +202,11 @@ class Trainer:
             "stage_index": self.stage_index,
             "step": self.step,
             "model": self.model.state_dict(),
-            "glyphs": self.glyphs.state_dict(),
+            "glyphs": None if self.glyphs is None else self.glyphs.state_dict(),
+            "robustifier": None if self.robustifier is None else self.robustifier.state_dict(),
             "opt_classifier": None if self.opt_classifier is None else self.opt_classifier.state_dict(),
             "opt_glyphs": None if self.opt_glyphs is None else self.opt_glyphs.state_dict(),
+            "opt_robustifier": None if self.opt_robustifier is None else self.opt_robustifier.state_dict(),
             "generator": self.generator.get_state(),
         }
 
@@ -173,14 +221,19 @@ class Trainer:
         """Continue from ``checkpoint(path)``: only tensors and plain containers are read."""
         state = torch.load(path, map_location=self.device, weights_only=True)
         self.model.load_state_dict(state["model"])
-        self.glyphs.load_state_dict(state["glyphs"])
+        for name in ("glyphs", "robustifier"):
+            mine, saved = getattr(self, name), state.get(name)
+            if (mine is None) != (saved is None):
+                raise ValueError(f"the checkpoint {'has no' if saved is None else 'has a'} {name} state, this run "
+                                 f"{'has' if saved is None else 'has none'}")
+            if mine is not None:
+                mine.load_state_dict(saved)
         self.stage_index = int(state["stage_index"])
         if self.stage_index < len(stages):
             self.start_stage(stages[self.stage_index])
-            if state["opt_classifier"] is not None and self.opt_classifier is not None:
-                self.opt_classifier.load_state_dict(state["opt_classifier"])
-            if state["opt_glyphs"] is not None and self.opt_glyphs is not None:
-                self.opt_glyphs.load_state_dict(state["opt_glyphs"])
+            for name in ("opt_classifier", "opt_glyphs", "opt_robustifier"):
+                if state.get(name) is not None and getattr(self, name) is not None:
+                    getattr(self, name).load_state_dict(state[name])
         self.step = int(state["step"])
         self.generator.set_state(state["generator"].cpu())  # RNG states are CPU byte tensors on every device
 
@@ -201,7 +254,7 @@ class Trainer:
         """
         last_ckpt = time.monotonic()
         window: list[dict] = []
-        k = self.glyphs.base.shape[0]
+        k = self.num_classes
         while self.step < spec.steps:
             rec = self.train_step(spec)
             window.append(rec)
@@ -227,9 +280,11 @@ class CollapseError(RuntimeError):
     """Certified training collapsed the classifier to a constant output."""
 
 
-def make_stage(recipe: str, steps: int, eps_a: float, *, warmup: int = 0, ramp: int = 0, lr: float = 1e-3, lr_glyphs: float = 0.05, train_bounds: str = "mixed") -> StageSpec:
+def make_stage(recipe: str, steps: int, eps_a: float, *, warmup: int = 0, ramp: int = 0, lr: float = 1e-3,
+               lr_glyphs: float = 0.05, train_bounds: str = "mixed", lr_robustifier: float = 1e-3) -> StageSpec:
     """A stage of ``recipe`` with an eps schedule to ``eps_a`` (vanilla: eps 0)."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r} (one of: {', '.join(RECIPES)})")
     eps_max = 0.0 if recipe == "vanilla" else eps_a
-    return StageSpec(recipe=recipe, steps=steps, schedule=EpsSchedule(eps_max, warmup, ramp), lr=lr, lr_glyphs=lr_glyphs, train_bounds=train_bounds)
+    return StageSpec(recipe=recipe, steps=steps, schedule=EpsSchedule(eps_max, warmup, ramp), lr=lr, lr_glyphs=lr_glyphs,
+                     train_bounds=train_bounds, lr_robustifier=lr_robustifier)
