@@ -24,7 +24,7 @@ from a5ocr import models
 from a5ocr.acquisition import Acquisition, AcquisitionConfig
 from a5ocr.evaluation import evaluate
 from a5ocr.glyphs import GlyphSet, rasterize
-from a5ocr.recipes import RobustGlyphs, StageSpec, Trainer, make_stage
+from a5ocr.recipes import RobustGlyphs, StageSpec, Trainer, make_stage, run_stages
 from a5ocr.runio import append_jsonl, atomic_path, ensure_writable_dir, environment, read_jsonl, write_json
 
 PRESETS: dict[str, dict] = {
@@ -239,16 +239,13 @@ def run_design(cfg: DesignConfig, *, resume: bool = False, reporter: Reporter | 
         rep.log(rec)
 
     baseline_path = out / "baseline_classifier.safetensors"
-    while trainer.stage_index < len(stages):
-        spec = stages[trainer.stage_index]
-        rep.stage(spec.recipe, spec.steps, trainer.step)
-        trainer.run_stage(spec, on_log=on_log, on_checkpoint=save_checkpoint, checkpoint_seconds=cfg.checkpoint_seconds)
-        if trainer.stage_index == 0 and legacy is None:
+
+    def after_stage(index: int, spec: StageSpec) -> None:
+        if index == 0 and legacy is None:
             models.save_classifier(trainer.model, baseline_path, arch=cfg.arch, resolution=cfg.resolution, chars=glyphs.chars)
-        trainer.stage_index += 1
-        if trainer.stage_index < len(stages):
-            trainer.start_stage(stages[trainer.stage_index])
-        save_checkpoint()
+
+    run_stages(trainer, stages, reporter=rep, on_log=on_log, on_checkpoint=save_checkpoint,
+               checkpoint_seconds=cfg.checkpoint_seconds, after_stage=after_stage)
 
     # -- evaluation: the baseline (before A5) and the final design, same acquisitions --------
     def run_eval(name: str, model_: torch.nn.Module, w: torch.Tensor) -> dict:

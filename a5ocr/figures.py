@@ -99,3 +99,27 @@ def histogram(values: np.ndarray, path: Path, title: str, xlabel: str) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+def defence_examples(x: torch.Tensor, z: torch.Tensor, eps_d: float, path: Path, scale: int = 3) -> None:
+    """The paper's Fig. 3 for image-side recipes: per test image (a column), the acquired image
+    x, the defended z = x + dx_D, and dx_D itself (mid gray = no change, white / black = +-eps_D).
+
+    x, z: [N, C, H, W] images in [0, 1] (RGB when C = 3, gray when C = 1)."""
+    x = x.detach().cpu().float().clamp(0, 1)
+    z = z.detach().cpu().float().clamp(0, 1)
+    d = (0.5 + (z - x) / (2 * max(eps_d, 1e-12))).clamp(0, 1)
+    n, c, h, w = x.shape
+    gap = 2
+    canvas = np.full((3 * (h + gap) + gap, n * (w + gap) + gap, 3), 200, np.uint8)
+    for i, row in enumerate((x, z, d)):
+        for j in range(n):
+            img = row[j].permute(1, 2, 0).numpy()
+            if c == 1:
+                img = np.repeat(img, 3, axis=2)
+            y0, x0 = gap + i * (h + gap), gap + j * (w + gap)
+            canvas[y0 : y0 + h, x0 : x0 + w] = np.round(img[..., :3] * 255).astype(np.uint8)
+    im = Image.fromarray(canvas, mode="RGB")
+    im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")

@@ -276,6 +276,24 @@ class Trainer:
                 last_ckpt = time.monotonic()
 
 
+def run_stages(trainer: Trainer, stages: list[StageSpec], *, reporter, on_log: Callable[[dict], None],
+               on_checkpoint: Callable[[], None], checkpoint_seconds: float = 120.0,
+               after_stage: Callable[[int, StageSpec], None] | None = None) -> None:
+    """Run ``stages`` from where ``trainer`` stands (``stage_index``, ``step``) to the end:
+    ``reporter.stage`` at each start, ``after_stage(index, spec)`` when one ends, and a
+    checkpoint after every stage (and every ``checkpoint_seconds`` within one)."""
+    while trainer.stage_index < len(stages):
+        spec = stages[trainer.stage_index]
+        reporter.stage(spec.recipe, spec.steps, trainer.step)
+        trainer.run_stage(spec, on_log=on_log, on_checkpoint=on_checkpoint, checkpoint_seconds=checkpoint_seconds)
+        if after_stage is not None:
+            after_stage(trainer.stage_index, spec)
+        trainer.stage_index += 1
+        if trainer.stage_index < len(stages):
+            trainer.start_stage(stages[trainer.stage_index])
+        on_checkpoint()
+
+
 class CollapseError(RuntimeError):
     """Certified training collapsed the classifier to a constant output."""
 

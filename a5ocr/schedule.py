@@ -25,8 +25,8 @@ class EpsSchedule:
         if self.eps_max <= 0:
             return 0.0
         t = step - self.warmup
-        if t <= 0:
-            return 0.0
+        if t < 0:
+            return 0.0  # the first ``warmup`` steps (0 .. warmup - 1)
         if self.ramp <= 0 or t >= self.ramp:
             return self.eps_max
         t_mid = self.mid * self.ramp

@@ -26,7 +26,8 @@ out_console = Console()
 
 @app.callback()
 def _root() -> None:
-    """a5ocr: certified robust printed characters (A5/P and A5/PC), evaluation and export."""
+    """a5ocr: certified robust printed characters (A5/P and A5/PC), image-side defences (A5/O, A5/R,
+    A5/RC), evaluation, export and scanning."""
 
 
 class UserError(Exception):
@@ -39,9 +40,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from a5ocr.evaluation import EvaluateError
     from a5ocr.export import ExportError
     from a5ocr.models import CheckpointError
+    from a5ocr.robustify import RobustifyError
     from a5ocr.scan import ScanError
 
-    return (UserError, DesignError, GlyphError, CheckpointError, ExportError, EvaluateError, ScanError)
+    return (UserError, DesignError, GlyphError, CheckpointError, ExportError, EvaluateError, ScanError, RobustifyError)
 
 
 class RichReporter:
@@ -54,7 +56,8 @@ class RichReporter:
     def stage(self, name: str, total: int, done: int = 0) -> None:
         if self.task is not None:
             self.progress.update(self.task, visible=True)
-        label = {"crown-ibp": "stage 1: CROWN-IBP classifier", "p": "A5/P: glyphs", "pc": "A5/PC: glyphs + classifier", "vanilla": "vanilla classifier"}.get(name, name)
+        label = {"crown-ibp": "stage 1: CROWN-IBP classifier", "p": "A5/P: glyphs", "pc": "A5/PC: glyphs + classifier",
+                 "vanilla": "vanilla classifier", "r": "A5/R: robustifier", "rc": "A5/RC: robustifier + classifier"}.get(name, name)
         self.task = self.progress.add_task(label, total=total, completed=done, stats="")
 
     def log(self, rec: dict) -> None:
@@ -133,11 +136,13 @@ def _print_summary(summary: dict) -> None:
 from a5ocr.cli.evaluate_cmd import evaluate  # noqa: E402
 from a5ocr.cli.export_cmd import export  # noqa: E402
 from a5ocr.cli.reproduce_cmd import reproduce  # noqa: E402
+from a5ocr.cli.robustify_cmd import robustify  # noqa: E402
 from a5ocr.cli.scan_cmd import render_text, scan  # noqa: E402
 
 app.command()(evaluate)
 app.command()(reproduce)
 app.command()(export)
+app.command()(robustify)
 app.command()(scan)
 app.command(name="render-text")(render_text)
 

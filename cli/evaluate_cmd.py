@@ -7,6 +7,7 @@ inconsistency exits with code 3 after saving the evidence.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -23,10 +24,16 @@ def _fmt(v: float | None, pct: bool = True) -> str:
     return f"{v:.2%}" if pct else f"{v:.4f}"
 
 
+def what_of(rep: dict) -> str:
+    """What was evaluated, in words: "robust glyphs", "original glyphs", or a robustify run's images."""
+    what = rep.get("glyphs", "")
+    return f"{what} glyphs" if what in ("robust", "original") else what
+
+
 def print_report(rep: dict, console: Console, weakest: int = 10) -> None:
     """The overall figures and the weakest glyphs as rich tables."""
     cert = rep["certified_error"]
-    title = (f"{rep.get('run', '')}  {rep['glyphs'] if 'glyphs' in rep else ''} glyphs  eps_A {rep['eps_a']:g}  "
+    title = (f"{rep.get('run', '')}  {what_of(rep)}  eps_A {rep['eps_a']:g}  "
              f"{rep['samples']} acquisitions (seed {rep['seed']})")
     t = Table(title=title)
     t.add_column("figure")
@@ -42,7 +49,8 @@ def print_report(rep: dict, console: Console, weakest: int = 10) -> None:
         r = rep["radius"]
         t.add_row("certified radius: median / p10", f"{r['median']:.4f} / {r['quantiles']['p10']:.4f}")
     p = rep["psnr_db"]
-    t.add_row("PSNR vs original glyphs (mean / min)", "identical" if p["mean"] is None and p["min"] is None else
+    ref = p.get("reference", "original glyphs").split(" (peak")[0]
+    t.add_row(f"PSNR vs {ref} (mean / min per class)", "identical" if p["mean"] is None and p["min"] is None else
               f"{_fmt(p['mean'], False)} / {_fmt(p['min'], False)} dB")
     t.add_row("time", f"{rep['seconds']['total']:.1f} s")
     console.print(t)
@@ -62,8 +70,8 @@ def print_report(rep: dict, console: Console, weakest: int = 10) -> None:
 
 
 def evaluate(
-    run_dir: Path = typer.Argument(..., help="A design run folder (from `a5ocr design`) holding glyphs.safetensors, classifier.safetensors and config.json."),
-    original: bool = typer.Option(False, "--original", help="Evaluate the unmodified font glyphs instead of the robust ones (the 'before' column)."),
+    run_dir: Path = typer.Argument(..., help="A run folder: from `a5ocr design` (glyphs.safetensors, classifier.safetensors, config.json) or from `a5ocr robustify` (its test set, defended by the run's recipe)."),
+    original: bool = typer.Option(False, "--original", help="The 'before' column: the unmodified font glyphs (design run), or the classifier before A5 on undefended images (robustify run)."),
     classifier: Optional[Path] = typer.Option(None, help="Another classifier file to evaluate on the run's glyphs (e.g. RUN/baseline_classifier.safetensors); default RUN/classifier.safetensors."),
     samples_per_char: int = typer.Option(100, "--samples-per-char", help="Fresh random acquisitions per character."),
     seed: Optional[int] = typer.Option(None, help="Seed of the acquisitions (and of the attack); default: the run's evaluation seed, distinct from its training seed."),
@@ -81,7 +89,7 @@ def evaluate(
     weakest: int = typer.Option(10, help="Number of weakest glyphs to list."),
     threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: torch's choice). On a shared machine 1 can be several times faster than 2."),
 ) -> None:
-    """Evaluate a design run: clean, attack and certified error, certified radius, PSNR, per character."""
+    """Evaluate a design or robustify run: clean, attack and certified error, certified radius, PSNR, per class."""
     import numpy as np
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -107,7 +115,12 @@ def evaluate(
         dev = pick_device(device)
     except DesignError as err:
         raise EvaluateError(str(err)) from None
-    run = load_run(run_dir, classifier)
+    from a5ocr.robustify import evaluate_robustify_run, is_robustify_run
+
+    image_side = is_robustify_run(run_dir)
+    if image_side and classifier is not None:
+        raise EvaluateError("--classifier does not apply to a robustify run (use --original for the classifier before A5)")
+    run = None if image_side else load_run(run_dir, classifier)
 
     with Progress(
         TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -122,24 +135,29 @@ def evaluate(
                 tasks[phase] = progress.add_task(label, total=max(total, 1))
             progress.update(tasks[phase], completed=done, total=max(total, 1))
 
-        ev = evaluate_run(
-            run, original=original, device=dev, eps_a=eps_a, seed=seed, samples_per_char=samples_per_char,
-            methods=methods, cascade=cascade, attack=attack, check_fraction=check_fraction,
-            check_attack=check_attack, attack_all=attack_all, radius_steps=radius_steps, on_progress=on_progress,
-        )
+        options = dict(methods=methods, cascade=cascade, attack=attack, check_fraction=check_fraction,
+                       check_attack=check_attack, attack_all=attack_all, radius_steps=radius_steps, on_progress=on_progress)
+        if image_side:
+            ev = evaluate_robustify_run(run_dir, original=original, device=dev, eps_a=eps_a, seed=seed,
+                                        samples_per_char=samples_per_char, **options)
+        else:
+            ev = evaluate_run(run, original=original, device=dev, eps_a=eps_a, seed=seed,
+                              samples_per_char=samples_per_char, **options)
     rep = ev.report(weakest=max(weakest, 10))
-    out_dir = json_out.parent if json_out is not None else run.path
+    run_path = Path(run_dir)
+    out_dir = json_out.parent if json_out is not None else run_path
     suffix = "-original" if original else ""
     try:
         if ev.radius is not None:
             hist = histogram or out_dir / f"certified_radius{suffix}.png"
-            draw_histogram(ev.radius.numpy(), hist, f"certified radius ({rep['glyphs']} glyphs, {rep['samples']} samples)",
+            draw_histogram(ev.radius.numpy(), hist, f"certified radius ({what_of(rep)}, {rep['samples']} samples)",
                            f"largest certified L-inf radius (eps_A = {rep['eps_a']:g})")
             rep["histogram"] = str(hist)
         broken_path = None
         if ev.broken:
             broken_path = out_dir / "broken_certificates.safetensors"
-            save_broken(broken_path, ev, {"run": run.path, "eps_a": rep["eps_a"], "seed": rep["seed"], "chars": run.chars})
+            save_broken(broken_path, ev, {"run": run_path, "eps_a": rep["eps_a"], "seed": rep["seed"],
+                                          "chars": json.dumps(rep.get("chars") or list(rep["per_char"]))})
             rep["broken_certificates_file"] = str(broken_path)
         if json_out is not None:
             write_json(json_out, rep)
@@ -159,7 +177,7 @@ def evaluate(
             labels = ev.broken["labels"].tolist()
             for i, (n, y) in enumerate(list(zip(idx, labels))[:10]):
                 m = ev.broken["margins_adv"][i]
-                err_console.print(f"  broken certificate: sample {n}, char {run.chars[y]!r}, "
+                err_console.print(f"  broken certificate: sample {n}, class {list(rep['per_char'])[y]!r}, "
                                   f"min margin at x_adv {float(np.delete(m.numpy(), y).min()):.3g}", highlight=False)
             err_console.print(f"  saved to {broken_path}", highlight=False)
         raise SystemExit(EXIT_INCONSISTENT)  # typer.Exit would be swallowed by standalone_mode=False

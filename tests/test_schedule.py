@@ -18,3 +18,7 @@ def test_schedule_shape():
 def test_zero_eps_and_zero_ramp():
     assert EpsSchedule(0.0, 0, 10)(5) == 0.0 and EpsSchedule(0.0, 0, 10).mixing(5) == 1.0
     assert EpsSchedule(0.2, 3, 0)(4) == 0.2
+    # exactly ``warmup`` steps at eps 0; a stage without warmup or ramp (A5/P, A5/R) is at
+    # eps_max from its first step
+    assert [EpsSchedule(0.2, 3, 0)(t) for t in range(5)] == [0.0, 0.0, 0.0, 0.2, 0.2]
+    assert EpsSchedule(0.2, 0, 0)(0) == 0.2 and EpsSchedule(0.2, 0, 0).mixing(0) == 0.0
