@@ -408,6 +408,7 @@ class RobustifyConfig:
     chars: str = "62"
     data: str | None = None  # an image dataset (folder or .npz) instead of glyphs
     classifier: str | None = None
+    robustifier: str | None = None  # start R from this file (an A5/R run's): rc then skips its r stage
     eps_a: float = 0.1
     eps_r: float | None = None  # eps_A^R of training / optimisation (default eps_a)
     eps_d: float = 0.3
@@ -449,6 +450,8 @@ class RobustifyConfig:
             raise RobustifyError(f"unknown preset {self.preset!r} (one of: {', '.join(PRESETS)})")
         if self.run and self.data:
             raise RobustifyError("give --run (acquired glyphs of a design run) or --data (an image dataset), not both")
+        if self.robustifier and self.recipe == "o":
+            raise RobustifyError("A5/O optimises each image on its own: it takes no --robustifier")
         for name in ("eps_a", "eps_r"):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and 0.0 < v < 1.0):
@@ -682,6 +685,14 @@ def run_robustify(cfg: RobustifyConfig, *, resume: bool = False, reporter=None) 
     legacy = _legacy_classifier(cfg, data)
     if legacy is not None:
         cfg = replace(cfg, arch=legacy[1]["arch"])
+    robustifier = None
+    if cfg.robustifier:
+        robustifier = load_robustifier(Path(cfg.robustifier))
+        if abs(robustifier.eps_d - cfg.eps_d) > 1e-12:
+            raise RobustifyError(f"robustifier {cfg.robustifier} was trained for eps_D {robustifier.eps_d:g}, not --eps-d {cfg.eps_d:g}")
+        cfg = replace(cfg, width=robustifier.width, depth=robustifier.depth)
+    elif cfg.recipe in ("r", "rc"):
+        robustifier = Robustifier(3, cfg.eps_d, cfg.width, cfg.depth)
     ckpt, config_path = out / "checkpoint.pt", out / "config.json"
     record = {"kind": "robustify", "config": cfg.to_dict(), "data": data.description, "environment": environment(),
               "device": str(device)}
@@ -699,7 +710,6 @@ def run_robustify(cfg: RobustifyConfig, *, resume: bool = False, reporter=None) 
 
     k = len(data.classes)
     model = legacy[0] if legacy is not None else models.build(cfg.arch, data.resolution, k)
-    robustifier = Robustifier(3, cfg.eps_d, cfg.width, cfg.depth) if cfg.recipe in ("r", "rc") else None
     glyphs = RobustGlyphs(data.glyphs, 0.0) if data.glyphs is not None else None  # fixed prototypes (z unused)
     trainer = Trainer(model, glyphs, data.acquisition, copies=cfg.copies, seed=cfg.seed, device=device,
                       robustifier=robustifier, batch=data.batch_source(cfg.batch_size, device), num_classes=k)
@@ -707,7 +717,7 @@ def run_robustify(cfg: RobustifyConfig, *, resume: bool = False, reporter=None) 
     if legacy is None:
         stages.append(make_stage("crown-ibp", cfg.stage1_steps, cfg.eps_a, warmup=cfg.warmup, ramp=cfg.ramp, lr=cfg.lr,
                                  train_bounds=cfg.train_bounds))
-    if cfg.recipe in ("r", "rc"):
+    if cfg.recipe == "r" or (cfg.recipe == "rc" and not cfg.robustifier):
         stages.append(make_stage("r", cfg.r_steps, cfg.eps_r, train_bounds=cfg.train_bounds, lr_robustifier=cfg.lr_robustifier))
     if cfg.recipe == "rc":
         stages.append(make_stage("rc", cfg.rc_steps, cfg.eps_r, lr=cfg.lr_rc, train_bounds=cfg.train_bounds,

@@ -21,6 +21,7 @@ def robustify(
     font: str = typer.Option("comic-neue", help="Without --run or --data: the font whose acquired glyphs are the data (a TTF/OTF path or a shipped font)."),
     chars: str = typer.Option("62", help="Without --run or --data: the characters (62, 36, 26, 10 or an explicit string)."),
     classifier: Optional[Path] = typer.Option(None, help="Legacy classifier C (a5ocr safetensors); default: the design run's stage-1 classifier, else a CROWN-IBP classifier is trained first."),
+    robustifier: Optional[Path] = typer.Option(None, help="Start R from this file (RUN/robustifier.safetensors of an A5/R run): A5/RC then only fine-tunes R and C together."),
     eps_a: float = typer.Option(0.1, "--eps-a", help="Attack budget: L-inf size of the man-in-the-middle change of the defended image, in (0, 1)."),
     eps_r: Optional[float] = typer.Option(None, "--eps-r", help="eps_A^R: the attack size the defence is trained / optimised for (default --eps-a)."),
     eps_d: float = typer.Option(0.3, "--eps-d", help="Defence budget: L-inf size of the defensive change dx_D of the image, in (0, 1]."),
@@ -51,12 +52,12 @@ def robustify(
         import torch
 
         torch.set_num_threads(threads)
-    for name, p in (("--run", run), ("--classifier", classifier)):
+    for name, p in (("--run", run), ("--classifier", classifier), ("--robustifier", robustifier)):
         if p is not None and not p.exists():
             raise RobustifyError(f"{name} {p} not found")
     cfg = RobustifyConfig(
         recipe=recipe, run=str(run) if run else None, data=str(data) if data else None, font=font, chars=chars,
-        classifier=str(classifier) if classifier else None, eps_a=eps_a, eps_r=eps_r, eps_d=eps_d, preset=preset,
+        classifier=str(classifier) if classifier else None, robustifier=str(robustifier) if robustifier else None, eps_a=eps_a, eps_r=eps_r, eps_d=eps_d, preset=preset,
         resolution=resolution, r_steps=steps, rc_steps=rc_steps, o_steps=o_steps, o_lr=o_lr, stage1_steps=stage1_steps,
         batch_size=batch_size, test_fraction=test_fraction, samples_per_char=samples_per_char, device=device, seed=seed,
         out=str(out) if out else None,

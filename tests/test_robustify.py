@@ -295,3 +295,15 @@ def test_cli_robustify_bad_input_is_one_line_exit_2(tmp_path, a5ocr_main):
         code, _, err = a5ocr_main("robustify", "--preset", "tiny", "--out", str(tmp_path / "o"), *args)
         assert code == 2, (args, err)
         assert needle in err and "Traceback" not in err, err
+
+
+def test_a5rc_from_an_a5r_robustifier_fine_tunes_only(tmp_path, design_run):
+    base = dict(run=str(design_run), eps_a=0.05, eps_d=0.2, preset="tiny", samples_per_char=2,
+                certify_methods=("ibp",), device="cpu")
+    run_robustify(RobustifyConfig(recipe="r", r_steps=10, out=str(tmp_path / "r"), **base))
+    rfile = tmp_path / "r" / "robustifier.safetensors"
+    run_robustify(RobustifyConfig(recipe="rc", rc_steps=5, robustifier=str(rfile), out=str(tmp_path / "rc"), **base))
+    stages = {json.loads(line)["stage"] for line in (tmp_path / "rc" / "metrics.jsonl").read_text().splitlines()}
+    assert stages == {"rc"}
+    with pytest.raises(RobustifyError, match="trained for eps_D 0.2"):
+        run_robustify(RobustifyConfig(recipe="rc", robustifier=str(rfile), out=str(tmp_path / "x"), **{**base, "eps_d": 0.3}))
