@@ -744,6 +744,8 @@ def run_robustify(cfg: RobustifyConfig, *, resume: bool = False, reporter=None) 
         if spec.recipe == "crown-ibp":
             models.save_classifier(trainer.model, baseline_path, arch=cfg.arch, resolution=data.resolution, chars=chars_meta)
 
+    if legacy is not None:  # C before A5, saved before any stage can train it (A5/RC fine-tunes this object)
+        models.save_classifier(legacy[0], baseline_path, arch=cfg.arch, resolution=data.resolution, chars=chars_meta)
     if stages:
         if resume and ckpt.is_file():
             try:
@@ -758,8 +760,6 @@ def run_robustify(cfg: RobustifyConfig, *, resume: bool = False, reporter=None) 
                    checkpoint_seconds=cfg.checkpoint_seconds, after_stage=after_stage)
     else:
         save_checkpoint()
-    if legacy is not None:
-        models.save_classifier(legacy[0], baseline_path, arch=cfg.arch, resolution=data.resolution, chars=chars_meta)
 
     # -- evaluation on the test set: C alone on x, then the recipe on z (same x) -------------
     total = data.test_total(cfg.samples_per_char)

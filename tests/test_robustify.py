@@ -260,6 +260,8 @@ def test_a5rc_trains_the_classifier_and_resumes_identically(tmp_path, design_run
     before = load_file(str(design_run / "classifier.safetensors"))
     after = load_file(str(tmp_path / "a" / "classifier.safetensors"))
     assert any(not torch.equal(before[k], after[k]) for k in before)  # C fine-tuned with R
+    kept = load_file(str(tmp_path / "a" / "baseline_classifier.safetensors"))
+    assert all(torch.equal(before[k], kept[k]) for k in before)  # the "before" classifier is the legacy one
     # the same seed gives the same result
     b = run_robustify(RobustifyConfig(**base, out=str(tmp_path / "b")))
     assert a["final"] == b["final"]
