@@ -46,6 +46,15 @@ class AcquisitionConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "AcquisitionConfig":
+        """The inverse of ``to_dict`` (JSON turns the blur_sigma pair into a list); missing keys
+        take their defaults. Raises TypeError / ValueError on unknown keys or bad values."""
+        d = dict(d)
+        if "blur_sigma" in d:
+            d["blur_sigma"] = tuple(float(v) for v in d["blur_sigma"])
+        return cls(**d)
+
     def scaled(self, resolution: int) -> "AcquisitionConfig":
         """Pixel sizes scaled from 128x128 to ``resolution`` (kernel kept odd, at least 3)."""
         s = resolution / 128.0

@@ -41,6 +41,19 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def bounds_options_problem(train_bounds: str, certify_methods) -> str | None:
+    """What is wrong with a run's training bounds ("mixed" or a bound method) and certification
+    methods, in one line; None when both are valid. Shared by design and robustify configs."""
+    from a5ocr.bounds import METHODS
+
+    if train_bounds not in ("mixed", *METHODS):
+        return f"train_bounds must be mixed or one of {', '.join(METHODS)}, got {train_bounds!r}"
+    for m in certify_methods:
+        if m not in METHODS:
+            return f"unknown certification method {m!r} (one of: {', '.join(METHODS)})"
+    return None
+
+
 class DesignError(ValueError):
     """A design request that cannot run (bad argument, incompatible resume, ...)."""
 
@@ -104,13 +117,9 @@ class DesignConfig:
         for name in ("copies", "stage1_steps", "stage2_steps"):
             if getattr(cfg, name) < 1:
                 raise DesignError(f"{name} must be at least 1")
-        from a5ocr.bounds import METHODS
-
-        if cfg.train_bounds not in ("mixed", *METHODS):
-            raise DesignError(f"train_bounds must be mixed or one of {', '.join(METHODS)}, got {cfg.train_bounds!r}")
-        for m in cfg.certify_methods:
-            if m not in METHODS:
-                raise DesignError(f"unknown certification method {m!r} (one of: {', '.join(METHODS)})")
+        problem = bounds_options_problem(cfg.train_bounds, cfg.certify_methods)
+        if problem:
+            raise DesignError(problem)
         cfg = replace(cfg, certify_methods=tuple(cfg.certify_methods))
         return cfg
 
@@ -210,7 +219,7 @@ def run_design(cfg: DesignConfig, *, resume: bool = False, reporter: Reporter | 
         raise DesignError(f"{out} already holds a run; use --resume to continue it or --out for a new folder")
     write_json(config_path, record)
 
-    acq = Acquisition(cfg.resolution, AcquisitionConfig(**{**cfg.acquisition, "blur_sigma": tuple(cfg.acquisition["blur_sigma"])}))
+    acq = Acquisition(cfg.resolution, AcquisitionConfig.from_dict(cfg.acquisition))
     model = legacy if legacy is not None else models.build(cfg.arch, cfg.resolution, len(glyphs.chars))
     robust = RobustGlyphs(glyphs.images, cfg.eps_d, cfg.ink)
     trainer = Trainer(model, robust, acq, copies=cfg.copies, seed=cfg.seed, device=device)

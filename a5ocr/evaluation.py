@@ -234,6 +234,8 @@ class Run:
     eval_seed: int
     config: dict
     summary: dict | None
+    family: str = ""
+    font_path: str = ""
 
 
 def _read_json(path: Path) -> dict | None:
@@ -283,10 +285,7 @@ def load_run(run_dir: Path | str, classifier: Path | str | None = None) -> Run:
     if meta["resolution"] != design.resolution:
         raise EvaluateError(f"classifier {clf_path} takes {meta['resolution']}px images, the glyphs are {design.resolution}px")
     try:
-        acq_d = dict(cfg.get("acquisition") or {})
-        if "blur_sigma" in acq_d:
-            acq_d["blur_sigma"] = tuple(float(v) for v in acq_d["blur_sigma"])
-        acq = AcquisitionConfig(**acq_d)
+        acq = AcquisitionConfig.from_dict(cfg.get("acquisition") or {})
     except (TypeError, ValueError) as err:
         raise EvaluateError(f"{run_dir / 'config.json'}: bad acquisition config ({err})") from None
     summary = _read_json(run_dir / "summary.json")
@@ -299,7 +298,7 @@ def load_run(run_dir: Path | str, classifier: Path | str | None = None) -> Run:
     return Run(
         path=run_dir, chars=design.chars, resolution=design.resolution, robust=design.robust,
         original=design.original, model=model, classifier_path=clf_path, acquisition=acq,
-        eps_a=eps_a, eval_seed=eval_seed, config=cfg, summary=summary,
+        eps_a=eps_a, eval_seed=eval_seed, config=cfg, summary=summary, family=design.family, font_path=design.font_path,
     )
 
 

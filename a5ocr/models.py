@@ -94,14 +94,10 @@ class CheckpointError(ValueError):
 
 def save_classifier(model: nn.Module, path: Path, *, arch: str, resolution: int, chars: str) -> None:
     """Write weights and architecture metadata to a safetensors file, atomically."""
-    from safetensors.torch import save_file
+    from a5ocr.runio import save_module
 
-    from a5ocr.runio import atomic_path
-
-    meta = {"arch": arch, "resolution": str(resolution), "chars": json.dumps(chars), "format": "a5ocr-classifier-1"}
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
+    save_module(model, path, {"arch": arch, "resolution": str(resolution), "chars": json.dumps(chars),
+                              "format": "a5ocr-classifier-1"})
 
 
 def load_classifier(path: Path) -> tuple[nn.Sequential, dict]:
@@ -109,19 +105,14 @@ def load_classifier(path: Path) -> tuple[nn.Sequential, dict]:
 
     Raises ``CheckpointError`` with a readable message on a missing, corrupt or foreign file.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from a5ocr.runio import read_safetensors
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"classifier file not found: {path}")
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        state, meta = read_safetensors(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"classifier file not found: {path}") from None
+    except ValueError as err:
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint: {err}") from None
     if meta.get("format") != "a5ocr-classifier-1":
         raise CheckpointError(f"{path} is a safetensors file but not an a5ocr classifier (no metadata)")

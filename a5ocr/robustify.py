@@ -99,29 +99,21 @@ class Robustifier(nn.Module):
 
 def save_robustifier(r: Robustifier, path: Path) -> None:
     """Weights and shape metadata to safetensors (never pickle), atomically."""
-    from safetensors.torch import save_file
+    from a5ocr.runio import save_module
 
-    from a5ocr.runio import atomic_path
-
-    meta = {"format": ROBUSTIFIER_FORMAT, **{k: str(v) for k, v in r.meta().items()}}
-    state = {k: v.detach().cpu().contiguous() for k, v in r.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
+    save_module(r, path, {"format": ROBUSTIFIER_FORMAT, **{k: str(v) for k, v in r.meta().items()}})
 
 
 def load_robustifier(path: Path) -> Robustifier:
     """Read ``save_robustifier``'s file; ``RobustifyError`` on a missing, corrupt or foreign file."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
+    from a5ocr.runio import read_safetensors
 
     path = Path(path)
-    if not path.is_file():
-        raise RobustifyError(f"robustifier file not found: {path}")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        state, meta = read_safetensors(path)
+    except FileNotFoundError:
+        raise RobustifyError(f"robustifier file not found: {path}") from None
+    except ValueError as err:
         raise RobustifyError(f"{path} is not a readable safetensors file: {err}") from None
     if meta.get("format") != ROBUSTIFIER_FORMAT:
         raise RobustifyError(f"{path} is not an a5ocr robustifier (no metadata)")
@@ -443,6 +435,7 @@ class RobustifyConfig:
     def resolved(self) -> "RobustifyConfig":
         """Fill preset defaults and check every value (``RobustifyError``, one readable line)."""
         from a5ocr.design import PRESETS as DESIGN_PRESETS
+        from a5ocr.design import bounds_options_problem
 
         if self.recipe not in RECIPES:
             raise RobustifyError(f"--recipe must be o, r or rc, got {self.recipe!r}")
@@ -479,11 +472,9 @@ class RobustifyConfig:
                 raise RobustifyError(f"--{name.replace('_', '-')} must be at least 1")
         if cfg.o_steps < 0:
             raise RobustifyError("--o-steps must be >= 0")
-        if cfg.train_bounds not in ("mixed", *bounds.METHODS):
-            raise RobustifyError(f"train_bounds must be mixed or one of {', '.join(bounds.METHODS)}, got {cfg.train_bounds!r}")
-        for m in cfg.certify_methods:
-            if m not in bounds.METHODS:
-                raise RobustifyError(f"unknown certification method {m!r} (one of: {', '.join(bounds.METHODS)})")
+        problem = bounds_options_problem(cfg.train_bounds, cfg.certify_methods)
+        if problem:
+            raise RobustifyError(problem)
         return replace(cfg, certify_methods=tuple(cfg.certify_methods))
 
     def to_dict(self) -> dict:
@@ -543,33 +534,25 @@ def load_data(cfg: RobustifyConfig) -> tuple[Data, RobustifyConfig]:
         desc = f"dataset {cfg.data}: {len(train)} training and {len(test)} test images, {len(train.classes)} classes"
         return Data(classes=train.classes, resolution=cfg.resolution, description=desc, train=train, test=test), cfg
     if cfg.run:
-        from a5ocr.export import ExportError, load_design
+        from a5ocr.evaluation import EvaluateError, load_run
 
-        run = Path(cfg.run)
         try:
-            design = load_design(run)
-            rec = json.loads((run / "config.json").read_text())["config"]
-        except ExportError as err:
+            run = load_run(cfg.run)
+        except EvaluateError as err:
             raise RobustifyError(str(err)) from None
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise RobustifyError(f"{run} is not a design run with a readable config.json ({err})") from None
-        acq_d = dict(rec.get("acquisition") or {})
-        if "blur_sigma" in acq_d:
-            acq_d["blur_sigma"] = tuple(acq_d["blur_sigma"])
-        cfg = replace(cfg, resolution=design.resolution, acquisition=acq_d or cfg.acquisition,
-                      font=design.font_path, chars=design.chars)
-        legacy = run / "baseline_classifier.safetensors"
-        if not legacy.is_file() and rec.get("classifier"):
-            legacy = Path(rec["classifier"])
-        desc = f"acquired glyphs of design run {run} ({design.family}, {len(design.chars)} characters)"
-        acq = Acquisition(design.resolution, AcquisitionConfig(**{**acq_d, "blur_sigma": tuple(acq_d.get("blur_sigma", (0.01, 1.0)))}))
-        return Data(classes=design.chars, resolution=design.resolution, description=desc, glyphs=design.original.float(),
-                    acquisition=acq, font=design.font_path, legacy=legacy if legacy.is_file() else None), cfg
+        cfg = replace(cfg, resolution=run.resolution, acquisition=run.acquisition.to_dict(), font=run.font_path,
+                      chars=run.chars)
+        legacy = run.path / "baseline_classifier.safetensors"
+        if not legacy.is_file() and run.config.get("classifier"):
+            legacy = Path(run.config["classifier"])
+        desc = f"acquired glyphs of design run {run.path} ({run.family}, {len(run.chars)} characters)"
+        return Data(classes=run.chars, resolution=run.resolution, description=desc, glyphs=run.original.float(),
+                    acquisition=Acquisition(run.resolution, run.acquisition), font=run.font_path,
+                    legacy=legacy if legacy.is_file() else None), cfg
     from a5ocr.glyphs import rasterize
 
     g = rasterize(cfg.font, cfg.chars, cfg.resolution)
-    acq_d = dict(cfg.acquisition)
-    acq = Acquisition(cfg.resolution, AcquisitionConfig(**{**acq_d, "blur_sigma": tuple(acq_d["blur_sigma"])}))
+    acq = Acquisition(cfg.resolution, AcquisitionConfig.from_dict(cfg.acquisition))
     desc = f"acquired glyphs of {g.family} ({len(g.chars)} characters, {cfg.resolution}x{cfg.resolution})"
     return Data(classes=g.chars, resolution=cfg.resolution, description=desc, glyphs=g.images, acquisition=acq,
                 font=g.font_path), cfg

@@ -114,3 +114,30 @@ def read_jsonl(path: Path | str) -> list[dict]:
             except json.JSONDecodeError:
                 break  # a line cut by a kill: stop there
     return rows
+
+
+def save_module(module, path: Path | str, meta: dict[str, str]) -> None:
+    """A module's weights (on the CPU) and string metadata to a safetensors file, atomically
+    (never pickle)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+
+
+def read_safetensors(path: Path | str) -> tuple[dict, dict[str, str]]:
+    """(tensors, metadata) of a safetensors file. Raises FileNotFoundError when it is missing and
+    ValueError (with the reader's reason) when it is not a readable safetensors file."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(str(path))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+        return load_file(str(path)), meta
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise ValueError(str(err)) from None
