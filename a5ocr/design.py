@@ -26,6 +26,7 @@ from a5ocr.evaluation import evaluate
 from a5ocr.glyphs import GlyphSet, rasterize
 from a5ocr.recipes import RobustGlyphs, StageSpec, Trainer, make_stage, run_stages
 from a5ocr.runio import append_jsonl, atomic_path, ensure_writable_dir, environment, read_jsonl, write_json
+from a5ocr.errors import DesignError
 
 PRESETS: dict[str, dict] = {
     # CPU default: 32x32, the wider small net, IBP bounds in training (CROWN-IBP costs ~50x an
@@ -53,9 +54,6 @@ def bounds_options_problem(train_bounds: str, certify_methods) -> str | None:
             return f"unknown certification method {m!r} (one of: {', '.join(METHODS)})"
     return None
 
-
-class DesignError(ValueError):
-    """A design request that cannot run (bad argument, incompatible resume, ...)."""
 
 
 @dataclass

@@ -33,11 +33,8 @@ from torch import nn
 from a5ocr import bounds
 from a5ocr.acquisition import Acquisition, AcquisitionConfig
 from a5ocr.losses import attack_box
+from a5ocr.errors import EvaluateError
 
-
-class EvaluateError(ValueError):
-    """A user error of ``a5ocr evaluate`` / ``a5ocr reproduce`` (missing or corrupt run,
-    bad option): shown as one line, exit code 2."""
 
 
 def acquisitions(

@@ -71,6 +71,7 @@ import numpy as np
 import torch
 
 from a5ocr.runio import atomic_path
+from a5ocr.errors import ExportError
 
 GLYPHS_FORMAT = "a5ocr-glyphs-1"
 SHEET_FORMAT = "a5ocr-sheet-1"
@@ -79,9 +80,6 @@ OUTLINE_METHODS = ("auto", "contour", "pixels", "halftone")
 MM_PER_INCH = 25.4
 PT_PER_INCH = 72.0
 
-
-class ExportError(ValueError):
-    """An export that cannot be made (missing run or designs, bad output path, bad option)."""
 
 
 # --------------------------------------------------------------------------- the design

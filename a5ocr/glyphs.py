@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from a5ocr.errors import GlyphError
 
 CHARSETS: dict[str, str] = {
     # The paper's order: A-Z (0-25), a-z (26-51), 0-9 (52-61).
@@ -36,9 +37,6 @@ BUILTIN_FONTS: dict[str, str] = {
 }
 DEFAULT_FONT = "comic-neue"
 
-
-class GlyphError(ValueError):
-    """A font that cannot give the asked glyphs (missing file, corrupt file, missing characters)."""
 
 
 def resolve_charset(chars: str) -> str:

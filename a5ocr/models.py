@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from a5ocr.normalize import Normalize
+from a5ocr.errors import CheckpointError
 
 # The paper's input normalisation for the fonts experiment.
 MEAN, STD = 0.5, 1.0
@@ -87,9 +88,6 @@ def build(arch: str, resolution: int, num_classes: int) -> nn.Sequential:
         raise ValueError(f"unknown architecture {arch!r} (one of: {', '.join(ARCHITECTURES)})")
     return ARCHITECTURES[arch](resolution, num_classes)
 
-
-class CheckpointError(ValueError):
-    """A classifier file that is missing, corrupt, or does not fit the asked setup."""
 
 
 def save_classifier(model: nn.Module, path: Path, *, arch: str, resolution: int, chars: str) -> None:

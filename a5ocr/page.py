@@ -17,18 +17,11 @@ from typing import Iterator
 
 import numpy as np
 
+from a5ocr.errors import PageError, ScanError
+
 # Decompression-bomb guard: a page of more pixels than this is refused before it is decoded
 # (an A4 page at 1200 dpi is 140 Mpx; at 600 dpi, 35 Mpx).
 MAX_PAGE_PIXELS = 100_000_000
-
-
-class ScanError(ValueError):
-    """A user error of ``a5ocr scan`` / ``a5ocr render-text`` (unreadable page, missing or corrupt
-    run, bad option): shown as one line, exit code 2. Re-exported as ``a5ocr.scan.ScanError``."""
-
-
-class PageError(ScanError):
-    """A page that cannot be read or written (not an image, too large, corrupt, unsupported format)."""
 
 
 @contextlib.contextmanager

@@ -35,6 +35,7 @@ from torch import nn
 from a5ocr.acquisition import Acquisition
 from a5ocr.losses import a5_loss, defended
 from a5ocr.schedule import EpsSchedule
+from a5ocr.errors import CollapseError
 
 RECIPES = ("vanilla", "crown-ibp", "p", "pc", "r", "rc")
 
@@ -293,9 +294,6 @@ def run_stages(trainer: Trainer, stages: list[StageSpec], *, reporter, on_log: C
             trainer.start_stage(stages[trainer.stage_index])
         on_checkpoint()
 
-
-class CollapseError(RuntimeError):
-    """Certified training collapsed the classifier to a constant output."""
 
 
 def make_stage(recipe: str, steps: int, eps_a: float, *, warmup: int = 0, ramp: int = 0, lr: float = 1e-3,

@@ -31,12 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from a5ocr.page import MAX_PAGE_PIXELS, ScanError, rotate_box, rotate_image, to_u8, write_image
+from a5ocr.errors import RenderError
 
 TRUTH_FORMAT = "a5ocr-text-truth-1"
 
-
-class RenderError(ScanError):
-    """A page that cannot be rendered (missing font, characters the font lacks, bad option)."""
 
 
 @dataclass(frozen=True)

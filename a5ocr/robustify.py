@@ -47,6 +47,7 @@ from torch import nn
 from a5ocr import bounds, models
 from a5ocr.acquisition import Acquisition, AcquisitionConfig
 from a5ocr.losses import attack_box, defended
+from a5ocr.errors import DatasetError, RobustifyError
 
 RECIPES = ("o", "r", "rc")
 RECIPE_NAMES = {"o": "A5/O", "r": "A5/R", "rc": "A5/RC"}
@@ -56,13 +57,6 @@ MAX_IMAGE_PIXELS = 16_000_000
 ROBUSTIFIER_FORMAT = "a5ocr-robustifier-1"
 
 
-class RobustifyError(ValueError):
-    """A user error of ``a5ocr robustify`` (bad option, dataset, classifier or run folder):
-    shown as one line, exit code 2."""
-
-
-class DatasetError(RobustifyError):
-    """An image dataset that cannot be read or has the wrong layout."""
 
 
 # =========================================================================== the defences

@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from a5ocr.errors import A5Error
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -28,22 +30,6 @@ out_console = Console()
 def _root() -> None:
     """a5ocr: certified robust printed characters (A5/P and A5/PC), image-side defences (A5/O, A5/R,
     A5/RC), evaluation, export and scanning."""
-
-
-class UserError(Exception):
-    """An error to show as one line (exit code 2)."""
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from a5ocr.design import DesignError
-    from a5ocr.glyphs import GlyphError
-    from a5ocr.evaluation import EvaluateError
-    from a5ocr.export import ExportError
-    from a5ocr.models import CheckpointError
-    from a5ocr.robustify import RobustifyError
-    from a5ocr.scan import ScanError
-
-    return (UserError, DesignError, GlyphError, CheckpointError, ExportError, EvaluateError, ScanError, RobustifyError)
 
 
 class RichReporter:
@@ -104,7 +90,6 @@ def design(
 ) -> None:
     """Design certifiably robust glyphs for a font (A5/PC by default) and evaluate them."""
     from a5ocr.design import DesignConfig, run_design
-    from a5ocr.recipes import CollapseError
 
     cfg = DesignConfig(
         font=font, chars=chars, eps_a=eps_a, eps_d=eps_d, recipe=recipe,
@@ -113,10 +98,7 @@ def design(
         stage1_steps=steps, stage2_steps=design_steps, eval_samples=eval_samples,
     )
     with _progress() as progress:
-        try:
-            summary = run_design(cfg, resume=resume, reporter=RichReporter(progress))
-        except CollapseError as err:
-            raise UserError(str(err)) from None
+        summary = run_design(cfg, resume=resume, reporter=RichReporter(progress))
     _print_summary(summary)
 
 
@@ -152,7 +134,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)  # returns the code of a typer.Exit raised inside
         sys.exit(code or 0)
-    except _user_errors() as err:
+    except A5Error as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -42,8 +42,7 @@ def robustify(
     threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: torch's choice)."),
 ) -> None:
     """Robustify acquired images before the classifier (A5/O, A5/R, A5/RC) and evaluate them."""
-    from a5ocr.cli.app import RichReporter, UserError, _progress
-    from a5ocr.recipes import CollapseError
+    from a5ocr.cli.app import RichReporter, _progress
     from a5ocr.robustify import RobustifyConfig, RobustifyError, run_robustify
 
     if threads is not None:
@@ -63,10 +62,7 @@ def robustify(
         out=str(out) if out else None,
     )
     with _progress() as progress:
-        try:
-            summary = run_robustify(cfg, resume=resume, reporter=RichReporter(progress))
-        except CollapseError as err:
-            raise UserError(str(err)) from None
+        summary = run_robustify(cfg, resume=resume, reporter=RichReporter(progress))
     print_summary(summary, Console())
 
 

@@ -1,0 +1,63 @@
+"""Every user-facing error of a5ocr, under one base.
+
+``A5Error`` is what the command line catches (once): its message is shown as one red line and
+the command exits with code 2, never with a traceback. Each stage raises its own subclass, so a
+caller can tell a font problem from a corrupt run folder; all of them are ``ValueError``s, as
+they were before the hierarchy existed.
+"""
+
+from __future__ import annotations
+
+
+class A5Error(ValueError):
+    """A user error (bad argument, missing or corrupt file, incompatible run): one line, exit 2."""
+
+
+class GlyphError(A5Error):
+    """A font that cannot give the asked glyphs (missing file, corrupt file, missing characters)."""
+
+
+class CheckpointError(A5Error):
+    """A classifier file that is missing, corrupt, or does not fit the asked setup."""
+
+
+class DesignError(A5Error):
+    """A design request that cannot run (bad argument, incompatible resume, ...)."""
+
+
+class CollapseError(A5Error, RuntimeError):
+    """Certified training collapsed the classifier to a constant output."""
+
+
+class EvaluateError(A5Error):
+    """A user error of ``a5ocr evaluate`` / ``a5ocr reproduce`` (missing or corrupt run,
+    bad option)."""
+
+
+class ExportError(A5Error):
+    """An export that cannot be made (missing run or designs, bad output path, bad option)."""
+
+
+class RobustifyError(A5Error):
+    """A user error of ``a5ocr robustify`` (bad option, dataset, classifier or run folder)."""
+
+
+class DatasetError(RobustifyError):
+    """An image dataset that cannot be read or has the wrong layout."""
+
+
+class ScanError(A5Error):
+    """A user error of ``a5ocr scan`` / ``a5ocr render-text`` (unreadable page, missing or corrupt
+    run, bad option)."""
+
+
+class PageError(ScanError):
+    """A page that cannot be read or written (not an image, too large, corrupt, unsupported format)."""
+
+
+class RenderError(ScanError):
+    """A page that cannot be rendered (missing font, characters the font lacks, bad option)."""
+
+
+class UsageError(A5Error):
+    """A command-line request that the library accepts but the command does not (CLI checks)."""
