@@ -59,7 +59,6 @@ PNGs (``export_pngs``): each robust glyph as ``U+XXXX.png``, black ink on white,
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import zlib
@@ -67,11 +66,14 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+import freetype
 import numpy as np
 import torch
+from fontTools.ttLib import TTFont
 
+from a5ocr import fonts
+from a5ocr.errors import ExportError, GlyphError
 from a5ocr.runio import atomic_path
-from a5ocr.errors import ExportError
 
 GLYPHS_FORMAT = "a5ocr-glyphs-1"
 SHEET_FORMAT = "a5ocr-sheet-1"
@@ -184,15 +186,10 @@ def load_design(run_dir: Path | str) -> Design:
 
 def _source_font(design: Design) -> Path:
     """The source font file; falls back to a shipped font of the same file name."""
-    from a5ocr.glyphs import BUILTIN_FONTS, FONTS_DIR
-
-    p = Path(design.font_path)
-    if p.is_file():
-        return p
-    for rel in BUILTIN_FONTS.values():
-        if Path(rel).name == p.name and (FONTS_DIR / rel).is_file():
-            return FONTS_DIR / rel
-    raise ExportError(f"source font of the run not found: {design.font_path}")
+    path = fonts.shipped_twin(design.font_path)
+    if path is None:
+        raise ExportError(f"source font of the run not found: {design.font_path}")
+    return path
 
 
 def check_output(path: Path | str, suffixes: tuple[str, ...], what: str) -> Path:
@@ -239,27 +236,13 @@ def upsample_glyph(w: np.ndarray, size: int, method: str = "nearest") -> np.ndar
     raise ExportError(f"unknown upsampling {method!r} (nearest or bilinear)")
 
 
-@functools.lru_cache(maxsize=64)
-def _covers(font_path: Path, text: str) -> bool:
-    try:
-        from fontTools.ttLib import TTFont
-
-        with TTFont(str(font_path), lazy=True) as f:
-            cmap = f.getBestCmap() or {}
-        return all(ord(c) in cmap for c in text if not c.isspace())
-    except Exception:  # an unreadable font covers nothing
-        return False
-
-
 def _text_font(size_px: float, text: str = "", fallback: Path | None = None):
     """A PIL font: the shipped DejaVu Sans, or ``fallback`` (the source font) where DejaVu lacks ``text``."""
     from PIL import ImageFont
 
-    from a5ocr.glyphs import FONTS_DIR
-
-    dejavu = FONTS_DIR / "dejavu" / "DejaVuSans.ttf"
+    dejavu = fonts.LABEL_FONT
     path = dejavu
-    if text and fallback is not None and not _covers(dejavu, text) and _covers(fallback, text):
+    if text and fallback is not None and not fonts.covers(dejavu, text) and fonts.covers(fallback, text):
         path = fallback
     return ImageFont.truetype(str(path), max(6, int(size_px)))
 
@@ -607,42 +590,42 @@ def _notdef_loops(upem: int, ascent: int) -> list[list[tuple[int, int]]]:
 
 def _source_info(path: Path, chars: str) -> dict:
     """Metrics and names of the source font needed by the export (read with fontTools)."""
-    from fontTools.ttLib import TTFont, TTLibError
-
     try:
-        with TTFont(str(path), lazy=True) as f:
+        with fonts.open_font(path, "the source font") as f:
             cmap = f.getBestCmap() or {}
             missing = [c for c in chars if ord(c) not in cmap]
             if missing:
                 raise ExportError(f"source font {path.name} lacks {''.join(missing)!r}")
-            hmtx = f["hmtx"]
-            adv = {c: int(hmtx[cmap[ord(c)]][0]) for c in chars}
-            upem = int(f["head"].unitsPerEm)
-            space = int(hmtx[cmap[32]][0]) if 32 in cmap else upem // 4
-            hhea = f["hhea"]
-            info = {
-                "upem": upem, "advance": adv, "space": space,
-                "ascent": int(hhea.ascent), "descent": int(hhea.descent), "lineGap": int(hhea.lineGap),
-                "names": {},
-            }
-            if "OS/2" in f:
-                os2 = f["OS/2"]
-                info["os2"] = {k: getattr(os2, k) for k in (
-                    "sTypoAscender", "sTypoDescender", "sTypoLineGap", "usWinAscent", "usWinDescent",
-                    "usWeightClass", "usWidthClass", "fsType", "sxHeight", "sCapHeight") if hasattr(os2, k)}
-            if "post" in f:
-                info["post"] = {"underlinePosition": int(f["post"].underlinePosition),
-                                "underlineThickness": int(f["post"].underlineThickness)}
-            name = f["name"]
-            for nid in (0, 13, 14):
-                s = name.getDebugName(nid)
-                if s:
-                    info["names"][nid] = s
-            info["family"] = name.getBestFamilyName() or path.stem
-    except (TTLibError, OSError, KeyError, AssertionError, ValueError, IndexError) as err:
-        if isinstance(err, ExportError):
-            raise
-        raise ExportError(f"cannot read the source font {path}: {err}") from None
+            return _font_info(f, cmap, chars, path)
+    except GlyphError as err:
+        raise ExportError(str(err)) from None
+
+
+def _font_info(f, cmap: dict, chars: str, path: Path) -> dict:
+    hmtx = f["hmtx"]
+    adv = {c: int(hmtx[cmap[ord(c)]][0]) for c in chars}
+    upem = int(f["head"].unitsPerEm)
+    space = int(hmtx[cmap[32]][0]) if 32 in cmap else upem // 4
+    hhea = f["hhea"]
+    info = {
+        "upem": upem, "advance": adv, "space": space,
+        "ascent": int(hhea.ascent), "descent": int(hhea.descent), "lineGap": int(hhea.lineGap),
+        "names": {},
+    }
+    if "OS/2" in f:
+        os2 = f["OS/2"]
+        info["os2"] = {k: getattr(os2, k) for k in (
+            "sTypoAscender", "sTypoDescender", "sTypoLineGap", "usWinAscent", "usWinDescent",
+            "usWeightClass", "usWidthClass", "fsType", "sxHeight", "sCapHeight") if hasattr(os2, k)}
+    if "post" in f:
+        info["post"] = {"underlinePosition": int(f["post"].underlinePosition),
+                        "underlineThickness": int(f["post"].underlineThickness)}
+    name = f["name"]
+    for nid in (0, 13, 14):
+        text = name.getDebugName(nid)
+        if text:
+            info["names"][nid] = text
+    info["family"] = fonts.family_name(f, path.stem)
     return info
 
 
@@ -743,9 +726,6 @@ def export_font(
 
 def _verify_font(path: Path, chars: str) -> None:
     """Re-read a written font with fontTools and render every character with FreeType."""
-    import freetype
-    from fontTools.ttLib import TTFont
-
     try:
         with TTFont(str(path)) as f:
             for tag in f.keys():
@@ -774,14 +754,12 @@ def rasterize_at_design(font_path: Path | str, design: Design, oversample: int =
     ``units_per_pixel`` font units; each pixel is the ink coverage (FreeType anti-aliasing at
     ``oversample`` x the resolution, box-filtered), as in ``a5ocr.glyphs.rasterize``.
     """
-    import freetype
-
     r = design.resolution
     big = r * oversample
     try:
-        face = freetype.Face(str(font_path))
-    except freetype.FT_Exception as err:
-        raise ExportError(f"FreeType cannot open {font_path}: {err}") from None
+        face = fonts.open_face(font_path)
+    except GlyphError as err:
+        raise ExportError(str(err)) from None
     upem = face.units_per_EM
     face.set_char_size(upem * 64)  # 1 px per font unit
     scale = oversample / design.units_per_pixel  # oversampled px per font unit
@@ -794,12 +772,10 @@ def rasterize_at_design(font_path: Path | str, design: Design, oversample: int =
         dx, dy = int(round((ox - ix) * 64)), int(round((iy - oy) * 64))
         face.set_transform(matrix, freetype.Vector(dx, dy))
         face.load_char(c, freetype.FT_LOAD_RENDER | freetype.FT_LOAD_NO_HINTING)
-        g = face.glyph
-        bmp = g.bitmap
-        if bmp.rows == 0 or bmp.width == 0:
+        cov, left, top = fonts.bitmap(face.glyph)
+        if cov.size == 0:
             continue
-        cov = np.array(bmp.buffer, dtype=np.uint8).reshape(bmp.rows, abs(bmp.pitch))[:, : bmp.width].astype(np.float32) / 255.0
-        x0, y0 = ix + g.bitmap_left, iy - g.bitmap_top
+        x0, y0 = ix + left, iy - top
         h, w = cov.shape
         canvas = np.zeros((big, big), np.float32)
         ys, xs, ye, xe = max(0, y0), max(0, x0), min(big, y0 + h), min(big, x0 + w)

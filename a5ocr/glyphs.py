@@ -15,9 +15,13 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import freetype
 import numpy as np
 import torch
+
+from a5ocr import fonts
 from a5ocr.errors import GlyphError
+from a5ocr.fonts import DEFAULT_FONT, resolve_font
 
 CHARSETS: dict[str, str] = {
     # The paper's order: A-Z (0-25), a-z (26-51), 0-9 (52-61).
@@ -26,17 +30,6 @@ CHARSETS: dict[str, str] = {
     "26": string.ascii_uppercase,
     "10": string.digits,
 }
-
-FONTS_DIR = Path(__file__).resolve().parent.parent / "fonts"
-BUILTIN_FONTS: dict[str, str] = {
-    "comic-neue": "comic-neue/ComicNeue-Regular.otf",
-    "comic-neue-bold": "comic-neue/ComicNeue-Bold.otf",
-    "dejavu-sans-mono": "dejavu/DejaVuSansMono.ttf",
-    "dejavu-sans": "dejavu/DejaVuSans.ttf",
-    "ocr-b": "ocr-b/OCRB.otf",
-}
-DEFAULT_FONT = "comic-neue"
-
 
 
 def resolve_charset(chars: str) -> str:
@@ -57,33 +50,15 @@ def resolve_charset(chars: str) -> str:
     return "".join(seen)
 
 
-def resolve_font(font: str | Path) -> Path:
-    """A built-in font name (see ``BUILTIN_FONTS``) or a path to a TTF/OTF file."""
-    key = str(font)
-    if key in BUILTIN_FONTS:
-        return FONTS_DIR / BUILTIN_FONTS[key]
-    path = Path(font).expanduser()
-    if not path.is_file():
-        names = ", ".join(BUILTIN_FONTS)
-        raise GlyphError(f"font not found: {font} (give a TTF/OTF path or one of: {names})")
-    return path
-
-
 def check_font(path: Path, chars: str) -> str:
     """Open the font with fontTools, check every character is mapped; return its family name."""
-    from fontTools.ttLib import TTFont, TTLibError
-
-    try:
-        with TTFont(str(path), lazy=True) as font:
-            cmap = font.getBestCmap() or {}
-            family = font["name"].getBestFamilyName() or path.stem
-    except (TTLibError, OSError, KeyError, AssertionError, ValueError, IndexError) as err:
-        raise GlyphError(f"cannot read font {path}: {err}") from None
-    missing = [c for c in chars if ord(c) not in cmap]
+    with fonts.open_font(path) as font:
+        family = fonts.family_name(font, path.stem)
+    missing = fonts.missing_chars(path, chars)
     if missing:
         listing = " ".join(repr(c) for c in missing)
         raise GlyphError(f"font {path.name} has no glyph for {len(missing)} character(s): {listing}")
-    return str(family)
+    return family
 
 
 @dataclass(frozen=True)
@@ -112,16 +87,8 @@ class GlyphSet:
 
 def _render(face, char: str, oversample: int):
     """Render one glyph with FreeType; returns (coverage [h, w] in [0,1], left, top) in oversampled px."""
-    import freetype
-
     face.load_char(char, freetype.FT_LOAD_RENDER | freetype.FT_LOAD_NO_HINTING | freetype.FT_LOAD_TARGET_NORMAL)
-    glyph = face.glyph
-    bmp = glyph.bitmap
-    rows, width, pitch = bmp.rows, bmp.width, bmp.pitch
-    if rows == 0 or width == 0:
-        return np.zeros((0, 0), np.float32), glyph.bitmap_left, glyph.bitmap_top
-    buf = np.array(bmp.buffer, dtype=np.uint8).reshape(rows, abs(pitch))[:, :width]
-    return buf.astype(np.float32) / 255.0, glyph.bitmap_left, glyph.bitmap_top
+    return fonts.bitmap(face.glyph)
 
 
 def rasterize(
@@ -137,8 +104,6 @@ def rasterize(
     descender, widest glyph) spans ``fill`` of the canvas; the baseline is common to all glyphs
     and each glyph is centred horizontally on its own ink box.
     """
-    import freetype
-
     if resolution < 8:
         raise GlyphError("resolution must be at least 8 pixels")
     if not 0.1 <= fill <= 1.0:
@@ -146,10 +111,7 @@ def rasterize(
     charset = resolve_charset(chars)
     path = resolve_font(font)
     family = check_font(path, charset)
-    try:
-        face = freetype.Face(str(path))
-    except freetype.FT_Exception as err:
-        raise GlyphError(f"FreeType cannot open {path}: {err}") from None
+    face = fonts.open_face(path)
 
     # Measure the union box in font units from the outlines' control boxes.
     face.set_char_size(face.units_per_EM * 64)  # 1 pixel = 1 font unit at 72 dpi... in 26.6 units

@@ -28,13 +28,14 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import freetype
 import numpy as np
 
+from a5ocr import fonts
+from a5ocr.errors import GlyphError, RenderError
 from a5ocr.page import MAX_PAGE_PIXELS, ScanError, rotate_box, rotate_image, to_u8, write_image
-from a5ocr.errors import RenderError
 
 TRUTH_FORMAT = "a5ocr-text-truth-1"
-
 
 
 @dataclass(frozen=True)
@@ -67,23 +68,17 @@ def truth_path(page: Path | str) -> Path:
 
 
 def _font_path(font: str | Path) -> Path:
-    from a5ocr.glyphs import GlyphError, resolve_font
-
     try:
-        return resolve_font(font)
+        return fonts.resolve_font(font)
     except GlyphError as err:
         raise RenderError(str(err)) from None
 
 
 def _check_coverage(path: Path, text: str) -> None:
-    from fontTools.ttLib import TTFont, TTLibError
-
     try:
-        with TTFont(str(path), lazy=True, fontNumber=0) as f:
-            cmap = f.getBestCmap() or {}
-    except (TTLibError, OSError, KeyError, AssertionError, ValueError, IndexError) as err:
-        raise RenderError(f"cannot read font {path}: {err}") from None
-    missing = sorted({c for c in text if not c.isspace() and ord(c) not in cmap})
+        missing = sorted(fonts.missing_chars(path, text))
+    except GlyphError as err:
+        raise RenderError(str(err)) from None
     if missing:
         raise RenderError(f"font {path.name} has no glyph for: {' '.join(repr(c) for c in missing)}")
 
@@ -94,13 +89,11 @@ class Typesetter:
     anti-aliased glyphs placed at sub-pixel pen positions."""
 
     def __init__(self, path: Path, size_px: float):
-        import freetype
-
         self._ft = freetype
         try:
-            self.face = freetype.Face(str(path))
-        except freetype.FT_Exception as err:
-            raise RenderError(f"FreeType cannot open font {path}: {err}") from None
+            self.face = fonts.open_face(path, "font ")
+        except GlyphError as err:
+            raise RenderError(str(err)) from None
         self.face.set_char_size(int(round(size_px * 64)))
         self.size_px = size_px
         self.ascent = self.face.size.ascender / 64.0
@@ -139,12 +132,10 @@ class Typesetter:
         ix = math.floor(x)
         self.face.set_transform(self._ft.Matrix(65536, 0, 0, 65536), self._ft.Vector(int(round((x - ix) * 64)), 0))
         self.face.load_char(ch, self._flags | self._ft.FT_LOAD_RENDER)
-        g = self.face.glyph
-        bmp = g.bitmap
-        if bmp.rows == 0 or bmp.width == 0:
+        cov, left, top = fonts.bitmap(self.face.glyph)
+        if cov.size == 0:
             return None
-        cov = np.array(bmp.buffer, np.uint8).reshape(bmp.rows, abs(bmp.pitch))[:, : bmp.width].astype(np.float32) / 255.0
-        return cov, ix + g.bitmap_left, y - g.bitmap_top
+        return cov, ix + left, y - top
 
 
 def wrap(text: str, font: Typesetter, width_px: float) -> list[str]:

@@ -85,6 +85,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from a5ocr import fonts
+from a5ocr.errors import GlyphError
 from a5ocr.page import PageError, ScanError, read_page, rotate_box, rotate_image, write_image
 
 SCAN_FORMAT = "a5ocr-scan-1"
@@ -121,19 +123,14 @@ class Reader:
 def _font_metrics(design) -> tuple[float, np.ndarray | None]:
     """The source font's space advance and per-character advance widths (font units); a
     quarter em and None when the font is gone."""
-    from fontTools.ttLib import TTFont
-
-    from a5ocr.export import ExportError, _source_font
-
-    try:
-        with TTFont(str(_source_font(design)), lazy=True) as f:
-            cmap = f.getBestCmap() or {}
-            hmtx = f["hmtx"]
-            space = float(hmtx[cmap[32]][0]) if 32 in cmap else design.units_per_em / 4.0
-            adv = np.array([float(hmtx[cmap[ord(c)]][0]) for c in design.chars])
-            return space, adv
-    except (ExportError, OSError, KeyError, ValueError, AssertionError, IndexError):
+    path = fonts.shipped_twin(design.font_path)
+    if path is None:
         return design.units_per_em / 4.0, None
+    try:
+        space, adv = fonts.advances(path, design.chars)
+    except GlyphError:
+        return design.units_per_em / 4.0, None
+    return (design.units_per_em / 4.0 if space is None else space), adv
 
 
 def load_reader(run_dir: Path | str, classifier: Path | str | None = None) -> Reader:
