@@ -532,7 +532,7 @@ def test_memory_chunking_is_invisible():
 
 
 def test_phase_split_transposed_conv():
-    from a5ocr.bounds.layers import _phase_conv_transpose
+    from a5ocr.bounds.kernels import _phase_conv_transpose
 
     g = torch.Generator().manual_seed(0)
     for k, s, p, H in ((5, 2, 2, 16), (3, 2, 1, 9), (4, 3, 0, 11), (5, 2, 2, 7), (1, 2, 0, 6)):

@@ -12,11 +12,11 @@ import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from a5ocr.bounds.layers import BoundLayer, BoundLinear, BoundReLU, ReLURelaxation, _hwc_perm, _sum_to, rule_for
+from a5ocr.bounds.kernels import _MarginLinearIBP, concretize
+from a5ocr.bounds.layers import BoundLayer, BoundLinear, BoundReLU, ReLURelaxation, rule_for
 
 Tensor = torch.Tensor
 
@@ -34,66 +34,6 @@ def _flatten_sequential(model: nn.Module) -> list[nn.Module]:
         else:
             out.append(m)
     return out
-
-
-class _Concretize(torch.autograd.Function):
-    """min_x A . x (sign=-1) or max_x (sign=+1) over the box (c, r) = A . c + sign * |A| . r.
-
-    Shapes: A3 [N|1, S, M] (contiguous), c3, r3 [N, M, 1] -> [N, S]. Saves only A (one
-    full-size temporary per direction).
-    """
-
-    @staticmethod
-    def forward(ctx, A3, c3, r3, sign):
-        centre = torch.matmul(A3, c3).squeeze(-1)
-        radius = torch.matmul(A3.abs(), r3).squeeze(-1)
-        ctx.save_for_backward(A3, c3, r3)
-        ctx.sign = sign
-        return centre + sign * radius
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        A3, c3, r3 = ctx.saved_tensors
-        sign = ctx.sign
-        need_A, need_c, need_r = ctx.needs_input_grad[:3]
-        grad_A = grad_c = grad_r = None
-        g1 = g.unsqueeze(1)  # [N, 1, S]
-        if need_c:
-            grad_c = _sum_to(torch.matmul(g1, A3).transpose(1, 2), c3.shape)
-        t = None
-        if need_r:
-            t = A3.abs()
-            grad_r = _sum_to(sign * torch.matmul(g1, t).transpose(1, 2), r3.shape)
-        if need_A:
-            gs = g.unsqueeze(-1)  # [N, S, 1]
-            if t is not None and t.shape == torch.broadcast_shapes(t.shape, gs.shape):
-                t = torch.sign(A3, out=t)
-            else:
-                t = torch.sign(A3).expand(torch.broadcast_shapes(A3.shape, gs.shape)).clone()
-            t.mul_(gs).mul_(sign * r3.transpose(1, 2))
-            t.addcmul_(gs, c3.transpose(1, 2))
-            grad_A = _sum_to(t, A3.shape)
-        return grad_A, grad_c, grad_r, None
-
-
-def concretize(A: Tensor, c: Tensor, r: Tensor, upper: bool = False) -> Tensor:
-    """min (or max) of A . x over the box with centre c and radius r.
-
-    Shapes: A [N|1, S, *shape]; c, r [N, *shape] -> [N, S]. (A . c -/+ |A| . r)
-    """
-    perm = _hwc_perm(A)
-    N = c.shape[0]
-    if perm is not None:  # channels-last storage: flatten in (H, W, C) order without copying A
-        A3 = A.permute(perm).reshape(A.shape[0], A.shape[1], -1)
-        cperm = (0, 2, 3, 1)
-        c3 = c.permute(cperm).reshape(N, -1, 1)
-        r3 = r.permute(cperm).reshape(N, -1, 1)
-    else:
-        A3 = A.reshape(A.shape[0], A.shape[1], -1)
-        c3 = c.reshape(N, -1, 1)
-        r3 = r.reshape(N, -1, 1)
-    return _Concretize.apply(A3.contiguous(), c3.contiguous(), r3.contiguous(), 1.0 if upper else -1.0)
 
 
 class BoundedSequential:
@@ -272,52 +212,6 @@ class BoundedSequential:
 def _check_box(x_lower: Tensor, x_upper: Tensor) -> None:
     if x_lower.shape != x_upper.shape:
         raise ValueError(f"x_lower {tuple(x_lower.shape)} and x_upper {tuple(x_upper.shape)} differ in shape")
-
-
-class _MarginLinearIBP(torch.autograd.Function):
-    """IBP of the margins y_label - y_j (j in others) with the spec folded into the last Linear.
-
-    y = W z + b over the box z in [c - r, c + r]: lb[n, s] = (W_l - W_j) . c + b_l - b_j - |W_l - W_j| . r
-    with l = labels[n], j = others[n, s]. Shapes: W [K, D], b [K] or None, c, r [N, D],
-    labels [N], others [N, S] -> [N, S]. Gathers instead of a dense spec product and keeps
-    large temporaries to two (one per direction).
-    """
-
-    @staticmethod
-    def forward(ctx, W, b, c, r, labels, others):
-        yc = F.linear(c, W, b)
-        centre = yc.gather(1, labels.unsqueeze(1)) - yc.gather(1, others)
-        Wd = _margin_rows(W, labels, others).abs_()
-        radius = torch.bmm(Wd, r.unsqueeze(-1)).squeeze(-1)
-        ctx.save_for_backward(W, c, r, labels, others, Wd)
-        ctx.has_bias = b is not None
-        return centre - radius
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        W, c, r, labels, others, absWd = ctx.saved_tensors
-        need_W, need_b, need_c, need_r = ctx.needs_input_grad[:4]
-        # centre part through the logits: d/dy = +sum_s g at the label, -g at each j
-        gy = torch.zeros(g.shape[0], W.shape[0], dtype=g.dtype, device=g.device)
-        gy.scatter_add_(1, others, -g)
-        gy.scatter_add_(1, labels.unsqueeze(1), g.sum(1, keepdim=True))
-        grad_W = gy.t() @ c if need_W else None
-        grad_b = gy.sum(0) if (need_b and ctx.has_bias) else None
-        grad_c = gy @ W if need_c else None
-        grad_r = -torch.bmm(g.unsqueeze(1), absWd).squeeze(1) if need_r else None
-        if need_W:  # radius part: d/dWd = -g r sign(Wd), Wd = W_l - W_j
-            t = _margin_rows(W, labels, others).sign_()
-            t.mul_(g.unsqueeze(-1)).mul_(r.unsqueeze(1))
-            grad_W.index_add_(0, labels, t.sum(1), alpha=-1.0)
-            grad_W.index_add_(0, others.flatten(), t.view(-1, W.shape[1]))
-        return grad_W, grad_b, grad_c, grad_r, None, None
-
-
-def _margin_rows(W: Tensor, labels: Tensor, others: Tensor) -> Tensor:
-    """W[labels] - W[others]: W [K, D], labels [N], others [N, S] -> a fresh [N, S, D] (no autograd)."""
-    t = W.index_select(0, others.flatten()).view(others.shape + W.shape[1:])
-    return torch.sub(W.index_select(0, labels).unsqueeze(1), t, out=t)
 
 
 def margin_fold(W: Tensor, b: Optional[Tensor], labels: Tensor, others: Tensor) -> tuple[Tensor, Tensor | float]:
