@@ -26,6 +26,7 @@ from a5ocr.evaluation import evaluate
 from a5ocr.glyphs import GlyphSet, rasterize
 from a5ocr.recipes import RobustGlyphs, StageSpec, Trainer, make_stage, run_stages
 from a5ocr.runio import append_jsonl, atomic_path, ensure_writable_dir, environment, read_jsonl, write_json
+from a5ocr.runs import default_eval_seed, save_glyphs
 from a5ocr.errors import DesignError
 
 PRESETS: dict[str, dict] = {
@@ -111,7 +112,7 @@ class DesignConfig:
         if cfg.resolution < 8:
             raise DesignError("--resolution must be at least 8")
         if cfg.eval_seed is None:
-            cfg = replace(cfg, eval_seed=cfg.seed + 1_000_003)
+            cfg = replace(cfg, eval_seed=default_eval_seed(cfg.seed))
         for name in ("copies", "stage1_steps", "stage2_steps"):
             if getattr(cfg, name) < 1:
                 raise DesignError(f"{name} must be at least 1")
@@ -153,29 +154,6 @@ def pick_device(name: str) -> torch.device:
 def _training_keys(d: dict) -> dict:
     """The parts of a config that a resumed run must share with the interrupted one."""
     return {k: v for k, v in d.items() if k not in ("device", "out", "checkpoint_seconds")}
-
-
-def save_glyphs(path: Path, glyphs: GlyphSet, robust: RobustGlyphs, cfg: DesignConfig) -> None:
-    """glyphs.safetensors: original, robust [K, R, R] and z; metadata for export."""
-    from safetensors.torch import save_file
-
-    with torch.no_grad():
-        tensors = {"original": robust.base.cpu().contiguous(), "robust": robust().cpu().contiguous(), "z": robust.z.detach().cpu().contiguous()}
-    meta = {
-        "format": "a5ocr-glyphs-1",
-        "chars": json.dumps(glyphs.chars),
-        "font": glyphs.font_path,
-        "family": glyphs.family,
-        "resolution": str(glyphs.resolution),
-        "eps_d": str(cfg.eps_d),
-        "ink": cfg.ink,
-        "units_per_em": str(glyphs.units_per_em),
-        "units_per_pixel": repr(glyphs.units_per_pixel),
-        "baseline": repr(glyphs.baseline),
-        "origin_x": json.dumps(list(glyphs.origin_x)),
-    }
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
 
 
 def run_design(cfg: DesignConfig, *, resume: bool = False, reporter: Reporter | None = None) -> dict:
@@ -238,7 +216,7 @@ def run_design(cfg: DesignConfig, *, resume: bool = False, reporter: Reporter | 
     def save_checkpoint() -> None:
         trainer.checkpoint(ckpt)
         models.save_classifier(trainer.model, out / "classifier.safetensors", arch=cfg.arch, resolution=cfg.resolution, chars=glyphs.chars)
-        save_glyphs(out / "glyphs.safetensors", glyphs, trainer.glyphs, cfg)
+        save_glyphs(out / "glyphs.safetensors", glyphs, trainer.glyphs, eps_d=cfg.eps_d, ink=cfg.ink)
 
     def on_log(rec: dict) -> None:
         rec = {**rec, "wall_seconds": round(time.monotonic() - t_start, 2)}

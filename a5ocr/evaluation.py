@@ -33,6 +33,7 @@ from torch import nn
 from a5ocr import bounds
 from a5ocr.acquisition import Acquisition, AcquisitionConfig
 from a5ocr.losses import attack_box
+from a5ocr.runs import Run
 from a5ocr.errors import EvaluateError
 
 
@@ -211,91 +212,6 @@ def evaluate(
         correct=torch.cat(correct_l),
         certified={m: torch.cat(v) for m, v in cert_l.items()},
         attacked=torch.cat(attacked_l) if attack is not None else None,
-    )
-
-
-# =========================================================================== run folders
-@dataclass
-class Run:
-    """What ``a5ocr evaluate`` needs from a design run folder."""
-
-    path: Path
-    chars: str
-    resolution: int
-    robust: torch.Tensor  # [K, R, R] ink
-    original: torch.Tensor  # [K, R, R] ink
-    model: nn.Module
-    classifier_path: Path
-    acquisition: AcquisitionConfig
-    eps_a: float
-    eval_seed: int
-    config: dict
-    summary: dict | None
-    family: str = ""
-    font_path: str = ""
-
-
-def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise EvaluateError(f"{path} is not readable JSON: {err}") from None
-    if not isinstance(d, dict):
-        raise EvaluateError(f"{path} is not a JSON object")
-    return d
-
-
-def load_run(run_dir: Path | str, classifier: Path | str | None = None) -> Run:
-    """Read a design run folder: glyphs.safetensors, classifier.safetensors (or ``classifier``),
-    config.json (acquisition, eps_a, eval seed) and summary.json when present.
-
-    Raises ``EvaluateError`` (one readable line) on a missing folder or file, a corrupt file, or
-    a classifier that does not fit the glyphs.
-    """
-    from a5ocr import models
-    from a5ocr.export import ExportError, load_design
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise EvaluateError(f"run folder not found: {run_dir}")
-    config_rec = _read_json(run_dir / "config.json")
-    if config_rec is None:
-        raise EvaluateError(f"{run_dir} is not a design run (no config.json; run `a5ocr design` first)")
-    cfg = config_rec.get("config")
-    if not isinstance(cfg, dict):
-        raise EvaluateError(f"{run_dir / 'config.json'} has no 'config' record")
-    try:
-        design = load_design(run_dir)
-    except ExportError as err:
-        raise EvaluateError(str(err)) from None
-    clf_path = Path(classifier) if classifier is not None else run_dir / "classifier.safetensors"
-    if classifier is None and not clf_path.is_file():
-        raise EvaluateError(f"{run_dir} holds no classifier (no classifier.safetensors; the run has not finished a stage)")
-    try:
-        model, meta = models.load_classifier(clf_path)
-    except models.CheckpointError as err:
-        raise EvaluateError(str(err)) from None
-    if meta["chars"] != design.chars:
-        raise EvaluateError(f"classifier {clf_path} reads {meta['chars']!r}, but the run's glyphs are {design.chars!r}")
-    if meta["resolution"] != design.resolution:
-        raise EvaluateError(f"classifier {clf_path} takes {meta['resolution']}px images, the glyphs are {design.resolution}px")
-    try:
-        acq = AcquisitionConfig.from_dict(cfg.get("acquisition") or {})
-    except (TypeError, ValueError) as err:
-        raise EvaluateError(f"{run_dir / 'config.json'}: bad acquisition config ({err})") from None
-    summary = _read_json(run_dir / "summary.json")
-    try:
-        eps_a = float((summary or {}).get("eps_a", cfg.get("eps_a")))
-        seed = (summary or {}).get("eval_seed", cfg.get("eval_seed"))
-        eval_seed = int(seed) if seed is not None else int(cfg.get("seed", 0)) + 1_000_003
-    except (TypeError, ValueError) as err:
-        raise EvaluateError(f"{run_dir}: no usable eps_a / eval_seed in summary.json or config.json ({err})") from None
-    return Run(
-        path=run_dir, chars=design.chars, resolution=design.resolution, robust=design.robust,
-        original=design.original, model=model, classifier_path=clf_path, acquisition=acq,
-        eps_a=eps_a, eval_seed=eval_seed, config=cfg, summary=summary, family=design.family, font_path=design.font_path,
     )
 
 

@@ -72,10 +72,11 @@ import torch
 from fontTools.ttLib import TTFont
 
 from a5ocr import fonts
-from a5ocr.errors import ExportError, GlyphError
+from a5ocr.errors import ExportError, GlyphError, RunError
 from a5ocr.runio import atomic_path
+from a5ocr import runs
+from a5ocr.runs import Design
 
-GLYPHS_FORMAT = "a5ocr-glyphs-1"
 SHEET_FORMAT = "a5ocr-sheet-1"
 PAPER_MM: dict[str, tuple[float, float]] = {"a4": (210.0, 297.0), "letter": (215.9, 279.4)}
 OUTLINE_METHODS = ("auto", "contour", "pixels", "halftone")
@@ -84,104 +85,12 @@ PT_PER_INCH = 72.0
 
 
 
-# --------------------------------------------------------------------------- the design
-
-
-@dataclass(frozen=True)
-class Design:
-    """A run's designed glyphs and their geometry.
-
-    ``robust``, ``original``: [K, R, R] float32 ink in [0, 1]. Canvas point (u, v) (continuous,
-    pixel (col, row) covers [col, col+1] x [row, row+1]) of glyph k is at font units
-    x = (u - origin_x[k]) * units_per_pixel, y = (baseline - v) * units_per_pixel.
-    """
-
-    run_dir: Path
-    chars: str
-    robust: torch.Tensor
-    original: torch.Tensor
-    font_path: str
-    family: str
-    resolution: int
-    eps_d: float
-    eps_a: float | None
-    ink: str
-    units_per_em: int
-    units_per_pixel: float
-    baseline: float
-    origin_x: tuple[float, ...]
-
-    def to_font_units(self, k: int, pts: np.ndarray) -> np.ndarray:
-        """Canvas points [n, 2] (u, v) of glyph k -> font units [n, 2] (x, y), y up."""
-        out = np.empty_like(pts, dtype=np.float64)
-        out[:, 0] = (pts[:, 0] - self.origin_x[k]) * self.units_per_pixel
-        out[:, 1] = (self.baseline - pts[:, 1]) * self.units_per_pixel
-        return out
-
-
-def _read_eps_a(run_dir: Path) -> float | None:
-    for name, keys in (("summary.json", ("eps_a",)), ("config.json", ("config", "eps_a"))):
-        try:
-            d = json.loads((run_dir / name).read_text())
-            for k in keys:
-                d = d[k]
-            return float(d)
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return None
-
-
-def load_design(run_dir: Path | str) -> Design:
-    """Read ``glyphs.safetensors`` of a run folder; ``ExportError`` if absent or malformed."""
-    from safetensors import SafetensorError, safe_open
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ExportError(f"run folder not found: {run_dir}")
-    path = run_dir / "glyphs.safetensors"
-    if not path.is_file():
-        raise ExportError(f"{run_dir} holds no designs (no glyphs.safetensors; run `a5ocr design` first)")
+def _design(run_dir: Path | str) -> Design:
+    """The run's designs (``runs.load_design``), a bad run folder as an ``ExportError``."""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise ExportError(f"{path} is not a readable safetensors file: {err}") from None
-    if meta.get("format") != GLYPHS_FORMAT:
-        raise ExportError(f"{path} is not an a5ocr design (format {meta.get('format')!r}, expected {GLYPHS_FORMAT!r})")
-    try:
-        chars = json.loads(meta["chars"])
-        resolution = int(meta["resolution"])
-        origin_x = tuple(float(v) for v in json.loads(meta["origin_x"]))
-        design = Design(
-            run_dir=run_dir,
-            chars=str(chars),
-            robust=tensors["robust"].float(),
-            original=tensors["original"].float(),
-            font_path=meta["font"],
-            family=meta.get("family", "") or Path(meta["font"]).stem,
-            resolution=resolution,
-            eps_d=float(meta["eps_d"]),
-            eps_a=_read_eps_a(run_dir),
-            ink=meta.get("ink", "gray"),
-            units_per_em=int(meta["units_per_em"]),
-            units_per_pixel=float(meta["units_per_pixel"]),
-            baseline=float(meta["baseline"]),
-            origin_x=origin_x,
-        )
-    except (KeyError, ValueError, TypeError) as err:
-        raise ExportError(f"{path}: incomplete design metadata ({err})") from None
-    k = len(design.chars)
-    shape = (k, resolution, resolution)
-    for name in ("robust", "original"):
-        t = getattr(design, name)
-        if tuple(t.shape) != shape:
-            raise ExportError(f"{path}: tensor {name!r} has shape {tuple(t.shape)}, expected {shape}")
-        if not torch.isfinite(t).all():
-            raise ExportError(f"{path}: tensor {name!r} has non-finite values")
-    if len(origin_x) != k or design.units_per_pixel <= 0 or design.units_per_em <= 0:
-        raise ExportError(f"{path}: inconsistent geometry metadata")
-    return design
+        return runs.load_design(run_dir)
+    except RunError as err:
+        raise ExportError(str(err)) from None
 
 
 def _source_font(design: Design) -> Path:
@@ -448,7 +357,7 @@ def export_sheet(
     if upsample not in ("nearest", "bilinear"):
         raise ExportError(f"unknown upsampling {upsample!r} (nearest or bilinear)")
     layout = sheet_layout(1, glyph_mm, dpi, paper)  # validates the options before any reading
-    design = load_design(run_dir)
+    design = _design(run_dir)
     layout = sheet_layout(len(design.chars), glyph_mm, dpi, paper)
     is_pdf = path.suffix.lower() == ".pdf"
     if not is_pdf and layout["pages"] > 1:
@@ -486,7 +395,7 @@ def comparison_figure(run_dir: Path | str, path: Path | str, scale: int = 4) -> 
     path = check_output(path, (".png",), "the figure")
     if not 1 <= int(scale) <= 32:
         raise ExportError("figure scale must be in [1, 32]")
-    design = load_design(run_dir)
+    design = _design(run_dir)
     glyph_sheet(design.original, design.robust, path, scale=int(scale))
     return path
 
@@ -502,7 +411,7 @@ def export_pngs(run_dir: Path | str, out_dir: Path | str, scale: int = 1) -> lis
         raise ExportError(f"cannot write PNGs into {out_dir}: folder {out_dir.parent} does not exist")
     if not 1 <= int(scale) <= 64:
         raise ExportError("PNG scale must be in [1, 64]")
-    design = load_design(run_dir)
+    design = _design(run_dir)
     images = []
     for c, w in zip(design.chars, design.robust):
         img = Image.fromarray(_ink_u8(w), mode="L")
@@ -656,7 +565,7 @@ def export_font(
     path = check_output(path, (".ttf", ".otf"), "the font")
     if not 1 <= int(oversample) <= 32:
         raise ExportError("outline oversampling must be in [1, 32]")
-    design = load_design(run_dir)
+    design = _design(run_dir)
     method = resolve_outline_method(design, outline)
     src_path = _source_font(design)
     src = _source_info(src_path, design.chars)

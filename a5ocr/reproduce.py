@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 
 from a5ocr.design import DesignConfig, Reporter, _training_keys, pick_device, run_design
-from a5ocr.evaluation import EvaluateError, check_options, Evaluation, evaluate_run, load_run, save_broken
+from a5ocr.evaluation import EvaluateError, check_options, Evaluation, evaluate_run, save_broken
 from a5ocr.runio import ensure_writable_dir, environment, write_json
+from a5ocr.runs import default_eval_seed, load_run
 
 # The published figures (reference.md, Table 9, eps_A = 0.1).
 PAPER_TABLE9: dict[str, dict] = {
@@ -71,7 +72,7 @@ class ReproduceConfig:
     @property
     def eval_seed(self) -> int:
         """The evaluation seed of every row: the design runs' default rule (seed + 1000003)."""
-        return self.seed + 1_000_003
+        return default_eval_seed(self.seed)
 
 
 def default_out(font: str) -> Path:

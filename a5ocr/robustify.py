@@ -47,7 +47,8 @@ from torch import nn
 from a5ocr import bounds, models
 from a5ocr.acquisition import Acquisition, AcquisitionConfig
 from a5ocr.losses import attack_box, defended
-from a5ocr.errors import DatasetError, RobustifyError
+from a5ocr.runs import default_eval_seed
+from a5ocr.errors import DatasetError, RobustifyError, RunError
 
 RECIPES = ("o", "r", "rc")
 RECIPE_NAMES = {"o": "A5/O", "r": "A5/R", "rc": "A5/RC"}
@@ -458,7 +459,7 @@ class RobustifyConfig:
         if cfg.eps_r is None:
             cfg = replace(cfg, eps_r=cfg.eps_a)
         if cfg.eval_seed is None:
-            cfg = replace(cfg, eval_seed=cfg.seed + 1_000_003)
+            cfg = replace(cfg, eval_seed=default_eval_seed(cfg.seed))
         if cfg.resolution < 8:
             raise RobustifyError("--resolution must be at least 8")
         for name in ("copies", "stage1_steps", "r_steps", "rc_steps", "batch_size", "width", "depth"):
@@ -528,11 +529,11 @@ def load_data(cfg: RobustifyConfig) -> tuple[Data, RobustifyConfig]:
         desc = f"dataset {cfg.data}: {len(train)} training and {len(test)} test images, {len(train.classes)} classes"
         return Data(classes=train.classes, resolution=cfg.resolution, description=desc, train=train, test=test), cfg
     if cfg.run:
-        from a5ocr.evaluation import EvaluateError, load_run
+        from a5ocr.runs import load_run
 
         try:
             run = load_run(cfg.run)
-        except EvaluateError as err:
+        except RunError as err:
             raise RobustifyError(str(err)) from None
         cfg = replace(cfg, resolution=run.resolution, acquisition=run.acquisition.to_dict(), font=run.font_path,
                       chars=run.chars)

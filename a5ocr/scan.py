@@ -86,7 +86,8 @@ import numpy as np
 import torch
 
 from a5ocr import fonts
-from a5ocr.errors import GlyphError
+from a5ocr.errors import GlyphError, RunError
+from a5ocr.runs import load_design
 from a5ocr.page import PageError, ScanError, read_page, rotate_box, rotate_image, write_image
 
 SCAN_FORMAT = "a5ocr-scan-1"
@@ -135,12 +136,11 @@ def _font_metrics(design) -> tuple[float, np.ndarray | None]:
 
 def load_reader(run_dir: Path | str, classifier: Path | str | None = None) -> Reader:
     """Read a design run (``glyphs.safetensors`` and ``classifier.safetensors``, or ``classifier``)."""
-    from a5ocr.export import ExportError, load_design
     from a5ocr.models import CheckpointError, load_classifier
 
     try:
         design = load_design(run_dir)
-    except ExportError as err:
+    except RunError as err:
         raise ScanError(str(err)) from None
     path = Path(classifier) if classifier else Path(run_dir) / "classifier.safetensors"
     try:

@@ -85,7 +85,8 @@ def main() -> None:
 
     import torch
 
-    from a5ocr.export import export_font, load_design
+    from a5ocr.export import export_font
+    from a5ocr.runs import load_design
     from a5ocr.render_text import RenderOptions, render_text, write_page
     from a5ocr.scan import scan, write_json
 

@@ -28,6 +28,7 @@ def export(
     from rich.table import Table
 
     from a5ocr import export as ex
+    from a5ocr.runs import load_design
 
     if sheet is None and font is None and png_dir is None and figure is None:
         raise ex.ExportError("nothing to export: give at least one of --sheet, --font, --png-dir, --figure")
@@ -41,7 +42,7 @@ def export(
         ex.check_output(figure, (".png",), "--figure")
     if png_dir is not None and not png_dir.parent.is_dir():
         raise ex.ExportError(f"cannot write PNGs into {png_dir}: folder {png_dir.parent} does not exist")
-    design = ex.load_design(run_dir)
+    design = load_design(run_dir)
     ex.resolve_outline_method(design, outline)
 
     table = Table(title=f"{design.family} A5: {len(design.chars)} glyphs from {run_dir}")

@@ -11,7 +11,8 @@ import torch
 
 from a5ocr import bounds
 from a5ocr.design import DesignConfig, run_design
-from a5ocr.evaluation import EvaluateError, certify_batch, evaluate_full, evaluate_run, load_run
+from a5ocr.evaluation import EvaluateError, certify_batch, evaluate_full, evaluate_run
+from a5ocr.runs import load_run
 
 TINY = dict(font="comic-neue", chars="AOo0", preset="tiny", eps_a=0.05, eval_samples=5, device="cpu",
             certify_methods=("ibp",))

@@ -18,6 +18,8 @@ from PIL import Image
 
 from a5ocr import export as ex
 from a5ocr import outline
+from a5ocr.errors import RunError
+from a5ocr.runs import load_design
 
 CHARS = "AOo0"
 R = 32
@@ -49,7 +51,7 @@ def binary_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def noisy_run(tmp_path_factory) -> Path:
     """A synthetic gray design much noisier than a trained one: dw = eps_D (2 sigmoid(z) - 1), z ~ N(0.3, 1)."""
-    from a5ocr.design import DesignConfig, save_glyphs
+    from a5ocr.runs import save_glyphs
     from a5ocr.glyphs import rasterize
     from a5ocr.recipes import RobustGlyphs
 
@@ -58,7 +60,7 @@ def noisy_run(tmp_path_factory) -> Path:
     robust = RobustGlyphs(g.images, 0.5, "gray")
     with torch.no_grad():
         robust.z.copy_(torch.randn(robust.z.shape, generator=torch.Generator().manual_seed(0)) + 0.3)
-    save_glyphs(out / "glyphs.safetensors", g, robust, DesignConfig(font="dejavu-sans", chars=CHARS, eps_d=0.5))
+    save_glyphs(out / "glyphs.safetensors", g, robust, eps_d=0.5, ink="gray")
     return out
 
 
@@ -107,7 +109,7 @@ def test_png_sheet_places_glyphs_at_the_requested_size(gray_run, tmp_path):
     assert img.size == tuple(lay["page_px"])
     assert img.info["dpi"] == pytest.approx((dpi, dpi), abs=0.01)
     page = np.asarray(img)
-    design = ex.load_design(gray_run)
+    design = load_design(gray_run)
     want = glyph_mm / 25.4 * dpi
     assert abs(lay["glyph_px"] - want) <= 1
     for b in lay["boxes"]:
@@ -178,7 +180,7 @@ def test_font_round_trips_through_ttx_and_maps_every_character(gray_run, tmp_pat
     assert again["name"].getBestFamilyName() == "Comic Neue A5"
     assert ("glyf" if suffix == ".ttf" else "CFF ") in again
     # metrics of the source font: advances, ascender, descender, units per em
-    src = TTFont(ex.load_design(gray_run).font_path)
+    src = TTFont(load_design(gray_run).font_path)
     scmap = src.getBestCmap()
     for c in CHARS:
         assert again["hmtx"][cmap[ord(c)]][0] == src["hmtx"][scmap[ord(c)]][0]
@@ -205,7 +207,7 @@ def test_design_geometry_reproduces_the_source_font(gray_run):
     (The residual is the stored baseline: a5ocr.glyphs renders at the baseline rounded to its
     1/4-px oversampling grid but stores the unrounded one, up to 1/8 px away.)
     """
-    d = ex.load_design(gray_run)
+    d = load_design(gray_run)
     again = ex.rasterize_at_design(d.font_path, d)
     assert (again - d.original).abs().mean() < 0.005
     assert (again - d.original).abs().max() < 0.13
@@ -222,7 +224,7 @@ def test_design_geometry_reproduces_the_source_font(gray_run):
 ])
 def test_font_rendering_matches_the_prototypes(request, tmp_path, run_name, outline_method, suffix, min_iou):
     run = request.getfixturevalue(run_name)
-    d = ex.load_design(run)
+    d = load_design(run)
     path = tmp_path / f"f{suffix}"
     info = ex.export_font(run, path, outline=outline_method)
     if run_name == "binary_run":
@@ -241,7 +243,7 @@ def test_glyphs_rasterize_rederives_the_geometry(gray_run, binary_run, tmp_path)
     from a5ocr.glyphs import rasterize
 
     for run in (gray_run, binary_run):
-        d = ex.load_design(run)
+        d = load_design(run)
         ex.export_font(run, tmp_path / "f.ttf")
         g = rasterize(tmp_path / "f.ttf", d.chars, d.resolution)
         assert g.units_per_em == d.units_per_em and g.family == "Comic Neue A5"
@@ -259,7 +261,7 @@ def test_certified_error_survives_the_font_round_trip(request, tmp_path, run_nam
     from a5ocr.models import load_classifier
 
     run = request.getfixturevalue(run_name)
-    d = ex.load_design(run)
+    d = load_design(run)
     cfg = json.loads((run / "config.json").read_text())["config"]
     acq = Acquisition(d.resolution, AcquisitionConfig(**{**cfg["acquisition"], "blur_sigma": tuple(cfg["acquisition"]["blur_sigma"])}))
     model, _ = load_classifier(run / "classifier.safetensors")
@@ -283,7 +285,7 @@ def test_certified_error_survives_the_font_round_trip(request, tmp_path, run_nam
 def test_pngs_and_figure(gray_run, tmp_path):
     files = ex.export_pngs(gray_run, tmp_path / "pngs")
     assert [p.name for p in files] == ["U+0041.png", "U+004F.png", "U+006F.png", "U+0030.png"]
-    d = ex.load_design(gray_run)
+    d = load_design(gray_run)
     for k, p in enumerate(files):
         arr = np.asarray(Image.open(p))
         assert arr.shape == (R, R) and np.array_equal(arr, ex._ink_u8(d.robust[k]))
@@ -349,8 +351,8 @@ def test_bad_input_raises_export_error_and_leaves_no_file(gray_run, tmp_path, mo
     (empty / "glyphs.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(ex.ExportError, match="not a readable"):
         ex.export_pngs(empty, tmp_path / "pngs")
-    with pytest.raises(ex.ExportError, match="not found"):
-        ex.load_design(tmp_path / "no-run")
+    with pytest.raises(RunError, match="not found"):
+        load_design(tmp_path / "no-run")
     assert _listing(tmp_path) == ["empty"]
     # a failure while writing leaves neither the new file nor a temporary one, and keeps the old file
     (tmp_path / "keep.ttf").write_bytes(b"old")

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from a5ocr.evaluation import evaluate_run, load_run
+from a5ocr.evaluation import evaluate_run
+from a5ocr.runs import load_run
 from a5ocr.models import load_classifier
 from a5ocr.robustify import RobustifyConfig, evaluate_robustify_run, load_robustifier, run_robustify
 from a5ocr.design import DesignConfig, run_design

@@ -95,7 +95,8 @@ def test_robustifier_file_round_trip(tmp_path):
 
 
 def test_offline_defence_lowers_the_worst_case_loss_within_eps_d(design_run, classifier):
-    from a5ocr.evaluation import acquisitions, load_run
+    from a5ocr.evaluation import acquisitions
+    from a5ocr.runs import load_run
 
     run = load_run(design_run)
     from a5ocr.acquisition import Acquisition

@@ -135,7 +135,8 @@ def test_normalisation_reproduces_the_prototypes(tmp_path, run, reader, scale, m
     original prototypes: IoU of the ink > 0.5 masks >= 0.9 per character when a canvas pixel
     spans 2.9 page pixels; at the design geometry itself (1 page px per canvas px, the page's
     pixel grid not aligned with the canvas) >= 0.8 (the thin bars of E) and >= 0.93 on average."""
-    from a5ocr.export import iou, load_design
+    from a5ocr.export import iou
+    from a5ocr.runs import load_design
 
     design = load_design(run)
     size_pt = scale * reader.units_per_em / reader.units_per_pixel * 72 / 300

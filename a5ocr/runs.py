@@ -1,0 +1,237 @@
+"""Run folders: the files a run writes, read and written in one place.
+
+* ``glyphs.safetensors`` (format ``a5ocr-glyphs-1``): a design's original and robust glyphs and
+  their font geometry -- ``save_glyphs`` / ``load_design`` (``Design``);
+* a design run folder as evaluation, export and scan read it -- ``load_run`` (``Run``): the
+  glyphs, a classifier, the acquisition model, eps_A and the evaluation seed;
+* ``default_eval_seed``: the evaluation seed every run derives from its training seed.
+
+Weight files are read and written beside the network they hold (``a5ocr.models`` for
+classifiers, ``a5ocr.robustify.model`` for robustifiers), through ``a5ocr.runio``; atomic
+writes and the environment record are ``a5ocr.runio``'s.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from a5ocr import models
+from a5ocr.acquisition import AcquisitionConfig
+from a5ocr.errors import CheckpointError, RunError
+from a5ocr.glyphs import GlyphSet
+from a5ocr.runio import atomic_path
+
+GLYPHS_FORMAT = "a5ocr-glyphs-1"
+# The evaluation seed of a run whose config names none: distinct from every training seed's draws.
+EVAL_SEED_OFFSET = 1_000_003
+
+
+def default_eval_seed(seed: int) -> int:
+    """The evaluation seed of a run trained with ``seed`` (when the run names none)."""
+    return seed + EVAL_SEED_OFFSET
+
+
+@dataclass(frozen=True)
+class Design:
+    """A run's designed glyphs and their geometry.
+
+    ``robust``, ``original``: [K, R, R] float32 ink in [0, 1]. Canvas point (u, v) (continuous,
+    pixel (col, row) covers [col, col+1] x [row, row+1]) of glyph k is at font units
+    x = (u - origin_x[k]) * units_per_pixel, y = (baseline - v) * units_per_pixel.
+    """
+
+    run_dir: Path
+    chars: str
+    robust: torch.Tensor
+    original: torch.Tensor
+    font_path: str
+    family: str
+    resolution: int
+    eps_d: float
+    eps_a: float | None
+    ink: str
+    units_per_em: int
+    units_per_pixel: float
+    baseline: float
+    origin_x: tuple[float, ...]
+
+    def to_font_units(self, k: int, pts: np.ndarray) -> np.ndarray:
+        """Canvas points [n, 2] (u, v) of glyph k -> font units [n, 2] (x, y), y up."""
+        out = np.empty_like(pts, dtype=np.float64)
+        out[:, 0] = (pts[:, 0] - self.origin_x[k]) * self.units_per_pixel
+        out[:, 1] = (self.baseline - pts[:, 1]) * self.units_per_pixel
+        return out
+
+
+def _read_eps_a(run_dir: Path) -> float | None:
+    for name, keys in (("summary.json", ("eps_a",)), ("config.json", ("config", "eps_a"))):
+        try:
+            d = json.loads((run_dir / name).read_text())
+            for k in keys:
+                d = d[k]
+            return float(d)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def load_design(run_dir: Path | str) -> Design:
+    """Read ``glyphs.safetensors`` of a run folder; ``RunError`` if absent or malformed."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"run folder not found: {run_dir}")
+    path = run_dir / "glyphs.safetensors"
+    if not path.is_file():
+        raise RunError(f"{run_dir} holds no designs (no glyphs.safetensors; run `a5ocr design` first)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise RunError(f"{path} is not a readable safetensors file: {err}") from None
+    if meta.get("format") != GLYPHS_FORMAT:
+        raise RunError(f"{path} is not an a5ocr design (format {meta.get('format')!r}, expected {GLYPHS_FORMAT!r})")
+    try:
+        chars = json.loads(meta["chars"])
+        resolution = int(meta["resolution"])
+        origin_x = tuple(float(v) for v in json.loads(meta["origin_x"]))
+        design = Design(
+            run_dir=run_dir,
+            chars=str(chars),
+            robust=tensors["robust"].float(),
+            original=tensors["original"].float(),
+            font_path=meta["font"],
+            family=meta.get("family", "") or Path(meta["font"]).stem,
+            resolution=resolution,
+            eps_d=float(meta["eps_d"]),
+            eps_a=_read_eps_a(run_dir),
+            ink=meta.get("ink", "gray"),
+            units_per_em=int(meta["units_per_em"]),
+            units_per_pixel=float(meta["units_per_pixel"]),
+            baseline=float(meta["baseline"]),
+            origin_x=origin_x,
+        )
+    except (KeyError, ValueError, TypeError) as err:
+        raise RunError(f"{path}: incomplete design metadata ({err})") from None
+    k = len(design.chars)
+    shape = (k, resolution, resolution)
+    for name in ("robust", "original"):
+        t = getattr(design, name)
+        if tuple(t.shape) != shape:
+            raise RunError(f"{path}: tensor {name!r} has shape {tuple(t.shape)}, expected {shape}")
+        if not torch.isfinite(t).all():
+            raise RunError(f"{path}: tensor {name!r} has non-finite values")
+    if len(origin_x) != k or design.units_per_pixel <= 0 or design.units_per_em <= 0:
+        raise RunError(f"{path}: inconsistent geometry metadata")
+    return design
+
+
+def save_glyphs(path: Path, glyphs: GlyphSet, robust, *, eps_d: float, ink: str) -> None:
+    """glyphs.safetensors: original, robust [K, R, R] and z; metadata for export.
+
+    ``robust`` is the glyph module of training (``a5ocr.training.RobustGlyphs``: its ``base``,
+    its output and its parameters ``z``); ``eps_d`` and ``ink`` are the design's."""
+    with torch.no_grad():
+        tensors = {"original": robust.base.cpu().contiguous(), "robust": robust().cpu().contiguous(), "z": robust.z.detach().cpu().contiguous()}
+    meta = {
+        "format": GLYPHS_FORMAT,
+        "chars": json.dumps(glyphs.chars),
+        "font": glyphs.font_path,
+        "family": glyphs.family,
+        "resolution": str(glyphs.resolution),
+        "eps_d": str(eps_d),
+        "ink": ink,
+        "units_per_em": str(glyphs.units_per_em),
+        "units_per_pixel": repr(glyphs.units_per_pixel),
+        "baseline": repr(glyphs.baseline),
+        "origin_x": json.dumps(list(glyphs.origin_x)),
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+@dataclass
+class Run:
+    """What ``a5ocr evaluate`` needs from a design run folder."""
+
+    path: Path
+    chars: str
+    resolution: int
+    robust: torch.Tensor  # [K, R, R] ink
+    original: torch.Tensor  # [K, R, R] ink
+    model: nn.Module
+    classifier_path: Path
+    acquisition: AcquisitionConfig
+    eps_a: float
+    eval_seed: int
+    config: dict
+    summary: dict | None
+    family: str = ""
+    font_path: str = ""
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON object file, or None when it does not exist; ``RunError`` when it is not one."""
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise RunError(f"{path} is not readable JSON: {err}") from None
+    if not isinstance(d, dict):
+        raise RunError(f"{path} is not a JSON object")
+    return d
+
+
+def load_run(run_dir: Path | str, classifier: Path | str | None = None) -> Run:
+    """Read a design run folder: glyphs.safetensors, classifier.safetensors (or ``classifier``),
+    config.json (acquisition, eps_a, eval seed) and summary.json when present.
+
+    Raises ``RunError`` (one readable line) on a missing folder or file, a corrupt file, or
+    a classifier that does not fit the glyphs.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"run folder not found: {run_dir}")
+    config_rec = read_json(run_dir / "config.json")
+    if config_rec is None:
+        raise RunError(f"{run_dir} is not a design run (no config.json; run `a5ocr design` first)")
+    cfg = config_rec.get("config")
+    if not isinstance(cfg, dict):
+        raise RunError(f"{run_dir / 'config.json'} has no 'config' record")
+    design = load_design(run_dir)
+    clf_path = Path(classifier) if classifier is not None else run_dir / "classifier.safetensors"
+    if classifier is None and not clf_path.is_file():
+        raise RunError(f"{run_dir} holds no classifier (no classifier.safetensors; the run has not finished a stage)")
+    try:
+        model, meta = models.load_classifier(clf_path)
+    except CheckpointError as err:
+        raise RunError(str(err)) from None
+    if meta["chars"] != design.chars:
+        raise RunError(f"classifier {clf_path} reads {meta['chars']!r}, but the run's glyphs are {design.chars!r}")
+    if meta["resolution"] != design.resolution:
+        raise RunError(f"classifier {clf_path} takes {meta['resolution']}px images, the glyphs are {design.resolution}px")
+    try:
+        acq = AcquisitionConfig.from_dict(cfg.get("acquisition") or {})
+    except (TypeError, ValueError) as err:
+        raise RunError(f"{run_dir / 'config.json'}: bad acquisition config ({err})") from None
+    summary = read_json(run_dir / "summary.json")
+    try:
+        eps_a = float((summary or {}).get("eps_a", cfg.get("eps_a")))
+        seed = (summary or {}).get("eval_seed", cfg.get("eval_seed"))
+        eval_seed = int(seed) if seed is not None else default_eval_seed(int(cfg.get("seed", 0)))
+    except (TypeError, ValueError) as err:
+        raise RunError(f"{run_dir}: no usable eps_a / eval_seed in summary.json or config.json ({err})") from None
+    return Run(
+        path=run_dir, chars=design.chars, resolution=design.resolution, robust=design.robust,
+        original=design.original, model=model, classifier_path=clf_path, acquisition=acq,
+        eps_a=eps_a, eval_seed=eval_seed, config=cfg, summary=summary, family=design.family, font_path=design.font_path,
+    )
