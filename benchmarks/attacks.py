@@ -1,4 +1,4 @@
-"""Strength / cost of the attacks of a5ocr.attacks on a small CNN (CPU, ~2.5 minutes on 1 thread).
+"""Strength / cost of the attacks of a5ocr.evaluation.attacks on a small CNN (CPU, ~2.5 minutes on 1 thread).
 
     PYTHONPATH=. python benchmarks/attacks.py [--n 200] [--threads 2]
 
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from a5ocr.attacks import apgd, apgd_targeted, attack, pgd
+from a5ocr.evaluation.attacks import apgd, apgd_targeted, attack, pgd
 
 
 def make_data(n: int, g: torch.Generator, templates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -87,7 +87,7 @@ def main() -> None:
 
     from a5ocr.export import export_font
     from a5ocr.runs import load_design
-    from a5ocr.render_text import RenderOptions, render_text, write_page
+    from a5ocr.scan.render_text import RenderOptions, render_text, write_page
     from a5ocr.scan import scan, write_json
 
     if args.threads:

@@ -20,7 +20,7 @@ def _run(args: tuple[int, dict, str, int]) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    from a5ocr.design import DesignConfig, run_design
+    from a5ocr.training.design import DesignConfig, run_design
 
     cfg = DesignConfig(**{**overrides, "out": str(Path(out) / f"cfg{idx}")})
     t = time.time()

@@ -89,7 +89,7 @@ def design(
     eval_samples: int = typer.Option(100, help="Fresh acquisitions per character for the final evaluation."),
 ) -> None:
     """Design certifiably robust glyphs for a font (A5/PC by default) and evaluate them."""
-    from a5ocr.design import DesignConfig, run_design
+    from a5ocr.training.design import DesignConfig, run_design
 
     cfg = DesignConfig(
         font=font, chars=chars, eps_a=eps_a, eps_d=eps_d, recipe=recipe,

@@ -93,7 +93,7 @@ def evaluate(
     import numpy as np
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from a5ocr.design import DesignError, pick_device
+    from a5ocr.training.design import DesignError, pick_device
     from a5ocr.evaluation import EvaluateError, check_options, evaluate_run, save_broken
     from a5ocr.runs import load_run
     from a5ocr.figures import histogram as draw_histogram

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from a5ocr.reproduce import ReproduceReporter
+from a5ocr.training.reproduce import ReproduceReporter
 
 EXIT_INCONSISTENT = 3
 
@@ -75,7 +75,7 @@ def reproduce(
     threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: torch's choice). On a shared machine 1 can be several times faster than 2."),
 ) -> None:
     """Reproduce the paper's Table 9: vanilla, CROWN-IBP, A5/P and A5/PC on one evaluation protocol."""
-    from a5ocr.reproduce import ReproduceConfig, reproduce as run_reproduce
+    from a5ocr.training.reproduce import ReproduceConfig, reproduce as run_reproduce
 
     cfg = ReproduceConfig(
         table=table, font=font, chars=chars, eps_a=eps_a, preset=preset, seed=seed, device=device,

@@ -93,7 +93,7 @@ def render_text(
     width_in: float = typer.Option(8.27, "--width-in", help="Page width in inches (A4: 8.27)."),
 ) -> None:
     """Render text in a font on a page as a scanner would see it (blur, resampling, noise, slight rotation, JPEG)."""
-    from a5ocr import render_text as rt
+    from a5ocr.scan import render_text as rt
 
     if text == "-":
         text = sys.stdin.read()

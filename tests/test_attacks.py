@@ -1,4 +1,4 @@
-"""Tests of the empirical L-inf attacks (a5ocr.attacks)."""
+"""Tests of the empirical L-inf attacks (a5ocr.evaluation.attacks)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from a5ocr.attacks import (
+from a5ocr.evaluation.attacks import (
     AttackResult,
     apgd,
     apgd_checkpoints,

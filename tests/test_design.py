@@ -8,10 +8,10 @@ import torch
 
 from a5ocr import models
 from a5ocr.acquisition import Acquisition
-from a5ocr.design import DesignConfig, DesignError, run_design
+from a5ocr.training.design import DesignConfig, DesignError, run_design
 from a5ocr.glyphs import rasterize
-from a5ocr.losses import a5_loss
-from a5ocr.recipes import RobustGlyphs, Trainer, make_stage
+from a5ocr.training.losses import a5_loss
+from a5ocr.training.trainer import RobustGlyphs, Trainer, make_stage
 
 TINY = dict(font="comic-neue", chars="AOo0", preset="tiny", eps_a=0.05, eval_samples=5, device="cpu",
             certify_methods=("ibp",))
@@ -89,7 +89,7 @@ def test_same_seed_same_result(tmp_path):
 def test_resume_after_interruption_matches_uninterrupted(tmp_path, monkeypatch):
     full = run_design(DesignConfig(**TINY, out=str(tmp_path / "full")))
     # interrupt stage 2 after its first checkpoint by raising from the logger
-    from a5ocr import recipes
+    from a5ocr.training import trainer as recipes
 
     calls = {"n": 0}
     real = recipes.Trainer.train_step

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from a5ocr import bounds
-from a5ocr.design import DesignConfig, run_design
+from a5ocr.training.design import DesignConfig, run_design
 from a5ocr.evaluation import EvaluateError, certify_batch, evaluate_full, evaluate_run
 from a5ocr.runs import load_run
 

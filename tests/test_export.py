@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from a5ocr import export as ex
-from a5ocr import outline
+from a5ocr.export import outline
 from a5ocr.errors import RunError
 from a5ocr.runs import load_design
 
@@ -26,7 +26,7 @@ R = 32
 
 
 def _design_run(tmp_path_factory, name: str, ink: str) -> Path:
-    from a5ocr.design import DesignConfig, run_design
+    from a5ocr.training.design import DesignConfig, run_design
 
     out = tmp_path_factory.mktemp(name) / "run"
     # Fewer steps than the tiny preset (seconds); eps_A 0.01 keeps the certified error inside (0, 1)
@@ -53,7 +53,7 @@ def noisy_run(tmp_path_factory) -> Path:
     """A synthetic gray design much noisier than a trained one: dw = eps_D (2 sigmoid(z) - 1), z ~ N(0.3, 1)."""
     from a5ocr.runs import save_glyphs
     from a5ocr.glyphs import rasterize
-    from a5ocr.recipes import RobustGlyphs
+    from a5ocr.training.trainer import RobustGlyphs
 
     out = tmp_path_factory.mktemp("noisy")
     g = rasterize("dejavu-sans", CHARS, R)
@@ -119,7 +119,7 @@ def test_png_sheet_places_glyphs_at_the_requested_size(gray_run, tmp_path):
         assert b["char"] == CHARS[b["index"]]
         # the box holds exactly the nearest-upsampled design ...
         expect = ex.upsample_glyph(design.robust[b["index"]].numpy(), x1 - x0, "nearest")
-        assert np.array_equal(page[y0:y1, x0:x1], ex._ink_u8(expect))
+        assert np.array_equal(page[y0:y1, x0:x1], ex.sheet._ink_u8(expect))
         # ... and the ink there matches the design's (mean ink, to the 8-bit level)
         assert (1 - page[y0:y1, x0:x1] / 255).mean() == pytest.approx(float(design.robust[b["index"]].mean()), abs=0.01)
         # the frame ticks stay outside: a 2-px ring around the box is paper
@@ -288,7 +288,7 @@ def test_pngs_and_figure(gray_run, tmp_path):
     d = load_design(gray_run)
     for k, p in enumerate(files):
         arr = np.asarray(Image.open(p))
-        assert arr.shape == (R, R) and np.array_equal(arr, ex._ink_u8(d.robust[k]))
+        assert arr.shape == (R, R) and np.array_equal(arr, ex.sheet._ink_u8(d.robust[k]))
     fig = ex.comparison_figure(gray_run, tmp_path / "fig.png")
     img = Image.open(fig)
     assert img.mode == "L" and img.width > img.height > 3 * R
@@ -360,7 +360,7 @@ def test_bad_input_raises_export_error_and_leaves_no_file(gray_run, tmp_path, mo
     def broken(path, chars):
         raise ex.ExportError("simulated failure")
 
-    monkeypatch.setattr(ex, "_verify_font", broken)
+    monkeypatch.setattr(ex.sheet, "_verify_font", broken)
     with pytest.raises(ex.ExportError, match="simulated"):
         ex.export_font(gray_run, tmp_path / "keep.ttf")
     assert _listing(tmp_path) == ["empty", "keep.ttf"] and (tmp_path / "keep.ttf").read_bytes() == b"old"

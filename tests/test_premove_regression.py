@@ -19,7 +19,7 @@ from a5ocr.evaluation import evaluate_run
 from a5ocr.runs import load_run
 from a5ocr.models import load_classifier
 from a5ocr.robustify import RobustifyConfig, evaluate_robustify_run, load_robustifier, run_robustify
-from a5ocr.design import DesignConfig, run_design
+from a5ocr.training.design import DesignConfig, run_design
 
 FIXTURE = Path(__file__).parent / "fixtures" / "premove"
 GOLDEN = json.loads((FIXTURE / "golden.json").read_text())

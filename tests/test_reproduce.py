@@ -6,7 +6,7 @@ import time
 import pytest
 
 from a5ocr.evaluation import EvaluateError
-from a5ocr.reproduce import ROWS, ReproduceConfig, reproduce
+from a5ocr.training.reproduce import ROWS, ReproduceConfig, reproduce
 
 
 TINY = dict(preset="tiny", chars="AOo0", eps_a=0.05, samples_per_char=4, attack="fast", device="cpu")

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from a5ocr import bounds
-from a5ocr.losses import attack_box, defended
+from a5ocr.training.losses import attack_box, defended
 from a5ocr.robustify import (
     DatasetError, Robustifier, RobustifyConfig, RobustifyError, load_dataset, load_robustifier, offline_defence,
     run_robustify, save_robustifier,
@@ -28,7 +28,7 @@ ROUNDING = 2.0**-23
 
 @pytest.fixture(scope="module")
 def design_run(tmp_path_factory):
-    from a5ocr.design import DesignConfig, run_design
+    from a5ocr.training.design import DesignConfig, run_design
 
     out = tmp_path_factory.mktemp("robrun") / "run"
     run_design(DesignConfig(font="comic-neue", chars=CHARS, preset="tiny", eps_a=0.05, eval_samples=4, device="cpu",

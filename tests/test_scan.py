@@ -19,9 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
-from a5ocr import page as pg
+from a5ocr.scan import page as pg
 from a5ocr import scan as sc
-from a5ocr.render_text import RenderError, RenderOptions, render_text, truth_path, write_page
+from a5ocr.scan.render_text import RenderError, RenderOptions, render_text, truth_path, write_page
 
 CHARS = "ABCDEFGH"
 TEXT = "BAD CAFE FACE\nHEAD BEACH EDGE\nDEAF GAB HEDGE"
@@ -29,7 +29,7 @@ TEXT = "BAD CAFE FACE\nHEAD BEACH EDGE\nDEAF GAB HEDGE"
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from a5ocr.design import DesignConfig, run_design
+    from a5ocr.training.design import DesignConfig, run_design
 
     out = tmp_path_factory.mktemp("scanrun") / "run"
     run_design(DesignConfig(font="comic-neue", chars=CHARS, preset="tiny", resolution=32, eps_a=0.02, eval_samples=5,
@@ -253,7 +253,7 @@ def test_certificates_and_radii_are_sound(reader):
 
 def test_scan_a_glyph_sheet_with_registration_marks(tmp_path, run):
     from a5ocr.export import export_sheet
-    from a5ocr.render_text import degrade
+    from a5ocr.scan.render_text import degrade
 
     export_sheet(run, tmp_path / "sheet.png", glyph_mm=10.0, dpi=150)
     gray = pg.read_page(tmp_path / "sheet.png")

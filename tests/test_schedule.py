@@ -1,6 +1,6 @@
 import pytest
 
-from a5ocr.schedule import EpsSchedule
+from a5ocr.training.schedule import EpsSchedule
 
 
 def test_schedule_shape():

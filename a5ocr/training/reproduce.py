@@ -8,7 +8,7 @@ Rows (one acquisition model, one evaluation: same eval seed, same samples, same 
 * ``a5p``       -- A5/P: glyphs trained for that fixed CROWN-IBP classifier;
 * ``a5pc``      -- A5/PC: glyphs and classifier trained together (from the same stage 1).
 
-Training goes through ``a5ocr.design.run_design`` (one run folder per trained row, under the
+Training goes through ``a5ocr.training.design.run_design`` (one run folder per trained row, under the
 output folder); every row is then evaluated with ``a5ocr.evaluation.evaluate_full``.
 Resumable: a row whose run folder holds ``summary.json`` is not trained again, an interrupted
 one resumes from its checkpoint, and an evaluation whose protocol and files are unchanged is
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from a5ocr.design import DesignConfig, Reporter, _training_keys, pick_device, run_design
+from a5ocr.training.design import DesignConfig, Reporter, _training_keys, pick_device, run_design
 from a5ocr.evaluation import EvaluateError, check_options, Evaluation, evaluate_run, save_broken
 from a5ocr.runio import ensure_writable_dir, environment, write_json
 from a5ocr.runs import default_eval_seed, load_run
@@ -124,7 +124,7 @@ def _train(key: str, dcfg: DesignConfig, rep: ReproduceReporter) -> dict:
     resume = (out / "checkpoint.pt").is_file()
     rep.row(key, "resuming training" if resume else "training")
     t0 = time.monotonic()
-    from a5ocr.recipes import CollapseError
+    from a5ocr.training.trainer import CollapseError
 
     try:
         s = run_design(dcfg, resume=resume, reporter=rep)

@@ -32,7 +32,7 @@ from torch import nn
 
 from a5ocr import bounds
 from a5ocr.acquisition import Acquisition, AcquisitionConfig
-from a5ocr.losses import attack_box
+from a5ocr.training.losses import attack_box
 from a5ocr.runs import Run
 from a5ocr.errors import EvaluateError
 
@@ -504,7 +504,7 @@ def evaluate_samples(
 
     1. Certificates: ``methods`` (IBP first; it is put first when missing) as a cascade.
     2. Certified radius (``radius_steps`` > 0; see ``certified_radius``).
-    3. Attack (``attack`` standard / fast / none, ``a5ocr.attacks.attack``): every correct
+    3. Attack (``attack`` standard / fast / none, ``a5ocr.evaluation.attacks.attack``): every correct
        sample that no method certified, plus a seeded random ``check_fraction`` of the
        certified ones with ``check_attack`` (the soundness cross-check: a certified sample
        cannot be broken, so any success is a bug; ``fast`` by default because a robust sample
@@ -515,7 +515,7 @@ def evaluate_samples(
     ``on_progress(phase, done, total)``: phases "certify" (with the radius), "attack", "check".
     The PSNR of the result is left infinite (no reference); ``evaluate_full`` sets it.
     """
-    from a5ocr import attacks
+    from a5ocr.evaluation import attacks
 
     methods = check_options(eps_a=eps_a, methods=methods, attack=attack, check_fraction=check_fraction,
                             radius_steps=radius_steps, check_attack=check_attack)

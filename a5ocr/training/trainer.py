@@ -18,7 +18,7 @@ rc         R and classifier            eps_A            worst-case CE
 Each step draws a batch: by default fresh acquisitions of every glyph (``copies`` per glyph);
 any other source (an image dataset) through ``Trainer(batch=...)``. The glyph change is the
 paper's sigmoid parameterisation dw = eps_D (2 sigmoid(z) - 1), w_rob = clamp(w + dw, 0, 1)
-(``a5ocr.losses.defended``); A5/R and A5/RC put the acquired image through a robustifier
+(``a5ocr.training.losses.defended``); A5/R and A5/RC put the acquired image through a robustifier
 (``a5ocr.robustify.Robustifier``) whose output z = clamp(x + dx_D, 0, 1) the classifier reads.
 """
 
@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from a5ocr.acquisition import Acquisition
-from a5ocr.losses import a5_loss, defended
-from a5ocr.schedule import EpsSchedule
+from a5ocr.training.losses import a5_loss, defended
+from a5ocr.training.schedule import EpsSchedule
 from a5ocr.errors import CollapseError
 
 RECIPES = ("vanilla", "crown-ibp", "p", "pc", "r", "rc")

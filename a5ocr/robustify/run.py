@@ -2,7 +2,7 @@
 
 They protect the acquired image itself, before it travels to the classifier (in a scanner's
 firmware, say). The defended image is z = clamp(x + dx_D, 0, 1), dx_D = eps_D (2 sigmoid(.) - 1)
-(Eq. 4-5, ``a5ocr.losses.defended``), so ||dx_D||_inf <= eps_D; the man in the middle then
+(Eq. 4-5, ``a5ocr.training.losses.defended``), so ||dx_D||_inf <= eps_D; the man in the middle then
 changes z by any ||dx_A||_inf <= eps_A, and every certificate is about the classifier C at z.
 
 * **A5/O** (``o``): per image, knowing its label, the free parameters of dx_D are optimised
@@ -12,7 +12,7 @@ changes z by any ||dx_A||_inf <= eps_A, and every certificate is about the class
   x to z without the label; trained on the training set for a fixed C.
 * **A5/RC** (``rc``): A5/R, then R and C fine-tuned together.
 
-Training uses the one loop of ``a5ocr.recipes`` (stages ``r`` and ``rc``: worst-case
+Training uses the one loop of ``a5ocr.training.trainer`` (stages ``r`` and ``rc``: worst-case
 cross-entropy at eps_A^R, IBP or mixed bounds as the preset says).
 
 **Data** (``RobustifyConfig``): acquired glyph images -- the acquisition model applied to a
@@ -46,7 +46,7 @@ from torch import nn
 
 from a5ocr import bounds, models
 from a5ocr.acquisition import Acquisition, AcquisitionConfig
-from a5ocr.losses import attack_box, defended
+from a5ocr.training.losses import attack_box, defended
 from a5ocr.runs import default_eval_seed
 from a5ocr.errors import DatasetError, RobustifyError, RunError
 
@@ -63,7 +63,7 @@ ROBUSTIFIER_FORMAT = "a5ocr-robustifier-1"
 # =========================================================================== the defences
 class Robustifier(nn.Module):
     """R: images x [B, C, H, W] in [0, 1] -> defended images z = clamp(x + dx_D, 0, 1), same
-    shape, with dx_D = eps_D (2 sigmoid(g(x)) - 1) (``a5ocr.losses.defended``).
+    shape, with dx_D = eps_D (2 sigmoid(g(x)) - 1) (``a5ocr.training.losses.defended``).
 
     g is a small fully convolutional net: ``depth`` 3x3 convolutions (``width`` channels, ReLU
     between) on x - 0.5. Its last convolution starts at zero, so g(x) = 0, dx_D = 0 and R is the
@@ -196,7 +196,7 @@ def _read_image(path: Path) -> np.ndarray:
     against decompression bombs."""
     from PIL import Image, UnidentifiedImageError
 
-    from a5ocr.page import _pillow_guard
+    from a5ocr.scan.page import _pillow_guard
 
     try:
         with _pillow_guard(MAX_IMAGE_PIXELS), Image.open(path) as im:
@@ -378,7 +378,7 @@ def load_dataset(path: Path | str, resolution: int, *, test_fraction: float = 0.
 
 # =========================================================================== configuration
 PRESETS: dict[str, dict] = {
-    # the stage-1 settings are those of a5ocr.design's presets of the same name
+    # the stage-1 settings are those of a5ocr.training.design's presets of the same name
     "cpu": {"r_steps": 1600, "rc_steps": 1600, "o_steps": 100, "batch_size": 124, "width": 32, "depth": 4},
     "paper": {"r_steps": 4000, "rc_steps": 4000, "o_steps": 100, "batch_size": 124, "width": 64, "depth": 5},
     "tiny": {"r_steps": 20, "rc_steps": 20, "o_steps": 5, "batch_size": 16, "width": 8, "depth": 2},
@@ -429,8 +429,8 @@ class RobustifyConfig:
 
     def resolved(self) -> "RobustifyConfig":
         """Fill preset defaults and check every value (``RobustifyError``, one readable line)."""
-        from a5ocr.design import PRESETS as DESIGN_PRESETS
-        from a5ocr.design import bounds_options_problem
+        from a5ocr.training.design import PRESETS as DESIGN_PRESETS
+        from a5ocr.training.design import bounds_options_problem
 
         if self.recipe not in RECIPES:
             raise RobustifyError(f"--recipe must be o, r or rc, got {self.recipe!r}")
@@ -510,7 +510,7 @@ class Data:
         yield from acquisitions(self.glyphs.to(device), self.acquisition, samples_per_char, seed, chunk)
 
     def batch_source(self, batch_size: int, device: torch.device) -> Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]] | None:
-        """For datasets, a random minibatch sampler for ``a5ocr.recipes.Trainer``; None for glyphs."""
+        """For datasets, a random minibatch sampler for ``a5ocr.training.trainer.Trainer``; None for glyphs."""
         if self.train is None:
             return None
         x, y = self.train.x.to(device), self.train.y.to(device)
@@ -640,8 +640,8 @@ def default_out(cfg: RobustifyConfig, data: Data) -> Path:
 
 def run_robustify(cfg: RobustifyConfig, *, resume: bool = False, reporter=None) -> dict:
     """Run an image-side recipe end to end; returns the summary (also ``summary.json``)."""
-    from a5ocr.design import Reporter, pick_device
-    from a5ocr.recipes import RobustGlyphs, Trainer, make_stage, run_stages
+    from a5ocr.training.design import Reporter, pick_device
+    from a5ocr.training.trainer import RobustGlyphs, Trainer, make_stage, run_stages
     from a5ocr.runio import append_jsonl, ensure_writable_dir, environment, write_json
 
     rep = reporter or Reporter()

@@ -9,7 +9,7 @@ font has a 'kern' table), ``size_pt`` points at ``dpi``; lines are ``line_spacin
 
 Degradation (skipped with ``clean``; every draw from ``numpy.random.default_rng(seed)``), in order:
 paper and ink levels (paper in [0.90, 1.00], ink in [0.00, 0.12]); a rotation of at most 1 degree
-about the page centre (``a5ocr.page.rotate_image``); resampling down by a factor in [0.55, 0.85]
+about the page centre (``a5ocr.scan.page.rotate_image``); resampling down by a factor in [0.55, 0.85]
 (area average) and back up (bicubic), as a scanner of lower optical resolution; a Gaussian blur
 (sigma in [0.3, 1.0] px); Gaussian noise (sigma in [0.005, 0.03]); 8-bit quantisation and a JPEG
 round trip at quality 85.
@@ -33,7 +33,7 @@ import numpy as np
 
 from a5ocr import fonts
 from a5ocr.errors import GlyphError, RenderError
-from a5ocr.page import MAX_PAGE_PIXELS, ScanError, rotate_box, rotate_image, to_u8, write_image
+from a5ocr.scan.page import MAX_PAGE_PIXELS, ScanError, rotate_box, rotate_image, to_u8, write_image
 
 TRUTH_FORMAT = "a5ocr-text-truth-1"
 
@@ -269,7 +269,7 @@ def render_text(text: str, font: str | Path, opts: RenderOptions | None = None) 
 
 def write_page(path: Path | str, gray: np.ndarray, truth: dict, dpi: int) -> tuple[Path, Path]:
     """Write the page image (format from the suffix) and its truth JSON beside it, atomically."""
-    from a5ocr.page import PageError
+    from a5ocr.scan.page import PageError
     from a5ocr.runio import write_json
 
     path = Path(path)

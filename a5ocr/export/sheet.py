@@ -436,7 +436,7 @@ def glyph_loops(design: Design, k: int, method: str = "auto", oversample: int = 
     Orientation: ink on the right once y points up (TrueType: outer clockwise). ``method``:
     auto (pixels for binary designs, contour for gray), contour, pixels or halftone.
     """
-    from a5ocr import outline
+    from a5ocr.export import outline
 
     method = resolve_outline_method(design, method)
     w = design.robust[k].detach().cpu().numpy().astype(np.float64)
@@ -467,7 +467,7 @@ def resolve_outline_method(design: Design, method: str) -> str:
 
 def _font_loops(design: Design, k: int, method: str, oversample: int) -> list[list[tuple[int, int]]]:
     """Loops of glyph k in integer font units (y up), simplified; degenerate loops dropped."""
-    from a5ocr.outline import signed_area, simplify
+    from a5ocr.export.outline import signed_area, simplify
 
     out = []
     for loop in glyph_loops(design, k, method, oversample):

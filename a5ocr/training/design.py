@@ -24,7 +24,7 @@ from a5ocr import models
 from a5ocr.acquisition import Acquisition, AcquisitionConfig
 from a5ocr.evaluation import evaluate
 from a5ocr.glyphs import GlyphSet, rasterize
-from a5ocr.recipes import RobustGlyphs, StageSpec, Trainer, make_stage, run_stages
+from a5ocr.training.trainer import RobustGlyphs, StageSpec, Trainer, make_stage, run_stages
 from a5ocr.runio import append_jsonl, atomic_path, ensure_writable_dir, environment, read_jsonl, write_json
 from a5ocr.runs import default_eval_seed, save_glyphs
 from a5ocr.errors import DesignError

@@ -2,7 +2,7 @@
 
 Pipeline (running text):
 
-1. **Page** (``a5ocr.page.read_page``): PNG / JPEG / TIFF to float gray, 1 = paper; the pixel
+1. **Page** (``a5ocr.scan.page.read_page``): PNG / JPEG / TIFF to float gray, 1 = paper; the pixel
    count is checked from the header before decoding (decompression-bomb guard).
 2. **Binarisation**: Otsu's threshold on the lightly smoothed page (sigma 0.7 px) splits paper
    from ink; the paper level is the median gray of the paper class, the ink level the median of
@@ -88,7 +88,7 @@ import torch
 from a5ocr import fonts
 from a5ocr.errors import GlyphError, RunError
 from a5ocr.runs import load_design
-from a5ocr.page import PageError, ScanError, read_page, rotate_box, rotate_image, write_image
+from a5ocr.scan.page import PageError, ScanError, read_page, rotate_box, rotate_image, write_image
 
 SCAN_FORMAT = "a5ocr-scan-1"
 METHODS = ("ibp", "crown-ibp")
@@ -288,7 +288,7 @@ def ink_mask(gray: np.ndarray, levels: Levels) -> np.ndarray:
 
 
 def estimate_skew(mask: np.ndarray, max_angle: float = MAX_SKEW_DEG, max_points: int = 400_000) -> float:
-    """Angle (degrees, counter-clockwise on screen, as ``a5ocr.page.rotate_image``) by which the
+    """Angle (degrees, counter-clockwise on screen, as ``a5ocr.scan.page.rotate_image``) by which the
     text lines of an ink mask are rotated: the one in [-max_angle, max_angle] whose projection
     x sin(a) + y cos(a) of the ink pixels has the sharpest profile (largest sum of squares)."""
     ys, xs = np.nonzero(mask)
@@ -1356,7 +1356,7 @@ def write_overlay(result: ScanResult, gray: np.ndarray, path: Path | str) -> Pat
     """The page with a box per character: green certified, red not."""
     from PIL import Image, ImageDraw
 
-    from a5ocr.page import to_u8
+    from a5ocr.scan.page import to_u8
 
     path = Path(path)
     if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".tif", ".tiff"):

@@ -1,0 +1,25 @@
+"""Export of a design: printable sheets, installable fonts, PNGs and figures."""
+
+from a5ocr.export.sheet import (  # noqa: F401
+    ExportError,
+    GlyphError,
+    MM_PER_INCH,
+    OUTLINE_METHODS,
+    PAPER_MM,
+    PT_PER_INCH,
+    RunError,
+    SHEET_FORMAT,
+    check_output,
+    comparison_figure,
+    export_font,
+    export_pngs,
+    export_sheet,
+    glyph_loops,
+    iou,
+    layout_path,
+    mm_to_px,
+    rasterize_at_design,
+    resolve_outline_method,
+    sheet_layout,
+    upsample_glyph,
+)

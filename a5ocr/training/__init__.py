@@ -1,0 +1,2 @@
+"""Training: the eps schedule, the A5 losses, the one training loop (``trainer``), and the two
+runs built on it, ``design`` (A5/P, A5/PC) and ``reproduce`` (the paper's Table 9)."""
