@@ -65,3 +65,11 @@ class UsageError(A5Error):
 
 class RunError(A5Error):
     """A run folder that is missing, incomplete or corrupt (or a classifier that does not fit it)."""
+
+
+def check_in_unit_interval(value: float, flag: str, error: type[A5Error] = A5Error, *, closed_top: bool = False) -> None:
+    """The one range check of a budget (eps_A, eps_D, ...): ``value`` in (0, 1), or (0, 1] with
+    ``closed_top``; otherwise ``error("<flag> must be in (0, 1), got <value>")``. NaN and inf fail."""
+    ok = 0.0 < value <= 1.0 if closed_top else 0.0 < value < 1.0
+    if not ok:
+        raise error(f"{flag} must be in (0, {'1]' if closed_top else '1)'}, got {value}")
