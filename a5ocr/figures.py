@@ -1,15 +1,20 @@
 """Figures of a run: glyph sheets (like the paper's Fig. 4), training curves, histograms.
 
-All written through ``runio.atomic_path``; images as 8-bit PNG (paper white, ink black).
+All written through ``runio.atomic_path``; images as 8-bit PNG (paper white, ink black). Plots use
+matplotlib's non-interactive Agg backend, selected when this module is imported.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
 from PIL import Image
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 from a5ocr.runio import atomic_path
 
@@ -50,11 +55,6 @@ def glyph_sheet(original: torch.Tensor, robust: torch.Tensor, path: Path, acquir
 
 def training_curves(records: list[dict], path: Path) -> None:
     """Loss, eps, and batch clean / certified error against the global step, one panel each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     stages = []
     for rec in records:
@@ -85,11 +85,6 @@ def training_curves(records: list[dict], path: Path) -> None:
 
 def histogram(values: np.ndarray, path: Path, title: str, xlabel: str) -> None:
     """A histogram PNG of ``values``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.hist(values, bins=40)
     ax.set_title(title)

@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 
 def export(
@@ -25,10 +26,8 @@ def export(
     outline: str = typer.Option("auto", help="Font outlines: auto (pixels for --ink binary designs, contour for gray), contour (0.5 iso-line of the bilinear design), pixels (exact pixel edges of ink > 0.5), halftone (one dot of area = ink per pixel)."),
 ) -> None:
     """Export a design run: printable sheet, font, PNGs and/or comparison figure."""
-    from rich.table import Table
-
-    from a5ocr import export as ex
-    from a5ocr.runs import load_design
+    from a5ocr import export as ex  # local: keep a5ocr --help fast (torch, fontTools, matplotlib)
+    from a5ocr.runs import load_design  # local: keep a5ocr --help fast (torch)
 
     if sheet is None and font is None and png_dir is None and figure is None:
         raise ex.ExportError("nothing to export: give at least one of --sheet, --font, --png-dir, --figure")

@@ -119,7 +119,7 @@ def test_png_sheet_places_glyphs_at_the_requested_size(gray_run, tmp_path):
         assert b["char"] == CHARS[b["index"]]
         # the box holds exactly the nearest-upsampled design ...
         expect = ex.upsample_glyph(design.robust[b["index"]].numpy(), x1 - x0, "nearest")
-        assert np.array_equal(page[y0:y1, x0:x1], ex.sheet._ink_u8(expect))
+        assert np.array_equal(page[y0:y1, x0:x1], ex.common.ink_u8(expect))
         # ... and the ink there matches the design's (mean ink, to the 8-bit level)
         assert (1 - page[y0:y1, x0:x1] / 255).mean() == pytest.approx(float(design.robust[b["index"]].mean()), abs=0.01)
         # the frame ticks stay outside: a 2-px ring around the box is paper
@@ -288,7 +288,7 @@ def test_pngs_and_figure(gray_run, tmp_path):
     d = load_design(gray_run)
     for k, p in enumerate(files):
         arr = np.asarray(Image.open(p))
-        assert arr.shape == (R, R) and np.array_equal(arr, ex.sheet._ink_u8(d.robust[k]))
+        assert arr.shape == (R, R) and np.array_equal(arr, ex.common.ink_u8(d.robust[k]))
     fig = ex.comparison_figure(gray_run, tmp_path / "fig.png")
     img = Image.open(fig)
     assert img.mode == "L" and img.width > img.height > 3 * R
@@ -360,7 +360,7 @@ def test_bad_input_raises_export_error_and_leaves_no_file(gray_run, tmp_path, mo
     def broken(path, chars):
         raise ex.ExportError("simulated failure")
 
-    monkeypatch.setattr(ex.sheet, "_verify_font", broken)
+    monkeypatch.setattr(ex.font, "_verify_font", broken)
     with pytest.raises(ex.ExportError, match="simulated"):
         ex.export_font(gray_run, tmp_path / "keep.ttf")
     assert _listing(tmp_path) == ["empty", "keep.ttf"] and (tmp_path / "keep.ttf").read_bytes() == b"old"
