@@ -17,10 +17,18 @@ it) ``baseline_classifier.safetensors`` on the source font -- the "before A5" re
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import random
 import time
 from pathlib import Path
+
+import torch
+
+from a5ocr.export import export_font
+from a5ocr.runs import load_design
+from a5ocr.scan import scan, write_json
+from a5ocr.scan.render_text import RenderOptions, render_text, write_page
 
 WORDS = (
     "The quick brown fox jumps over the lazy dog while five boxing wizards jump quickly and "
@@ -60,14 +68,39 @@ def edit_distance(a: str, b: str) -> int:
 
 def aligned_certified_correct(read: list, truth: str) -> int:
     """Characters read correctly AND certified, on the longest-common-subsequence alignment."""
-    import difflib
-
     s = "".join(c.char for c in read)
     m = difflib.SequenceMatcher(a=s, b=truth, autojunk=False)
     n = 0
     for block in m.get_matching_blocks():
         n += sum(read[block.a + i].certified for i in range(block.size))
     return n
+
+
+def measure(args, text: str, out: Path, fname: str, fpath: str, cname: str, cpath) -> dict:
+    """One font read by one classifier over the seeds: the row of the summary."""
+    tot = dict(chars=0, errors=0, certified=0, cert_correct=0, read=0, seconds=0.0)
+    for seed in args.seeds:
+        opts = RenderOptions(dpi=args.dpi, size_pt=args.size_pt, seed=seed)
+        gray, truth = render_text(text, fpath, opts)
+        tag = f"{fname.split()[0]}-{cname.replace(' ', '')}-seed{seed}"
+        page, _ = write_page(out / f"{tag}.png", gray, truth, args.dpi)
+        t0 = time.time()
+        res = scan(page, args.run, eps_a=args.eps_a, method=args.method, classifier=cpath)
+        tot["seconds"] += time.time() - t0
+        write_json(res, out / f"{tag}.json")
+        want = truth["text"].replace(" ", "").replace("\n", "")
+        got = "".join(c.char for c in res.chars)
+        tot["chars"] += len(want)
+        tot["read"] += len(got)
+        tot["errors"] += edit_distance(got, want)
+        tot["certified"] += res.certified_count
+        tot["cert_correct"] += aligned_certified_correct(res.chars, want)
+    n = tot["chars"]
+    return {
+        "font": fname, "classifier": cname, "pages": len(args.seeds), "characters": n,
+        "read_correctly": 1 - tot["errors"] / n, "certified_fraction": tot["certified"] / max(tot["read"], 1),
+        "certified_and_correct": tot["cert_correct"] / n, "seconds_per_page": tot["seconds"] / len(args.seeds),
+    }
 
 
 def main() -> None:
@@ -82,13 +115,6 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="where pages, fonts and JSON go (default <run>/scan-bench)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest for the small batches of a scan on a busy machine)")
     args = ap.parse_args()
-
-    import torch
-
-    from a5ocr.export import export_font
-    from a5ocr.runs import load_design
-    from a5ocr.scan.render_text import RenderOptions, render_text, write_page
-    from a5ocr.scan import scan, write_json
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -109,38 +135,15 @@ def main() -> None:
         for cname, cpath in classifiers.items():
             if cname == "before A5" and fname == "robust font":
                 continue
-            tot = dict(chars=0, errors=0, certified=0, cert_correct=0, read=0, seconds=0.0)
-            for seed in args.seeds:
-                opts = RenderOptions(dpi=args.dpi, size_pt=args.size_pt, seed=seed)
-                gray, truth = render_text(text, fpath, opts)
-                tag = f"{fname.split()[0]}-{cname.replace(' ', '')}-seed{seed}"
-                page, _ = write_page(out / f"{tag}.png", gray, truth, args.dpi)
-                t0 = time.time()
-                res = scan(page, args.run, eps_a=args.eps_a, method=args.method, classifier=cpath)
-                tot["seconds"] += time.time() - t0
-                write_json(res, out / f"{tag}.json")
-                want = truth["text"].replace(" ", "").replace("\n", "")
-                got = "".join(c.char for c in res.chars)
-                tot["chars"] += len(want)
-                tot["read"] += len(got)
-                tot["errors"] += edit_distance(got, want)
-                tot["certified"] += res.certified_count
-                tot["cert_correct"] += aligned_certified_correct(res.chars, want)
-            n = tot["chars"]
-            row = {
-                "font": fname, "classifier": cname, "pages": len(args.seeds), "characters": n,
-                "read_correctly": 1 - tot["errors"] / n, "certified_fraction": tot["certified"] / max(tot["read"], 1),
-                "certified_and_correct": tot["cert_correct"] / n, "seconds_per_page": tot["seconds"] / len(args.seeds),
-            }
+            row = measure(args, text, out, fname, fpath, cname, cpath)
             rows.append(row)
-            print(f"{fname:12s} {cname:10s} {n:5d} chars  read correctly {row['read_correctly']:7.2%}  "
+            print(f"{fname:12s} {cname:10s} {row['characters']:5d} chars  read correctly {row['read_correctly']:7.2%}  "
                   f"certified {row['certified_fraction']:7.2%}  certified & correct {row['certified_and_correct']:7.2%}  "
                   f"{row['seconds_per_page']:.1f} s/page")
     (out / "summary.json").write_text(json.dumps({"run": str(args.run), "size_pt": args.size_pt, "dpi": args.dpi,
                                                   "eps_a": args.eps_a or design.eps_a, "method": args.method,
                                                   "rows": rows}, indent=2) + "\n")
     print(f"pages, JSON and summary.json in {out}")
-
 
 if __name__ == "__main__":
     main()

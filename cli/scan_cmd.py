@@ -1,6 +1,7 @@
 """``a5ocr scan`` and ``a5ocr render-text``.
 
-Registered in ``cli/app.py``; bad input raises ``a5ocr.scan.ScanError`` (a ``ValueError``; one
+Registered in ``cli/app.py``; the work is ``a5ocr.scan.scan_and_write`` and
+``a5ocr.scan.render_text``. Bad input raises ``a5ocr.scan.ScanError`` (a ``ValueError``; one
 line, exit 2). ``scan --require-certified`` exits 1 when a character is not certified.
 """
 
@@ -28,28 +29,10 @@ def scan(
     classifier: Optional[Path] = typer.Option(None, help="Another classifier of the run (e.g. baseline_classifier.safetensors) instead of classifier.safetensors."),
 ) -> None:
     """Read a scanned page with a design run's classifier and certify every character."""
-    from a5ocr import scan as sc
+    from a5ocr.scan import scan_and_write  # local: keep a5ocr --help fast (torch)
 
-    # check the outputs before the work
-    if json_out is not None:
-        if json_out.suffix.lower() != ".json":
-            raise sc.ScanError(f"--json must end in .json, got {json_out.name!r}")
-        if not json_out.parent.is_dir():
-            raise sc.ScanError(f"cannot write {json_out}: folder {json_out.parent} does not exist")
-    if overlay is not None:
-        if overlay.suffix.lower() not in (".png", ".jpg", ".jpeg", ".tif", ".tiff"):
-            raise sc.ScanError(f"--overlay must be a .png (or .jpg, .tif), got {overlay.name!r}")
-        if not overlay.parent.is_dir():
-            raise sc.ScanError(f"cannot write {overlay}: folder {overlay.parent} does not exist")
-    if layout is not None and not layout.is_file():
-        raise sc.ScanError(f"sheet layout not found: {layout}")
-
-    result = sc.scan(page, run, eps_a=eps_a, method=method, layout=layout, classifier=classifier, sheet_page=sheet_page)
-    if json_out is not None:
-        sc.write_json(result, json_out)
-    if overlay is not None:
-        sc.write_overlay(result, sc.load_page(page), overlay)
-
+    result = scan_and_write(page, run, eps_a=eps_a, method=method, layout=layout, classifier=classifier,
+                            sheet_page=sheet_page, json_out=json_out, overlay=overlay)
     out = Console()
     if not result.chars:
         out.print(f"{page.name}: no text found")
@@ -93,7 +76,7 @@ def render_text(
     width_in: float = typer.Option(8.27, "--width-in", help="Page width in inches (A4: 8.27)."),
 ) -> None:
     """Render text in a font on a page as a scanner would see it (blur, resampling, noise, slight rotation, JPEG)."""
-    from a5ocr.scan import render_text as rt
+    from a5ocr.scan import render_text as rt  # local: keep a5ocr --help fast (torch)
 
     if text == "-":
         text = sys.stdin.read()

@@ -19,8 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
-from a5ocr.scan import page as pg
 from a5ocr import scan as sc
+from a5ocr.evaluation import radius_cap
+from a5ocr.scan import page as pg
 from a5ocr.scan.render_text import RenderError, RenderOptions, render_text, truth_path, write_page
 
 CHARS = "ABCDEFGH"
@@ -221,6 +222,8 @@ def test_scan_reads_a_page_in_the_designed_font(tmp_path, run, font):
     d = json.loads((tmp_path / "r.json").read_text())
     assert d["text"] == result.text and d["counts"]["characters"] == len(truth["chars"])
     assert d["certified_fraction"] == pytest.approx(result.certified_count / len(result.chars))
+    assert d["radius_cap"] == radius_cap(0.02)  # the evaluation stage's cap: one certified-radius search
+    assert all(c["radius"] <= d["radius_cap"] for c in d["characters"])
     for c in d["characters"]:
         assert set(c) >= {"label", "box", "confidence", "certified", "radius"}
         assert 0.0 <= c["confidence"] <= 1.0 and (c["radius"] >= 0.02) == c["certified"]

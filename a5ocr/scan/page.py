@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy import ndimage
 
 from a5ocr.errors import PageError, ScanError
+from a5ocr.runio import atomic_path
 
 # Decompression-bomb guard: a page of more pixels than this is refused before it is decoded
 # (an A4 page at 1200 dpi is 140 Mpx; at 600 dpi, 35 Mpx).
@@ -27,8 +30,6 @@ MAX_PAGE_PIXELS = 100_000_000
 @contextlib.contextmanager
 def _pillow_guard(max_pixels: int) -> Iterator[None]:
     """Pillow's own bomb check set to ``max_pixels`` (its warning made an error), restored after."""
-    from PIL import Image
-
     old = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = max_pixels
     try:
@@ -42,8 +43,6 @@ def _pillow_guard(max_pixels: int) -> Iterator[None]:
 def _to_gray(img) -> np.ndarray:
     """Any Pillow image -> float32 [H, W] in [0, 1] (1 = paper). Transparent parts become white
     paper; 16-bit and 32-bit integer images keep their precision."""
-    from PIL import Image
-
     mode = img.mode
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -80,8 +79,6 @@ def read_page(path: Path | str, max_pixels: int = MAX_PAGE_PIXELS) -> np.ndarray
     are composited on white, palette images expanded, 16-bit images scaled from 65535, the EXIF
     orientation applied. Raises ``PageError`` with a readable message.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     path = Path(path)
     if not path.is_file():
         raise PageError(f"page not found: {path}")
@@ -119,10 +116,6 @@ def to_u8(gray: np.ndarray) -> np.ndarray:
 
 def write_image(path: Path | str, image, **save_options) -> Path:
     """Write a Pillow image or a float gray page atomically; the format follows the suffix."""
-    from PIL import Image
-
-    from a5ocr.runio import atomic_path
-
     path = Path(path)
     if not path.parent.is_dir():
         raise PageError(f"cannot write {path}: folder {path.parent} does not exist")
@@ -177,8 +170,6 @@ def rotate_image(gray: np.ndarray, angle: float, fill: float = 1.0, expand: bool
     """Rotate a page by ``angle`` degrees (counter-clockwise on screen) about its centre;
     uncovered pixels get ``fill``. ``expand``: enlarge the page so nothing is cut off.
     Consistent with ``rotate_points`` (pixel centres at +0.5)."""
-    from scipy import ndimage
-
     shape_out = rotated_shape(gray.shape, angle, expand)
     rot = _rotation(angle)
     inv = rot.T  # out = R (in - cin) + cout  =>  in = R^T (out - cout) + cin

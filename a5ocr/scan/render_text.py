@@ -30,9 +30,12 @@ from pathlib import Path
 
 import freetype
 import numpy as np
+from PIL import Image
+from scipy import ndimage
 
 from a5ocr import fonts
-from a5ocr.errors import GlyphError, RenderError
+from a5ocr.errors import GlyphError, PageError, RenderError
+from a5ocr.runio import write_json
 from a5ocr.scan.page import MAX_PAGE_PIXELS, ScanError, rotate_box, rotate_image, to_u8, write_image
 
 TRUTH_FORMAT = "a5ocr-text-truth-1"
@@ -211,9 +214,6 @@ def layout_page(text: str, font_path: Path, opts: RenderOptions):
 def degrade(gray: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     """Scanner-like degradation of a clean page (gray [H, W] in [0, 1], 1 = paper); see the module doc.
     Returns (page, parameters). The rotation is the only step that moves ink."""
-    from PIL import Image
-    from scipy import ndimage
-
     h, w = gray.shape
     paper = float(rng.uniform(0.90, 1.00))
     ink = float(rng.uniform(0.00, 0.12))
@@ -269,9 +269,6 @@ def render_text(text: str, font: str | Path, opts: RenderOptions | None = None) 
 
 def write_page(path: Path | str, gray: np.ndarray, truth: dict, dpi: int) -> tuple[Path, Path]:
     """Write the page image (format from the suffix) and its truth JSON beside it, atomically."""
-    from a5ocr.scan.page import PageError
-    from a5ocr.runio import write_json
-
     path = Path(path)
     if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"):
         raise RenderError(f"the page must be .png, .jpg, .tif or .bmp, got {path.name!r}")

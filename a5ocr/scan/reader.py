@@ -1,0 +1,135 @@
+"""A design run as a reader of printed characters: its classifier, the canvas geometry that
+characters are normalised to, and the prototype tables they are compared with.
+
+The prototypes are the robust glyphs as the exported font prints them (``as_printed``: the 0.5
+iso-line of the design) and the original glyphs; a page may be printed in either font. Per
+table and class: the ink box (0.5-level crossings), the rows' ink moments and the canvas; with
+the source font's advance widths, the side bearings of the ink (for the spaces).
+
+The classifier sees ``x = 1 - w`` on 3 channels for an ink canvas w (``Acquisition``'s
+convention, paper = 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from a5ocr import fonts
+from a5ocr.errors import CheckpointError, GlyphError, RunError, ScanError
+from a5ocr.models import load_classifier
+from a5ocr.runs import load_design
+from a5ocr.scan.ink import ink_extents, row_moments
+
+
+@dataclass
+class Reader:
+    """A run's classifier and the glyph geometry to normalise characters to its canvas."""
+
+    chars: str
+    model: torch.nn.Module
+    resolution: int
+    units_per_pixel: float
+    units_per_em: int
+    baseline: float  # canvas row (continuous) of the baseline
+    space_units: float
+    tables: dict  # name -> {"top", "bottom", "left", "right", "mean_y", "std_y": [K], "glyphs": [K, R, R]}
+    bearings: dict  # name -> (left side bearing [K], right side bearing [K]) of the ink, font units (or None)
+    run_dir: str = ""
+    classifier_path: str = ""
+    eps_a_design: float | None = None
+
+    @property
+    def tallest_above_baseline(self) -> float:
+        """Canvas px from the baseline up to the highest ink of any robust glyph."""
+        return float(self.baseline - np.min(self.tables["robust"]["top"]))
+
+
+def _font_metrics(design) -> tuple[float, np.ndarray | None]:
+    """The source font's space advance and per-character advance widths (font units); a
+    quarter em and None when the font is gone."""
+    path = fonts.shipped_twin(design.font_path)
+    if path is None:
+        return design.units_per_em / 4.0, None
+    try:
+        space, adv = fonts.advances(path, design.chars)
+    except GlyphError:
+        return design.units_per_em / 4.0, None
+    return (design.units_per_em / 4.0 if space is None else space), adv
+
+
+def _prototype_tables(design, advance: np.ndarray | None) -> tuple[dict, dict]:
+    """The "robust" (as printed) and "original" prototype tables of a design, and the side
+    bearings of their ink (None without the source font's advance widths)."""
+    origin = np.array(design.origin_x, np.float64)
+    tables, bearings = {}, {}
+    for name in ("robust", "original"):
+        w = getattr(design, name).numpy().astype(np.float64)
+        if name == "robust":
+            w = np.stack([as_printed(g, design.ink) for g in w])
+        tops, bottoms = (np.array(v, np.float64) for v in zip(*(ink_extents(g.max(axis=1)) for g in w)))
+        lefts, rights = (np.array(v, np.float64) for v in zip(*(ink_extents(g.max(axis=0)) for g in w)))
+        mean_y, std_y = (np.array(v, np.float64) for v in zip(*(row_moments(g) for g in w)))
+        tables[name] = {"top": tops, "bottom": bottoms, "left": lefts, "right": rights,
+                        "mean_y": mean_y, "std_y": std_y, "glyphs": w.astype(np.float32)}
+        if advance is None:
+            bearings[name] = None
+        else:
+            lsb = (lefts - origin) * design.units_per_pixel
+            rsb = advance - (rights - origin) * design.units_per_pixel
+            bearings[name] = (np.nan_to_num(lsb), np.nan_to_num(rsb))
+    return tables, bearings
+
+
+def load_reader(run_dir: Path | str, classifier: Path | str | None = None) -> Reader:
+    """Read a design run (``glyphs.safetensors`` and ``classifier.safetensors``, or ``classifier``)."""
+    try:
+        design = load_design(run_dir)
+    except RunError as err:
+        raise ScanError(str(err)) from None
+    path = Path(classifier) if classifier else Path(run_dir) / "classifier.safetensors"
+    try:
+        model, meta = load_classifier(path)
+    except CheckpointError as err:
+        raise ScanError(str(err)) from None
+    if meta["resolution"] != design.resolution or meta["chars"] != design.chars:
+        raise ScanError(f"classifier {path} does not fit the run's glyphs ({meta['resolution']}px, {meta['chars']!r} vs "
+                        f"{design.resolution}px, {design.chars!r})")
+    model = model.float().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    space, advance = _font_metrics(design)
+    tables, bearings = _prototype_tables(design, advance)
+    return Reader(
+        chars=design.chars, model=model, resolution=design.resolution, units_per_pixel=design.units_per_pixel,
+        units_per_em=design.units_per_em, baseline=design.baseline,
+        space_units=space, tables=tables, bearings=bearings,
+        run_dir=str(run_dir), classifier_path=str(path), eps_a_design=design.eps_a,
+    )
+
+
+def as_printed(w: np.ndarray, ink: str = "gray", oversample: int = 8) -> np.ndarray:
+    """A designed glyph [R, R] as the exported font prints it at the design geometry: a font
+    outline is monochrome, the 0.5 iso-line of the bilinear interpolant of the design (gray
+    designs; ``a5ocr.export``'s "contour" outline) or the ink > 0.5 pixels (binary designs);
+    the result is its coverage per canvas pixel."""
+    if ink == "binary":
+        return (w > 0.5).astype(np.float64)
+    r = w.shape[0]
+    fine = (np.arange(r * oversample) + 0.5) / oversample - 0.5  # pixel-index coordinates
+    rr, cc = np.meshgrid(fine, fine, indexing="ij")
+    up = ndimage.map_coordinates(w.astype(np.float64), [rr.ravel(), cc.ravel()], order=1, mode="constant", cval=0.0)
+    solid = (up.reshape(r * oversample, r * oversample) > 0.5).astype(np.float64)
+    return solid.reshape(r, oversample, r, oversample).mean(axis=(1, 3))
+
+
+def classify(model: torch.nn.Module, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ink canvases [n, R, R] -> (probabilities [n, K], x [n, 3, R, R] = 1 - w)."""
+    x = torch.from_numpy(1.0 - np.clip(w, 0.0, 1.0)).float().unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+    with torch.no_grad():
+        probs = torch.softmax(model(x), dim=1).numpy() if len(x) else np.zeros((0, 1))
+    return probs, x
