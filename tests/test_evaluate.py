@@ -3,16 +3,19 @@ PSNR and bad input, on tiny design runs (seconds)."""
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from a5ocr import bounds
-from a5ocr.training.design import DesignConfig, run_design
-from a5ocr.evaluation import EvaluateError, certify_batch, evaluate_full, evaluate_run
+from a5ocr.acquisition import Acquisition
+from a5ocr.evaluation import EvaluateError, acquisitions, certify_batch, evaluate, evaluate_full, evaluate_run
 from a5ocr.runs import load_run
+from a5ocr.training.design import DesignConfig, run_design
 
 TINY = dict(font="comic-neue", chars="AOo0", preset="tiny", eps_a=0.05, eval_samples=5, device="cpu",
             certify_methods=("ibp",))
@@ -64,6 +67,22 @@ def test_replays_the_design_runs_own_evaluation(pc_run):
     assert rep["attack_error"] is None and rep["attacked"]["attack"] == "none"
 
 
+def test_light_evaluate_is_the_full_protocol_with_the_attack_off(pc_run):
+    """``evaluate`` (a design run's own evaluation): the methods as given (no IBP put first),
+    progress after each chunk, the same certificates as ``evaluate_full`` without attack."""
+    run = load_run(pc_run)
+    acq = Acquisition(run.resolution, run.acquisition)
+    calls = []
+    res = evaluate(run.model, run.robust, run.chars, acq, eps_a=run.eps_a, samples_per_char=300, seed=3,
+                   methods=("crown-ibp",), chunk=512, on_chunk=lambda d, t: calls.append((d, t)))
+    assert list(res.certified) == ["crown-ibp"] and res.attacked is None
+    assert calls == [(512, 1200), (1024, 1200), (1200, 1200)]
+    full = evaluate_full(run.model, run.robust, run.chars, acq, eps_a=run.eps_a, samples_per_char=300, seed=3,
+                         methods=("ibp", "crown-ibp"), cascade=False, attack="none", radius_steps=0)
+    assert torch.equal(res.certified["crown-ibp"], full.result.certified["crown-ibp"])
+    assert torch.equal(res.correct, full.result.correct) and torch.equal(res.labels, full.result.labels)
+
+
 def test_attack_breaks_an_undefended_classifier(vanilla_run):
     ev = evaluate_run(load_run(vanilla_run), original=True, eps_a=0.1, samples_per_char=10, attack="fast", device="cpu")
     rep = ev.report()
@@ -88,8 +107,6 @@ def test_broken_certificates_are_detected_saved_and_exit_3(vanilla_run, tmp_path
     assert "broken certificate" in err
     saved = tmp_path / "broken_certificates.safetensors"
     assert saved.is_file()
-    from safetensors.torch import load_file
-
     t = load_file(str(saved))
     assert {"x", "x_adv", "labels", "margins_adv", "margins_lower_ibp"} <= set(t)
     # the saved adversarial points really are misclassified, within eps of x
@@ -117,9 +134,6 @@ def test_same_seed_same_json_and_radius_matches_the_certificate(pc_run, tmp_path
     assert bool((ev.radius[cert] >= run.eps_a).all()) and bool((ev.radius[~cert] < run.eps_a).all())
     assert bool((ev.radius[~ev.result.correct] == 0).all())
     # each radius above its floor is a float64 IBP proof: re-check it from the same acquisitions
-    from a5ocr.acquisition import Acquisition
-    from a5ocr.evaluation import acquisitions
-
     x, labels = next(acquisitions(run.robust, Acquisition(run.resolution, run.acquisition), 6, 123))
     pos = ev.radius > 0
     ok = certify_batch(run.model, x[pos], labels[pos], ev.radius[pos], "ibp")
@@ -157,8 +171,6 @@ def test_bad_options_raise_evaluate_error(pc_run):
     ],
 )
 def test_bad_input_is_one_line_exit_2(case, needle, pc_run, tmp_path, a5ocr_main):
-    import shutil
-
     run = tmp_path / "run"
     extra: list = []
     if case == "missing":

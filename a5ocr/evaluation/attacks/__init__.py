@@ -1,0 +1,47 @@
+"""Empirical L-inf attacks used to evaluate (empirical) robust error.
+
+Threat model: the acquired image ``x`` in [0, 1] may be perturbed by ``dx`` with
+``||dx||_inf <= eps`` and ``x + dx`` is clipped to [0, 1].  A sample counts as broken
+when the model's argmax at the returned point differs from its label.
+
+Everything here is a pure function of its arguments:
+
+* the model is only called (forward + gradient w.r.t. the *input*, via
+  ``torch.autograd.grad``); its parameters, their ``.grad`` and its train/eval mode
+  are left untouched (the caller puts it in eval mode);
+* every random draw comes from a ``torch.Generator``; when none is given a fresh one
+  seeded with 0 is used, so results are reproducible by default.
+
+Attacks
+-------
+``pgd``            L-inf PGD with random start and sign gradient (Madry et al. 2018); ``pgd_attack``.
+``apgd``           Auto-PGD (Croce & Hein, ICML 2020) with CE, DLR or targeted-DLR loss; ``apgd_attack``.
+``apgd_targeted``  APGD with targeted DLR against the top non-true classes; ``apgd_attack``.
+``attack``         The evaluation ensemble: APGD-CE, APGD-T, PGD-CE run as a cascade
+                   on the samples not broken yet (as AutoAttack does); ``suite``.
+
+The losses are in ``losses``, the threat model shared by all (budgets, projection, random
+start, input gradient) in ``linf``.
+
+Shapes: ``x`` is [B, ...] (typically [B, C, H, W]) in [0, 1]; ``labels`` is a LongTensor
+[B]; the model maps [B, ...] to logits [B, K]; ``eps`` is a float or a tensor [B]
+(one budget per sample).
+"""
+
+from a5ocr.evaluation.attacks.apgd_attack import apgd, apgd_checkpoints, apgd_targeted
+from a5ocr.evaluation.attacks.losses import ce_loss, dlr_loss, dlr_targeted_loss, margin_loss
+from a5ocr.evaluation.attacks.pgd_attack import pgd
+from a5ocr.evaluation.attacks.suite import AttackResult, attack
+
+__all__ = [
+    "AttackResult",
+    "apgd",
+    "apgd_checkpoints",
+    "apgd_targeted",
+    "attack",
+    "ce_loss",
+    "dlr_loss",
+    "dlr_targeted_loss",
+    "margin_loss",
+    "pgd",
+]
