@@ -1,4 +1,5 @@
-"""Classifiers C: 3xRxR acquired images in [0,1] -> logits over the characters.
+"""Classifiers C: 3xRxR acquired images in [0,1] -> logits over the characters; and the
+safetensors weight files of every network (``save_module`` / ``read_safetensors``).
 
 Every architecture is a plain ``nn.Sequential`` of layers the bound engine knows
 (``Normalize``, ``Conv2d``, ``ReLU``, ``Flatten``, ``Linear``). Checkpoints are safetensors
@@ -12,10 +13,13 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from a5ocr.normalize import Normalize
 from a5ocr.errors import CheckpointError
+from a5ocr.normalize import Normalize
+from a5ocr.runio import atomic_path
 
 # The paper's input normalisation for the fonts experiment.
 MEAN, STD = 0.5, 1.0
@@ -89,11 +93,30 @@ def build(arch: str, resolution: int, num_classes: int) -> nn.Sequential:
     return ARCHITECTURES[arch](resolution, num_classes)
 
 
+def save_module(module, path: Path | str, meta: dict[str, str]) -> None:
+    """A module's weights (on the CPU) and string metadata to a safetensors file, atomically
+    (never pickle)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+
+
+def read_safetensors(path: Path | str) -> tuple[dict, dict[str, str]]:
+    """(tensors, metadata) of a safetensors file. Raises FileNotFoundError when it is missing and
+    ValueError (with the reader's reason) when it is not a readable safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(str(path))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+        return load_file(str(path)), meta
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise ValueError(str(err)) from None
+
 
 def save_classifier(model: nn.Module, path: Path, *, arch: str, resolution: int, chars: str) -> None:
     """Write weights and architecture metadata to a safetensors file, atomically."""
-    from a5ocr.runio import save_module
-
     save_module(model, path, {"arch": arch, "resolution": str(resolution), "chars": json.dumps(chars),
                               "format": "a5ocr-classifier-1"})
 
@@ -103,8 +126,6 @@ def load_classifier(path: Path) -> tuple[nn.Sequential, dict]:
 
     Raises ``CheckpointError`` with a readable message on a missing, corrupt or foreign file.
     """
-    from a5ocr.runio import read_safetensors
-
     path = Path(path)
     try:
         state, meta = read_safetensors(path)

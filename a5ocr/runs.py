@@ -4,16 +4,23 @@
   their font geometry -- ``save_glyphs`` / ``load_design`` (``Design``);
 * a design run folder as evaluation, export and scan read it -- ``load_run`` (``Run``): the
   glyphs, a classifier, the acquisition model, eps_A and the evaluation seed;
-* ``default_eval_seed``: the evaluation seed every run derives from its training seed.
+* ``default_eval_seed``: the evaluation seed every run derives from its training seed;
+* the lifecycle of one run folder, shared by ``design``, ``robustify`` and ``reproduce`` --
+  ``RunFolder``: open a new folder or resume one (with the settings check ``training_keys`` /
+  ``settings_diff``), ``config.json``, the checkpoint, ``metrics.jsonl`` and ``summary.json``;
+  ``slug`` names default folders; ``LEGACY_CONFIG_NAMES`` maps the config keys that old run
+  folders spell differently (``current_config_names``).
 
 Weight files are read and written beside the network they hold (``a5ocr.models`` for
-classifiers, ``a5ocr.robustify.model`` for robustifiers), through ``a5ocr.runio``; atomic
-writes and the environment record are ``a5ocr.runio``'s.
+classifiers, ``a5ocr.robustify.model`` for robustifiers), through ``a5ocr.models.save_module``
+/ ``read_safetensors``; atomic writes are ``a5ocr.runio``'s, the environment record
+``a5ocr.runtime.environment``.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +32,19 @@ from torch import nn
 
 from a5ocr import models
 from a5ocr.acquisition import AcquisitionConfig
-from a5ocr.errors import CheckpointError, RunError
+from a5ocr.errors import A5Error, CheckpointError, RunError
 from a5ocr.glyphs import GlyphSet
-from a5ocr.runio import atomic_path
+from a5ocr.runio import append_jsonl, atomic_path, ensure_writable_dir, read_jsonl, write_json
+from a5ocr.runtime import environment
 
 GLYPHS_FORMAT = "a5ocr-glyphs-1"
 # The evaluation seed of a run whose config names none: distinct from every training seed's draws.
 EVAL_SEED_OFFSET = 1_000_003
+# config.json keys renamed since run folders were first written: old name -> current name.
+LEGACY_CONFIG_NAMES = {"eval_samples": "samples_per_char"}
+# The settings a resumed run may change: where it runs, and how often it checkpoints.
+NOT_TRAINING_KEYS = ("device", "out", "checkpoint_seconds")
+_MISSING = object()
 
 
 def default_eval_seed(seed: int) -> int:
@@ -223,6 +236,7 @@ def load_run(run_dir: Path | str, classifier: Path | str | None = None) -> Run:
         acq = AcquisitionConfig.from_dict(cfg.get("acquisition") or {})
     except (TypeError, ValueError) as err:
         raise RunError(f"{run_dir / 'config.json'}: bad acquisition config ({err})") from None
+    cfg = current_config_names(cfg)
     summary = read_json(run_dir / "summary.json")
     try:
         eps_a = float((summary or {}).get("eps_a", cfg.get("eps_a")))
@@ -235,3 +249,149 @@ def load_run(run_dir: Path | str, classifier: Path | str | None = None) -> Run:
         original=design.original, model=model, classifier_path=clf_path, acquisition=acq,
         eps_a=eps_a, eval_seed=eval_seed, config=cfg, summary=summary, family=design.family, font_path=design.font_path,
     )
+
+
+# =========================================================================== run folders
+def current_config_names(config: dict) -> dict:
+    """A config record with the keys old run folders spell differently renamed
+    (``LEGACY_CONFIG_NAMES``: ``eval_samples`` -> ``samples_per_char``); other keys as they are."""
+    return {LEGACY_CONFIG_NAMES.get(k, k): v for k, v in config.items()}
+
+
+def training_keys(config: dict) -> dict:
+    """The part of a config record that a resumed run must share with the interrupted one:
+    everything but ``NOT_TRAINING_KEYS``, legacy names mapped."""
+    return {k: v for k, v in current_config_names(config).items() if k not in NOT_TRAINING_KEYS}
+
+
+def settings_diff(old: dict, new: dict) -> list[str]:
+    """The names (sorted) of the training settings in which two config records differ, both
+    compared as JSON (tuples as lists) with legacy names mapped; a key only one side has differs."""
+    a, b = training_keys(_as_json(old)), training_keys(_as_json(new))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, _MISSING) != b.get(k, _MISSING))
+
+
+def _as_json(d: dict) -> dict:
+    return json.loads(json.dumps(d))
+
+
+def slug(name: str, empty: str = "") -> str:
+    """A folder-name slug: lower case, every other character than a letter or digit a dash, no
+    dash at either end (``"Comic Neue"`` -> ``"comic-neue"``); ``empty`` when nothing is left."""
+    return "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-") or empty
+
+
+class RunFolder:
+    """The lifecycle of one run folder (``design``, ``robustify``, the rows of ``reproduce``).
+
+    ``RunFolder.open(out, error)`` makes the folder and proves it writable; ``start(config, ...)``
+    claims it for a new run (refused when it already holds one) or, with ``resume``, checks that
+    there is a run to continue with the same training settings; then writes ``config.json``
+    (``{"kind"?, "config", extra..., "environment", "device"}``). Every user error is raised as
+    ``error`` (``DesignError``, ``RobustifyError``, ...), one line.
+
+    Paths: ``config_path``, ``checkpoint``, ``metrics``, ``summary_path``, ``folder / name``.
+    ``append_metrics`` adds ``wall_seconds`` (since ``started``, a ``time.monotonic()`` value)
+    to a record and appends it to ``metrics.jsonl``.
+    """
+
+    def __init__(self, path: Path | str, error: type[A5Error] = RunError, *, started: float | None = None):
+        self.path = Path(path)
+        self.error = error
+        self.started = time.monotonic() if started is None else started
+
+    @classmethod
+    def open(cls, path: Path | str, error: type[A5Error] = RunError, *, started: float | None = None) -> "RunFolder":
+        """The folder ``path``, created if needed; ``error`` when it cannot be written."""
+        folder = cls(path, error, started=started)
+        try:
+            ensure_writable_dir(folder.path)
+        except OSError as err:
+            raise error(f"cannot write to --out {folder.path}: {err.strerror or err}") from None
+        return folder
+
+    # -- paths ----------------------------------------------------------------------------
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "summary.json"
+
+    def holds_run(self) -> bool:
+        """A run has been started here (a checkpoint) or finished (a summary)."""
+        return self.checkpoint.is_file() or self.summary_path.is_file()
+
+    # -- config.json, resume ----------------------------------------------------------------
+    def read_config(self) -> dict:
+        """The ``config`` record of ``config.json`` with legacy names mapped ({} when it has none)."""
+        try:
+            rec = read_json(self.config_path)
+        except RunError as err:
+            raise self.error(str(err)) from None
+        cfg = (rec or {}).get("config")
+        return current_config_names(cfg) if isinstance(cfg, dict) else {}
+
+    def check_resumable(self, *, needs_checkpoint: bool = True) -> None:
+        """There is a run to resume: ``config.json`` and (``needs_checkpoint``) ``checkpoint.pt``."""
+        if needs_checkpoint:
+            if not self.checkpoint.is_file() or not self.config_path.is_file():
+                raise self.error(f"nothing to resume in {self.path} (no checkpoint.pt)")
+        elif not self.config_path.is_file():
+            raise self.error(f"nothing to resume in {self.path} (no config.json)")
+
+    def check_compatible(self, config: dict) -> None:
+        """``config`` has the training settings of the run in this folder (``settings_diff``)."""
+        diff = settings_diff(self.read_config(), config)
+        if diff:
+            raise self.error(f"--resume with different settings than the interrupted run: {', '.join(diff)}")
+
+    def start(self, config: dict, *, device: object, resume: bool = False, needs_checkpoint: bool = True,
+              kind: str | None = None, extra: dict | None = None) -> None:
+        """Claim the folder for ``config``: with ``resume`` the run to continue must be here with the
+        same settings; without, the folder must hold no run. Then writes ``config.json``."""
+        if resume:
+            self.check_resumable(needs_checkpoint=needs_checkpoint)
+            self.check_compatible(config)
+        elif self.holds_run():
+            raise self.error(f"{self.path} already holds a run; use --resume to continue it or --out for a new folder")
+        self.write_config(config, device=device, kind=kind, extra=extra)
+
+    def write_config(self, config: dict, *, device: object, kind: str | None = None, extra: dict | None = None) -> None:
+        """``config.json``: ``{"kind": kind}`` (when given), the config, ``extra``, the environment, the device."""
+        head = {"kind": kind} if kind else {}
+        write_json(self.config_path, {**head, "config": config, **(extra or {}), "environment": environment(),
+                                      "device": str(device)})
+
+    # -- metrics, summary -------------------------------------------------------------------
+    def elapsed(self) -> float:
+        """Seconds since ``started``."""
+        return time.monotonic() - self.started
+
+    def reset_metrics(self) -> None:
+        """A fresh run: no metrics of an earlier attempt."""
+        self.metrics.unlink(missing_ok=True)
+
+    def append_metrics(self, record: dict) -> dict:
+        """``record`` with ``wall_seconds``, appended to ``metrics.jsonl``; returns it."""
+        record = {**record, "wall_seconds": round(self.elapsed(), 2)}
+        append_jsonl(self.metrics, record)
+        return record
+
+    def read_metrics(self) -> list[dict]:
+        return read_jsonl(self.metrics)
+
+    def write_summary(self, summary: dict) -> None:
+        write_json(self.summary_path, summary)

@@ -19,27 +19,21 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import multiprocessing as mp
+import os
 import platform
+import resource
 import statistics
 import time
+
+import torch
+
+from a5ocr import bounds
+from a5ocr.models import paper_net  # the paper's fonts classifier, as the project builds it
 
 KINDS = ("plain", "ibp", "crown-ibp")
 
 
-def paper_net(resolution: int, num_classes: int = 62):
-    """The paper's fonts classifier, as the project builds it (a5ocr.models.paper_net)."""
-    from a5ocr.models import paper_net as build
-
-    return build(resolution, num_classes)
-
-
 def _measure(kind: str, res: int, batch: int, repeats: int, device: str, threads: int, eps: float, q) -> None:
-    import resource
-
-    import torch
-
-    from a5ocr import bounds
-
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -102,8 +96,6 @@ def _loadavg() -> str:
 
 
 def machine(device: str) -> str:
-    import torch
-
     cpu = platform.processor() or "?"
     try:
         with open("/proc/cpuinfo") as f:
@@ -113,8 +105,6 @@ def machine(device: str) -> str:
                     break
     except OSError:
         pass
-    import os
-
     s = f"{platform.platform()}; CPU {cpu} ({os.cpu_count()} logical cores); torch {torch.__version__}, {torch.get_num_threads()} threads"
     if device.startswith("cuda") and torch.cuda.is_available():
         s += f"; GPU {torch.cuda.get_device_name(0)}"

@@ -1,7 +1,8 @@
 """Run several `a5ocr design` configurations side by side and print their results.
 
 Not a test: an experiment driver used to choose the presets' defaults. Each configuration is a
-JSON object of DesignConfig overrides; all run in parallel processes (e.g. on one GPU).
+JSON object of DesignConfig overrides (field names: ``samples_per_char``, once ``eval_samples``);
+all run in parallel processes (e.g. on one GPU).
 
     python benchmarks/tune_design.py --out renders/tune --configs '[{"stage2_steps": 2000}, {"copies": 4}]'
 """
@@ -14,14 +15,14 @@ import multiprocessing as mp
 import time
 from pathlib import Path
 
+import torch
+
+from a5ocr.training.design import DesignConfig, run_design
+
 
 def _run(args: tuple[int, dict, str, int]) -> dict:
     idx, overrides, out, threads = args
-    import torch
-
     torch.set_num_threads(threads)
-    from a5ocr.training.design import DesignConfig, run_design
-
     cfg = DesignConfig(**{**overrides, "out": str(Path(out) / f"cfg{idx}")})
     t = time.time()
     try:

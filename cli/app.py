@@ -12,9 +12,14 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from a5ocr.cli.evaluate_cmd import evaluate
+from a5ocr.cli.export_cmd import export
+from a5ocr.cli.progress import RichReporter, console, progress_bars
+from a5ocr.cli.reproduce_cmd import reproduce
+from a5ocr.cli.robustify_cmd import robustify
+from a5ocr.cli.scan_cmd import render_text, scan
 from a5ocr.errors import A5Error
 
 app = typer.Typer(
@@ -22,7 +27,6 @@ app = typer.Typer(
     no_args_is_help=True,
     help="a5ocr: design printed characters that an OCR classifier reads correctly with a certificate (A5, CVPR 2023).",
 )
-console = Console(stderr=True)
 out_console = Console()
 
 
@@ -30,43 +34,6 @@ out_console = Console()
 def _root() -> None:
     """a5ocr: certified robust printed characters (A5/P and A5/PC), image-side defences (A5/O, A5/R,
     A5/RC), evaluation, export and scanning."""
-
-
-class RichReporter:
-    """Draws a run's progress: one bar per stage with live eps, loss, clean and certified error."""
-
-    def __init__(self, progress: Progress):
-        self.progress = progress
-        self.task = None
-
-    def stage(self, name: str, total: int, done: int = 0) -> None:
-        if self.task is not None:
-            self.progress.update(self.task, visible=True)
-        label = {"crown-ibp": "stage 1: CROWN-IBP classifier", "p": "A5/P: glyphs", "pc": "A5/PC: glyphs + classifier",
-                 "vanilla": "vanilla classifier", "r": "A5/R: robustifier", "rc": "A5/RC: robustifier + classifier"}.get(name, name)
-        self.task = self.progress.add_task(label, total=total, completed=done, stats="")
-
-    def log(self, rec: dict) -> None:
-        cert = rec["certified_error"]
-        cert_s = "  -  " if cert != cert else f"{cert:5.1%}"
-        stats = f"eps {rec['eps']:.3f}  loss {rec['loss']:.3f}  clean {rec['clean_error']:5.1%}  cert {cert_s}"
-        self.progress.update(self.task, completed=rec["step"], stats=stats)
-
-    def evaluation(self, name: str, done: int, total: int) -> None:
-        key = f"eval-{name}"
-        if not hasattr(self, key):
-            setattr(self, key, self.progress.add_task(f"evaluate {name}", total=total, stats=""))
-        self.progress.update(getattr(self, key), completed=done)
-
-    def message(self, text: str) -> None:
-        self.progress.console.print(text)
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description:<30}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=console, transient=False,
-    )
 
 
 @app.command()
@@ -89,15 +56,15 @@ def design(
     eval_samples: int = typer.Option(100, help="Fresh acquisitions per character for the final evaluation."),
 ) -> None:
     """Design certifiably robust glyphs for a font (A5/PC by default) and evaluate them."""
-    from a5ocr.training.design import DesignConfig, run_design
+    from a5ocr.training.design import DesignConfig, run_design  # local: keep a5ocr --help fast
 
     cfg = DesignConfig(
         font=font, chars=chars, eps_a=eps_a, eps_d=eps_d, recipe=recipe,
         classifier=str(classifier) if classifier else None, preset=preset, resolution=resolution,
         ink=ink, device=device, seed=seed, out=str(out) if out else None,
-        stage1_steps=steps, stage2_steps=design_steps, eval_samples=eval_samples,
+        stage1_steps=steps, stage2_steps=design_steps, samples_per_char=eval_samples,
     )
-    with _progress() as progress:
+    with progress_bars() as progress:
         summary = run_design(cfg, resume=resume, reporter=RichReporter(progress))
     _print_summary(summary)
 
@@ -114,13 +81,7 @@ def _print_summary(summary: dict) -> None:
     out_console.print(f"run folder: {summary.get('out', '')}  ({summary['wall_seconds']:.0f} s)")
 
 
-# One module per command.
-from a5ocr.cli.evaluate_cmd import evaluate  # noqa: E402
-from a5ocr.cli.export_cmd import export  # noqa: E402
-from a5ocr.cli.reproduce_cmd import reproduce  # noqa: E402
-from a5ocr.cli.robustify_cmd import robustify  # noqa: E402
-from a5ocr.cli.scan_cmd import render_text, scan  # noqa: E402
-
+# One module per command (design is here).
 app.command()(evaluate)
 app.command()(reproduce)
 app.command()(export)

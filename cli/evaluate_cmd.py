@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+from a5ocr.errors import EvaluateError
+from a5ocr.runio import write_json
+
+if TYPE_CHECKING:
+    from a5ocr.evaluation import Evaluation
 
 EXIT_INCONSISTENT = 3
 
@@ -90,38 +97,47 @@ def evaluate(
     threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: torch's choice). On a shared machine 1 can be several times faster than 2."),
 ) -> None:
     """Evaluate a design or robustify run: clean, attack and certified error, certified radius, PSNR, per class."""
-    import numpy as np
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from a5ocr.evaluation import check_options  # local: keep a5ocr --help fast (torch)
+    from a5ocr.runtime import pick_device, set_threads  # local: keep a5ocr --help fast (torch)
 
-    from a5ocr.training.design import DesignError, pick_device
-    from a5ocr.evaluation import EvaluateError, check_options, evaluate_run, save_broken
-    from a5ocr.runs import load_run
-    from a5ocr.figures import histogram as draw_histogram
-    from a5ocr.runio import write_json
-
-    err_console = Console(stderr=True)
-    if threads is not None:
-        if threads < 1:
-            raise EvaluateError("--threads must be at least 1")
-        import torch
-
-        torch.set_num_threads(threads)
+    set_threads(threads, EvaluateError)
     methods = check_options(eps_a=eps_a, methods=tuple(method) if method else ("ibp", "crown-ibp"), attack=attack,
                             check_fraction=check_fraction, check_attack=check_attack, samples_per_char=samples_per_char, radius_steps=radius_steps)
     if json_out is not None and not json_out.parent.is_dir():
         raise EvaluateError(f"cannot write --json {json_out}: folder {json_out.parent} does not exist")
     if weakest < 0:
         raise EvaluateError("--weakest must be >= 0")
-    try:
-        dev = pick_device(device)
-    except DesignError as err:
-        raise EvaluateError(str(err)) from None
-    from a5ocr.robustify import evaluate_robustify_run, is_robustify_run
+    dev = pick_device(device, EvaluateError)
+    options = dict(original=original, device=dev, eps_a=eps_a, seed=seed, samples_per_char=samples_per_char,
+                   methods=methods, cascade=cascade, attack=attack, check_fraction=check_fraction,
+                   check_attack=check_attack, attack_all=attack_all, radius_steps=radius_steps)
+    err_console = Console(stderr=True)
+    ev = _evaluate_with_progress(run_dir, classifier, options, err_console)
+    rep = ev.report(weakest=max(weakest, 10))
+    broken_path = _write_outputs(ev, rep, Path(run_dir), json_out, histogram, original)
+
+    out = Console()
+    print_report(rep, out, weakest)
+    if json_out is not None:
+        out.print(f"figures written to {json_out}")
+    if rep["consistency"]["violations"]:
+        _report_inconsistency(ev, rep, broken_path, err_console)
+        raise SystemExit(EXIT_INCONSISTENT)  # typer.Exit would be swallowed by standalone_mode=False
+
+
+def _evaluate_with_progress(run_dir: Path, classifier: Optional[Path], options: dict, err_console: Console) -> "Evaluation":
+    """The evaluation of a design run (``evaluate_run``) or of a robustify run, with one progress
+    bar per phase; ``options``: those of both (original, device, eps_a, seed, ...)."""
+    from a5ocr.evaluation import evaluate_run  # local: keep a5ocr --help fast (torch)
+    from a5ocr.robustify import evaluate_robustify_run, is_robustify_run  # local: keep a5ocr --help fast (torch)
+    from a5ocr.runs import load_run  # local: keep a5ocr --help fast (torch)
 
     image_side = is_robustify_run(run_dir)
     if image_side and classifier is not None:
         raise EvaluateError("--classifier does not apply to a robustify run (use --original for the classifier before A5)")
     run = None if image_side else load_run(run_dir, classifier)
+    labels = {"certify": "certify + radius", "attack": f"attack ({options['attack']})",
+              "check": f"check certified ({options['check_attack']})"}
 
     with Progress(
         TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -131,30 +147,30 @@ def evaluate(
 
         def on_progress(phase: str, done: int, total: int) -> None:
             if phase not in tasks:
-                label = {"certify": "certify + radius", "attack": f"attack ({attack})",
-                         "check": f"check certified ({check_attack})"}.get(phase, phase)
-                tasks[phase] = progress.add_task(label, total=max(total, 1))
+                tasks[phase] = progress.add_task(labels.get(phase, phase), total=max(total, 1))
             progress.update(tasks[phase], completed=done, total=max(total, 1))
 
-        options = dict(methods=methods, cascade=cascade, attack=attack, check_fraction=check_fraction,
-                       check_attack=check_attack, attack_all=attack_all, radius_steps=radius_steps, on_progress=on_progress)
         if image_side:
-            ev = evaluate_robustify_run(run_dir, original=original, device=dev, eps_a=eps_a, seed=seed,
-                                        samples_per_char=samples_per_char, **options)
-        else:
-            ev = evaluate_run(run, original=original, device=dev, eps_a=eps_a, seed=seed,
-                              samples_per_char=samples_per_char, **options)
-    rep = ev.report(weakest=max(weakest, 10))
-    run_path = Path(run_dir)
+            return evaluate_robustify_run(run_dir, **options, on_progress=on_progress)
+        return evaluate_run(run, **options, on_progress=on_progress)
+
+
+def _write_outputs(ev: "Evaluation", rep: dict, run_path: Path, json_out: Optional[Path], histogram: Optional[Path],
+                   original: bool) -> Optional[Path]:
+    """The radius histogram, the broken certificates (if any) and the --json report, beside
+    --json or in the run folder; adds their paths to ``rep``. Returns the broken-certificate file."""
+    from a5ocr.evaluation import save_broken  # local: keep a5ocr --help fast (torch)
+    from a5ocr.figures import histogram as draw_histogram  # local: keep a5ocr --help fast (matplotlib)
+
     out_dir = json_out.parent if json_out is not None else run_path
     suffix = "-original" if original else ""
+    broken_path = None
     try:
         if ev.radius is not None:
             hist = histogram or out_dir / f"certified_radius{suffix}.png"
             draw_histogram(ev.radius.numpy(), hist, f"certified radius ({what_of(rep)}, {rep['samples']} samples)",
                            f"largest certified L-inf radius (eps_A = {rep['eps_a']:g})")
             rep["histogram"] = str(hist)
-        broken_path = None
         if ev.broken:
             broken_path = out_dir / "broken_certificates.safetensors"
             save_broken(broken_path, ev, {"run": run_path, "eps_a": rep["eps_a"], "seed": rep["seed"],
@@ -164,21 +180,20 @@ def evaluate(
             write_json(json_out, rep)
     except OSError as err:
         raise EvaluateError(f"cannot write results: {err}") from None
+    return broken_path
 
-    out = Console()
-    print_report(rep, out, weakest)
-    if json_out is not None:
-        out.print(f"figures written to {json_out}")
-    viol = rep["consistency"]["violations"]
-    if viol:
-        for v in viol:
-            err_console.print(f"[bold red]INCONSISTENT:[/] {v}", highlight=False)
-        if ev.broken:
-            idx = ev.broken["index"].tolist()
-            labels = ev.broken["labels"].tolist()
-            for i, (n, y) in enumerate(list(zip(idx, labels))[:10]):
-                m = ev.broken["margins_adv"][i]
-                err_console.print(f"  broken certificate: sample {n}, class {list(rep['per_char'])[y]!r}, "
-                                  f"min margin at x_adv {float(np.delete(m.numpy(), y).min()):.3g}", highlight=False)
-            err_console.print(f"  saved to {broken_path}", highlight=False)
-        raise SystemExit(EXIT_INCONSISTENT)  # typer.Exit would be swallowed by standalone_mode=False
+
+def _report_inconsistency(ev: "Evaluation", rep: dict, broken_path: Optional[Path], err_console: Console) -> None:
+    """Each consistency violation in red, and the first broken certificates with where they were saved."""
+    import numpy as np  # local: keep a5ocr --help fast
+
+    for v in rep["consistency"]["violations"]:
+        err_console.print(f"[bold red]INCONSISTENT:[/] {v}", highlight=False)
+    if ev.broken:
+        idx = ev.broken["index"].tolist()
+        labels = ev.broken["labels"].tolist()
+        for i, (n, y) in enumerate(list(zip(idx, labels))[:10]):
+            m = ev.broken["margins_adv"][i]
+            err_console.print(f"  broken certificate: sample {n}, class {list(rep['per_char'])[y]!r}, "
+                              f"min margin at x_adv {float(np.delete(m.numpy(), y).min()):.3g}", highlight=False)
+        err_console.print(f"  saved to {broken_path}", highlight=False)

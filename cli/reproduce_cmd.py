@@ -12,48 +12,42 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from a5ocr.training.reproduce import ReproduceReporter
+from a5ocr.cli.progress import RichReporter, progress_bars, stage_label, stats_line
+from a5ocr.errors import EvaluateError
 
 EXIT_INCONSISTENT = 3
 
-_STAGES = {"crown-ibp": "stage 1: CROWN-IBP classifier", "p": "A5/P: glyphs", "pc": "A5/PC: glyphs + classifier", "vanilla": "vanilla classifier"}
 
+class _RichReporter(RichReporter):
+    """Draws ``a5ocr.training.reproduce.ReproduceReporter``'s callbacks (by duck typing: the
+    library module imports torch): the row being worked on, its stages and its evaluations."""
 
-class _RichReporter(ReproduceReporter):
-    def __init__(self, progress: Progress):
-        self.progress = progress
-        self.task = None
+    def __init__(self, progress):
+        super().__init__(progress)
         self.key = ""
-        self.eval_tasks: dict[tuple[str, str], int] = {}
+        self.eval_rows: dict[tuple[str, str], int] = {}
 
     def row(self, key: str, what: str) -> None:
         self.key = key
         self.progress.console.print(f"[bold]{key}[/]: {what}")
 
     def stage(self, name: str, total: int, done: int = 0) -> None:
-        self.task = self.progress.add_task(f"{self.key} {_STAGES.get(name, name)}", total=total, completed=done, stats="")
+        self.task = self.progress.add_task(f"{self.key} {stage_label(name)}", total=total, completed=done, stats="")
 
     def log(self, rec: dict) -> None:
-        cert = rec["certified_error"]
-        cert_s = "  -  " if cert != cert else f"{cert:5.1%}"
-        stats = f"eps {rec['eps']:.3f}  loss {rec['loss']:.3f}  clean {rec['clean_error']:5.1%}  cert {cert_s}"
         if self.task is not None:
-            self.progress.update(self.task, completed=rec["step"], stats=stats)
+            self.progress.update(self.task, completed=rec["step"], stats=stats_line(rec))
 
     def evaluation(self, name: str, done: int, total: int) -> None:
         self.eval_progress(f"{self.key} (design run's own check)", name, done, total)
 
     def eval_progress(self, key: str, phase: str, done: int, total: int) -> None:
         k = (key, phase)
-        if k not in self.eval_tasks:
-            self.eval_tasks[k] = self.progress.add_task(f"{key} {phase}", total=max(total, 1), stats="")
-        self.progress.update(self.eval_tasks[k], completed=done, total=max(total, 1))
-
-    def message(self, text: str) -> None:
-        self.progress.console.print(text)
+        if k not in self.eval_rows:
+            self.eval_rows[k] = self.progress.add_task(f"{key} {phase}", total=max(total, 1), stats="")
+        self.progress.update(self.eval_rows[k], completed=done, total=max(total, 1))
 
 
 def reproduce(
@@ -75,7 +69,8 @@ def reproduce(
     threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: torch's choice). On a shared machine 1 can be several times faster than 2."),
 ) -> None:
     """Reproduce the paper's Table 9: vanilla, CROWN-IBP, A5/P and A5/PC on one evaluation protocol."""
-    from a5ocr.training.reproduce import ReproduceConfig, reproduce as run_reproduce
+    from a5ocr.runtime import set_threads  # local: keep a5ocr --help fast
+    from a5ocr.training.reproduce import ReproduceConfig, reproduce as run_reproduce  # local: keep a5ocr --help fast
 
     cfg = ReproduceConfig(
         table=table, font=font, chars=chars, eps_a=eps_a, preset=preset, seed=seed, device=device,
@@ -84,33 +79,30 @@ def reproduce(
         stage1_steps=steps, stage2_steps=design_steps,
     )
     cfg.check()
-    if threads is not None:
-        if threads < 1:
-            from a5ocr.evaluation import EvaluateError
-
-            raise EvaluateError("--threads must be at least 1")
-        import torch
-
-        torch.set_num_threads(threads)
+    set_threads(threads, EvaluateError)
     err = Console(stderr=True)
-    with Progress(
-        TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=err, transient=False,
-    ) as progress:
+    with progress_bars(err, width=34) as progress:
         rec = run_reproduce(cfg, _RichReporter(progress))
-
-    t = Table(title=f"Table 9: {rec['font']}, {len(rec['chars'])} characters, eps_A {rec['protocol']['eps_a']:g}, "
-                    f"{rec['protocol']['samples']} acquisitions, preset {preset}")
-    for col in ("recipe", "clean", "attack", "certified (IBP)", "certified (cascade)", "paper clean [cert]", "train s", "eval s"):
-        t.add_column(col, justify="left" if col == "recipe" else "right")
-    pct = lambda v: "-" if v is None else f"{v:.2%}"  # noqa: E731
-    for r in rec["rows"]:
-        t.add_row(r["label"], pct(r["clean_error"]), pct(r["attack_error"]), pct(r["certified_error_ibp"]),
-                  pct(r["certified_error"]), f"{pct(r['paper']['clean_error'])} [{pct(r['paper']['certified_error'])}]",
-                  "-" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}", f"{r['eval_seconds']:.0f}")
-    Console().print(t)
-    Console().print(f"written: {Path(rec['out']) / 'table9.md'}, {Path(rec['out']) / 'table9.json'}")
+    _print_table(rec, preset)
     if not rec["consistency"]["ok"]:
         for v in rec["consistency"]["violations"]:
             err.print(f"[bold red]INCONSISTENT:[/] {v}", highlight=False)
         raise SystemExit(EXIT_INCONSISTENT)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2%}"
+
+
+def _print_table(rec: dict, preset: str) -> None:
+    """The rows beside the paper's, on stdout, and where the table files are."""
+    t = Table(title=f"Table 9: {rec['font']}, {len(rec['chars'])} characters, eps_A {rec['protocol']['eps_a']:g}, "
+                    f"{rec['protocol']['samples']} acquisitions, preset {preset}")
+    for col in ("recipe", "clean", "attack", "certified (IBP)", "certified (cascade)", "paper clean [cert]", "train s", "eval s"):
+        t.add_column(col, justify="left" if col == "recipe" else "right")
+    for r in rec["rows"]:
+        t.add_row(r["label"], _pct(r["clean_error"]), _pct(r["attack_error"]), _pct(r["certified_error_ibp"]),
+                  _pct(r["certified_error"]), f"{_pct(r['paper']['clean_error'])} [{_pct(r['paper']['certified_error'])}]",
+                  "-" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}", f"{r['eval_seconds']:.0f}")
+    Console().print(t)
+    Console().print(f"written: {Path(rec['out']) / 'table9.md'}, {Path(rec['out']) / 'table9.json'}")

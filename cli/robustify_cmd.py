@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from a5ocr.cli.progress import RichReporter, progress_bars
+
 
 def robustify(
     recipe: str = typer.Option("r", help="o = A5/O (per-image defence optimised knowing the label; offline baseline), r = A5/R (robustifier network R for a fixed classifier, no label), rc = A5/RC (A5/R, then R and the classifier fine-tuned together)."),
@@ -42,15 +44,10 @@ def robustify(
     threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: torch's choice)."),
 ) -> None:
     """Robustify acquired images before the classifier (A5/O, A5/R, A5/RC) and evaluate them."""
-    from a5ocr.cli.app import RichReporter, _progress
-    from a5ocr.robustify import RobustifyConfig, RobustifyError, run_robustify
+    from a5ocr.robustify import RobustifyConfig, RobustifyError, run_robustify  # local: keep a5ocr --help fast
+    from a5ocr.runtime import set_threads  # local: keep a5ocr --help fast (torch)
 
-    if threads is not None:
-        if threads < 1:
-            raise RobustifyError("--threads must be at least 1")
-        import torch
-
-        torch.set_num_threads(threads)
+    set_threads(threads, RobustifyError)
     for name, p in (("--run", run), ("--classifier", classifier), ("--robustifier", robustifier)):
         if p is not None and not p.exists():
             raise RobustifyError(f"{name} {p} not found")
@@ -61,7 +58,7 @@ def robustify(
         batch_size=batch_size, test_fraction=test_fraction, samples_per_char=samples_per_char, device=device, seed=seed,
         out=str(out) if out else None,
     )
-    with _progress() as progress:
+    with progress_bars() as progress:
         summary = run_robustify(cfg, resume=resume, reporter=RichReporter(progress))
     print_summary(summary, Console())
 

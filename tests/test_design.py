@@ -1,7 +1,9 @@
 """End-to-end design on tiny configs (seconds): the loop, resume, outputs, and the loss going down."""
 
 import json
+import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,10 +12,11 @@ from a5ocr import models
 from a5ocr.acquisition import Acquisition
 from a5ocr.training.design import DesignConfig, DesignError, run_design
 from a5ocr.glyphs import rasterize
+from a5ocr.runs import RunFolder, settings_diff
 from a5ocr.training.losses import a5_loss
 from a5ocr.training.trainer import RobustGlyphs, Trainer, make_stage
 
-TINY = dict(font="comic-neue", chars="AOo0", preset="tiny", eps_a=0.05, eval_samples=5, device="cpu",
+TINY = dict(font="comic-neue", chars="AOo0", preset="tiny", eps_a=0.05, samples_per_char=5, device="cpu",
             certify_methods=("ibp",))
 
 
@@ -132,3 +135,26 @@ def test_recipe_p_keeps_the_legacy_classifier(tmp_path):
     for a, b in zip(m0.state_dict().values(), m1.state_dict().values()):
         assert torch.equal(a, b)
     assert s["baseline"] == base["baseline"]  # same classifier, same glyphs, same eval seed
+
+
+def test_an_old_format_design_folder_passes_the_resume_check(tmp_path):
+    """config.json of the code before the restructure says ``eval_samples``: the resume check maps
+    it onto ``samples_per_char`` (the same settings pass, another eps_a does not)."""
+    old = tmp_path / "old"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "premove" / "design", old)
+    assert "eval_samples" in json.loads((old / "config.json").read_text())["config"]
+    same = DesignConfig(font="comic-neue", chars="AOo0", preset="tiny", eps_a=0.02, samples_per_char=10, device="cpu",
+                        seed=0, stage1_steps=150, stage2_steps=60, out=str(old)).resolved()
+    folder = RunFolder(old, DesignError)
+    folder.check_compatible(same.to_dict())
+    assert folder.read_config()["samples_per_char"] == 10
+    with pytest.raises(DesignError, match="different settings than the interrupted run: eps_a$"):
+        folder.check_compatible(replace(same, eps_a=0.03).to_dict())
+    with pytest.raises(DesignError, match="different settings than the interrupted run: samples_per_char$"):
+        folder.check_compatible(replace(same, samples_per_char=11).to_dict())
+    # the old record read as a config: legacy names mapped
+    cfg = DesignConfig.from_dict(json.loads((old / "config.json").read_text())["config"])
+    assert cfg.samples_per_char == 10 and cfg.certify_methods == ("ibp", "crown-ibp")
+    assert settings_diff(cfg.to_dict(), same.to_dict()) == []
+    # the old keyword still builds a config (the --eval-samples option maps onto samples_per_char)
+    assert DesignConfig(eval_samples=3).samples_per_char == 3

@@ -23,7 +23,7 @@ from a5ocr.training.design import DesignConfig, run_design
 
 FIXTURE = Path(__file__).parent / "fixtures" / "premove"
 GOLDEN = json.loads((FIXTURE / "golden.json").read_text())
-DESIGN = dict(font="comic-neue", chars="AOo0", preset="tiny", eps_a=0.02, eval_samples=10, device="cpu", seed=0,
+DESIGN = dict(font="comic-neue", chars="AOo0", preset="tiny", eps_a=0.02, samples_per_char=10, device="cpu", seed=0,
               stage1_steps=150, stage2_steps=60)
 ROBUSTIFY = dict(recipe="r", eps_a=0.02, eps_d=0.2, preset="tiny", r_steps=20, samples_per_char=10, device="cpu")
 # What names the machine, a folder or the clock: not part of the result.

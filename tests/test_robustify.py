@@ -16,9 +16,9 @@ from PIL import Image
 
 from a5ocr import bounds
 from a5ocr.training.losses import attack_box, defended
+from a5ocr.datasets import DatasetError, load_dataset
 from a5ocr.robustify import (
-    DatasetError, Robustifier, RobustifyConfig, RobustifyError, load_dataset, load_robustifier, offline_defence,
-    run_robustify, save_robustifier,
+    Robustifier, RobustifyConfig, RobustifyError, load_robustifier, offline_defence, run_robustify, save_robustifier,
 )
 
 CHARS = "ABCDEFGH"

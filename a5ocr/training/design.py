@@ -8,95 +8,66 @@ design are evaluated on fresh acquisitions with sound certificates.
 A run folder holds ``config.json``, ``checkpoint.pt`` (resumable state, read with
 weights_only), ``classifier.safetensors``, ``glyphs.safetensors``, ``metrics.jsonl``,
 ``glyphs/`` (PNG per robust glyph), ``glyphs.png`` (sheet), ``curves.png`` and ``summary.json``.
+Its lifecycle (new or resumed, config.json, metrics, summary) is ``a5ocr.runs.RunFolder``'s.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import InitVar, dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import ClassVar
 
 import torch
 
 from a5ocr import models
 from a5ocr.acquisition import Acquisition, AcquisitionConfig
-from a5ocr.evaluation import evaluate
-from a5ocr.glyphs import GlyphSet, rasterize
-from a5ocr.training.trainer import RobustGlyphs, StageSpec, Trainer, make_stage, run_stages
-from a5ocr.runio import append_jsonl, atomic_path, ensure_writable_dir, environment, read_jsonl, write_json
-from a5ocr.runs import default_eval_seed, save_glyphs
 from a5ocr.errors import DesignError
-
-PRESETS: dict[str, dict] = {
-    # CPU default: 32x32, the wider small net, IBP bounds in training (CROWN-IBP costs ~50x an
-    # IBP step on a CPU); minutes on a laptop. Steps chosen with benchmarks/tune_design.py.
-    "cpu": {"resolution": 32, "arch": "cpu", "copies": 2, "stage1_steps": 2400, "warmup": 240, "ramp": 1200,
-            "stage2_steps": 1600, "train_bounds": "ibp"},
-    # The paper's setup: 128x128, the paper's net, lb = f*CROWN-IBP + (1-f)*IBP; meant for a GPU.
-    "paper": {"resolution": 128, "arch": "paper", "copies": 2, "stage1_steps": 6000, "warmup": 600, "ramp": 3000,
-              "stage2_steps": 4000, "train_bounds": "mixed"},
-    # Seconds, for tests and smoke runs.
-    "tiny": {"resolution": 16, "arch": "tiny", "copies": 1, "stage1_steps": 30, "warmup": 5, "ramp": 10,
-             "stage2_steps": 20, "train_bounds": "ibp"},
-}
-
-
-def bounds_options_problem(train_bounds: str, certify_methods) -> str | None:
-    """What is wrong with a run's training bounds ("mixed" or a bound method) and certification
-    methods, in one line; None when both are valid. Shared by design and robustify configs."""
-    from a5ocr.bounds import METHODS
-
-    if train_bounds not in ("mixed", *METHODS):
-        return f"train_bounds must be mixed or one of {', '.join(METHODS)}, got {train_bounds!r}"
-    for m in certify_methods:
-        if m not in METHODS:
-            return f"unknown certification method {m!r} (one of: {', '.join(METHODS)})"
-    return None
-
+from a5ocr.evaluation import evaluate
+from a5ocr.figures import glyph_sheet, ink_to_image, training_curves
+from a5ocr.glyphs import GlyphSet, rasterize
+from a5ocr.runio import atomic_path
+from a5ocr.runs import RunFolder, save_glyphs, slug
+from a5ocr.runtime import Reporter, pick_device
+from a5ocr.training.config import PRESETS, TrainingConfig
+from a5ocr.training.trainer import RobustGlyphs, StageSpec, Trainer, make_stage, run_stages
 
 
 @dataclass
-class DesignConfig:
-    """Everything a design run depends on (written to ``config.json``)."""
+class DesignConfig(TrainingConfig):
+    """Everything a design run depends on (written to ``config.json``): the shared training
+    settings (``TrainingConfig``; ``samples_per_char`` is the ``--eval-samples`` option, once
+    named ``eval_samples``) and the design's own."""
 
-    font: str = "comic-neue"
-    chars: str = "62"
-    eps_a: float = 0.1
-    eps_d: float = 0.5
+    ERROR: ClassVar[type] = DesignError
+    SAMPLES_FLAG: ClassVar[str] = "--eval-samples"
+
     recipe: str = "pc"
-    classifier: str | None = None
     classifier_recipe: str = "crown-ibp"
-    preset: str = "cpu"
-    resolution: int | None = None
-    arch: str | None = None
-    device: str = "auto"
-    seed: int = 0
-    out: str | None = None
     ink: str = "gray"
-    copies: int | None = None
-    stage1_steps: int | None = None
-    warmup: int | None = None
-    ramp: int | None = None
     stage2_steps: int | None = None
-    lr: float = 1e-3
     lr_glyphs: float = 0.05
-    train_bounds: str | None = None
-    eval_samples: int = 100
-    eval_seed: int | None = None
-    certify_methods: tuple[str, ...] = ("ibp", "crown-ibp")
-    checkpoint_seconds: float = 120.0
-    acquisition: dict = field(default_factory=lambda: AcquisitionConfig().to_dict())
+    # The old name of ``samples_per_char``, still accepted as a keyword (not a field).
+    eval_samples: InitVar[int | None] = None
+
+    def __post_init__(self, eval_samples: int | None) -> None:
+        if eval_samples is not None:
+            self.samples_per_char = eval_samples
 
     def resolved(self) -> "DesignConfig":
         """Fill preset defaults and check ranges; raises ``DesignError`` with a readable message."""
-        if self.preset not in PRESETS:
-            raise DesignError(f"unknown preset {self.preset!r} (one of: {', '.join(PRESETS)})")
-        if not 0.0 < self.eps_a < 1.0:
-            raise DesignError(f"--eps-a must be in (0, 1), got {self.eps_a}")
-        if not 0.0 < self.eps_d <= 1.0:
-            raise DesignError(f"--eps-d must be in (0, 1], got {self.eps_d}")
+        self.check_preset(PRESETS)
+        self.check_budget("eps_a")
+        self.check_budget("eps_d", closed_top=True)
+        self._check_recipe()
+        self.check_samples()
+        cfg = self.with_preset(PRESETS[self.preset])
+        cfg.check_resolution()
+        cfg = cfg.with_eval_seed()
+        cfg.check_at_least_one(("copies", "stage1_steps", "stage2_steps"), as_flags=False)
+        return cfg.with_checked_bounds()
+
+    def _check_recipe(self) -> None:
         if self.recipe not in ("p", "pc", "none"):
             raise DesignError(f"--recipe must be p or pc, got {self.recipe!r}")
         if self.classifier_recipe not in ("crown-ibp", "vanilla"):
@@ -105,55 +76,42 @@ class DesignConfig:
             raise DesignError("recipe none trains a classifier only: it takes no --classifier")
         if self.ink not in ("gray", "binary"):
             raise DesignError(f"--ink must be gray or binary, got {self.ink!r}")
-        if self.eval_samples < 1:
-            raise DesignError("--eval-samples must be at least 1")
-        p = PRESETS[self.preset]
-        cfg = replace(self, **{k: (getattr(self, k) if getattr(self, k) is not None else p[k]) for k in p})
-        if cfg.resolution < 8:
-            raise DesignError("--resolution must be at least 8")
-        if cfg.eval_seed is None:
-            cfg = replace(cfg, eval_seed=default_eval_seed(cfg.seed))
-        for name in ("copies", "stage1_steps", "stage2_steps"):
-            if getattr(cfg, name) < 1:
-                raise DesignError(f"{name} must be at least 1")
-        problem = bounds_options_problem(cfg.train_bounds, cfg.certify_methods)
-        if problem:
-            raise DesignError(problem)
-        cfg = replace(cfg, certify_methods=tuple(cfg.certify_methods))
-        return cfg
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-class Reporter:
-    """Progress callbacks of a run; the CLI draws them with rich, tests ignore them."""
-
-    def stage(self, name: str, total: int, done: int = 0) -> None: ...
-    def log(self, record: dict) -> None: ...
-    def evaluation(self, name: str, done: int, total: int) -> None: ...
-    def message(self, text: str) -> None: ...
 
 
 def default_out(cfg: DesignConfig, family: str) -> Path:
-    slug = "".join(ch if ch.isalnum() else "-" for ch in family.lower()).strip("-")
     chars = cfg.chars if cfg.chars.isdigit() else f"{len(cfg.chars)}custom"
-    return Path("renders") / f"{slug}-{chars}-{cfg.eps_a:g}"
+    return Path("renders") / f"{slug(family)}-{chars}-{cfg.eps_a:g}"
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DesignError("--device cuda asked, but no CUDA device is available")
-    if name not in ("cpu", "cuda"):
-        raise DesignError(f"--device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
+@dataclass
+class _Design:
+    """One design run in progress: its settings, glyphs, folder and what it trains."""
 
+    cfg: DesignConfig
+    glyphs: GlyphSet
+    device: torch.device
+    folder: RunFolder
+    legacy: torch.nn.Module | None
+    acq: Acquisition | None = None
+    trainer: Trainer | None = None
+    stages: list[StageSpec] | None = None
 
-def _training_keys(d: dict) -> dict:
-    """The parts of a config that a resumed run must share with the interrupted one."""
-    return {k: v for k, v in d.items() if k not in ("device", "out", "checkpoint_seconds")}
+    @property
+    def baseline_path(self) -> Path:
+        return self.folder / "baseline_classifier.safetensors"
+
+    def save_classifier(self, model: torch.nn.Module, path: Path) -> None:
+        models.save_classifier(model, path, arch=self.cfg.arch, resolution=self.cfg.resolution, chars=self.glyphs.chars)
+
+    def save_checkpoint(self) -> None:
+        self.trainer.checkpoint(self.folder.checkpoint)
+        self.save_classifier(self.trainer.model, self.folder / "classifier.safetensors")
+        save_glyphs(self.folder / "glyphs.safetensors", self.glyphs, self.trainer.glyphs, eps_d=self.cfg.eps_d,
+                    ink=self.cfg.ink)
+
+    def after_stage(self, index: int, spec: StageSpec) -> None:
+        if index == 0 and self.legacy is None:
+            self.save_classifier(self.trainer.model, self.baseline_path)
 
 
 def run_design(cfg: DesignConfig, *, resume: bool = False, reporter: Reporter | None = None) -> dict:
@@ -163,15 +121,22 @@ def run_design(cfg: DesignConfig, *, resume: bool = False, reporter: Reporter | 
     device = pick_device(cfg.device)
     t_start = time.monotonic()
     torch.manual_seed(cfg.seed)
+    run = _open_run(cfg, device, t_start, resume)
+    _build_trainer(run)
+    _train(run, resume, rep)
+    baseline, final, w_final = _evaluate_baseline_and_final(run, rep)
+    _write_artefacts(run, w_final)
+    summary = _summary(run, baseline, final)
+    run.folder.write_summary(summary)
+    return summary
 
+
+def _open_run(cfg: DesignConfig, device: torch.device, t_start: float, resume: bool) -> _Design:
+    """The glyphs, the run folder (new or resumed: ``RunFolder.start``) and the legacy classifier."""
     glyphs = rasterize(cfg.font, cfg.chars, cfg.resolution)
     out = Path(cfg.out) if cfg.out else default_out(cfg, glyphs.family)
     cfg = replace(cfg, out=str(out))
-    try:
-        ensure_writable_dir(out)
-    except OSError as err:
-        raise DesignError(f"cannot write to --out {out}: {err.strerror or err}") from None
-
+    folder = RunFolder.open(out, DesignError, started=t_start)
     legacy = None
     if cfg.classifier:
         legacy, meta = models.load_classifier(Path(cfg.classifier))
@@ -180,92 +145,83 @@ def run_design(cfg: DesignConfig, *, resume: bool = False, reporter: Reporter | 
         if meta["resolution"] != cfg.resolution:
             raise DesignError(f"classifier {cfg.classifier} takes {meta['resolution']}x{meta['resolution']} images; use --resolution {meta['resolution']}")
         cfg = replace(cfg, arch=meta["arch"])
+    folder.start(cfg.to_dict(), device=device, resume=resume)
+    return _Design(cfg=cfg, glyphs=glyphs, device=device, folder=folder, legacy=legacy)
 
-    ckpt = out / "checkpoint.pt"
-    config_path = out / "config.json"
-    record = {"config": cfg.to_dict(), "environment": environment(), "device": str(device)}
-    if resume:
-        if not ckpt.is_file() or not config_path.is_file():
-            raise DesignError(f"nothing to resume in {out} (no checkpoint.pt)")
-        old = json.loads(config_path.read_text())["config"]
-        if _training_keys(old) != _training_keys(json.loads(json.dumps(cfg.to_dict()))):
-            diff = sorted(k for k in _training_keys(old) if _training_keys(old).get(k) != json.loads(json.dumps(cfg.to_dict())).get(k))
-            raise DesignError(f"--resume with different settings than the interrupted run: {', '.join(diff)}")
-    elif ckpt.is_file() or (out / "summary.json").is_file():
-        raise DesignError(f"{out} already holds a run; use --resume to continue it or --out for a new folder")
-    write_json(config_path, record)
 
-    acq = Acquisition(cfg.resolution, AcquisitionConfig.from_dict(cfg.acquisition))
-    model = legacy if legacy is not None else models.build(cfg.arch, cfg.resolution, len(glyphs.chars))
+def _build_trainer(run: _Design) -> None:
+    """The acquisition model, the classifier (legacy or new), the glyph change and the stages."""
+    cfg, glyphs = run.cfg, run.glyphs
+    run.acq = Acquisition(cfg.resolution, AcquisitionConfig.from_dict(cfg.acquisition))
+    model = run.legacy if run.legacy is not None else models.build(cfg.arch, cfg.resolution, len(glyphs.chars))
     robust = RobustGlyphs(glyphs.images, cfg.eps_d, cfg.ink)
-    trainer = Trainer(model, robust, acq, copies=cfg.copies, seed=cfg.seed, device=device)
-    stages: list[StageSpec] = []
-    if legacy is None:
-        stages.append(make_stage(cfg.classifier_recipe, cfg.stage1_steps, cfg.eps_a, warmup=cfg.warmup, ramp=cfg.ramp, lr=cfg.lr, train_bounds=cfg.train_bounds))
+    run.trainer = Trainer(model, robust, run.acq, copies=cfg.copies, seed=cfg.seed, device=run.device)
+    run.stages = []
+    if run.legacy is None:
+        run.stages.append(make_stage(cfg.classifier_recipe, cfg.stage1_steps, cfg.eps_a, warmup=cfg.warmup, ramp=cfg.ramp,
+                                     lr=cfg.lr, train_bounds=cfg.train_bounds))
     if cfg.recipe != "none":
-        stages.append(make_stage(cfg.recipe, cfg.stage2_steps, cfg.eps_a, lr=cfg.lr, lr_glyphs=cfg.lr_glyphs, train_bounds=cfg.train_bounds))
+        run.stages.append(make_stage(cfg.recipe, cfg.stage2_steps, cfg.eps_a, lr=cfg.lr, lr_glyphs=cfg.lr_glyphs,
+                                     train_bounds=cfg.train_bounds))
 
-    metrics_path = out / "metrics.jsonl"
+
+def _train(run: _Design, resume: bool, rep: Reporter) -> None:
+    """Every stage, from the checkpoint when resuming; checkpoints and metrics in the folder."""
+    trainer, folder = run.trainer, run.folder
     if resume:
-        trainer.restore(ckpt, stages)
-        rep.message(f"resumed {out} at stage {trainer.stage_index + 1}/{len(stages)}, step {trainer.step}")
+        trainer.restore(folder.checkpoint, run.stages)
+        rep.message(f"resumed {folder.path} at stage {trainer.stage_index + 1}/{len(run.stages)}, step {trainer.step}")
     else:
-        metrics_path.unlink(missing_ok=True)
-        trainer.start_stage(stages[0])
+        folder.reset_metrics()
+        trainer.start_stage(run.stages[0])
+    run_stages(trainer, run.stages, reporter=rep, on_log=lambda rec: rep.log(folder.append_metrics(rec)),
+               on_checkpoint=run.save_checkpoint, checkpoint_seconds=run.cfg.checkpoint_seconds,
+               after_stage=run.after_stage)
 
-    def save_checkpoint() -> None:
-        trainer.checkpoint(ckpt)
-        models.save_classifier(trainer.model, out / "classifier.safetensors", arch=cfg.arch, resolution=cfg.resolution, chars=glyphs.chars)
-        save_glyphs(out / "glyphs.safetensors", glyphs, trainer.glyphs, eps_d=cfg.eps_d, ink=cfg.ink)
 
-    def on_log(rec: dict) -> None:
-        rec = {**rec, "wall_seconds": round(time.monotonic() - t_start, 2)}
-        append_jsonl(metrics_path, rec)
-        rep.log(rec)
+def _evaluate_design(run: _Design, name: str, model: torch.nn.Module, w: torch.Tensor, rep: Reporter) -> dict:
+    cfg = run.cfg
+    res = evaluate(
+        model, w.to(run.device), run.glyphs.chars, run.acq, eps_a=cfg.eps_a, samples_per_char=cfg.samples_per_char,
+        seed=cfg.eval_seed, methods=cfg.certify_methods,
+        on_chunk=lambda d, t: rep.evaluation(name, d, t),
+    )
+    s = res.summary()
+    best = s["certified_error"].get("best", list(s["certified_error"].values())[-1])
+    return {"clean_error": s["clean_error"], "certified_error": best, "certified_error_by_method": s["certified_error"],
+            "per_char": s["per_char"]}
 
-    baseline_path = out / "baseline_classifier.safetensors"
 
-    def after_stage(index: int, spec: StageSpec) -> None:
-        if index == 0 and legacy is None:
-            models.save_classifier(trainer.model, baseline_path, arch=cfg.arch, resolution=cfg.resolution, chars=glyphs.chars)
-
-    run_stages(trainer, stages, reporter=rep, on_log=on_log, on_checkpoint=save_checkpoint,
-               checkpoint_seconds=cfg.checkpoint_seconds, after_stage=after_stage)
-
-    # -- evaluation: the baseline (before A5) and the final design, same acquisitions --------
-    def run_eval(name: str, model_: torch.nn.Module, w: torch.Tensor) -> dict:
-        res = evaluate(
-            model_, w.to(device), glyphs.chars, acq, eps_a=cfg.eps_a, samples_per_char=cfg.eval_samples,
-            seed=cfg.eval_seed, methods=cfg.certify_methods,
-            on_chunk=lambda d, t: rep.evaluation(name, d, t),
-        )
-        s = res.summary()
-        best = s["certified_error"].get("best", list(s["certified_error"].values())[-1])
-        return {"clean_error": s["clean_error"], "certified_error": best, "certified_error_by_method": s["certified_error"], "per_char": s["per_char"]}
-
+def _evaluate_baseline_and_final(run: _Design, rep: Reporter) -> tuple[dict, dict, torch.Tensor]:
+    """The baseline (before A5) and the final design on the same acquisitions; and the final glyphs."""
     # The baseline is the classifier before A5: the legacy file as given, or the end of stage 1
     # (re-read from disk: A5/PC has changed the in-memory classifier since).
-    baseline_model = models.load_classifier(Path(cfg.classifier) if legacy is not None else baseline_path)[0]
-    baseline = run_eval("baseline", baseline_model.to(device), glyphs.images)
+    baseline_model = models.load_classifier(Path(run.cfg.classifier) if run.legacy is not None else run.baseline_path)[0]
+    baseline = _evaluate_design(run, "baseline", baseline_model.to(run.device), run.glyphs.images, rep)
     with torch.no_grad():
-        w_final = trainer.glyphs()
+        w_final = run.trainer.glyphs()
     # recipe "none" (a classifier alone): nothing changed after the baseline
-    final = baseline if cfg.recipe == "none" else run_eval("final", trainer.model, w_final)
+    final = baseline if run.cfg.recipe == "none" else _evaluate_design(run, "final", run.trainer.model, w_final, rep)
+    return baseline, final, w_final
 
-    # -- artefacts -------------------------------------------------------------------------
-    from a5ocr.figures import glyph_sheet, ink_to_image, training_curves
 
-    png_dir = out / "glyphs"
+def _write_artefacts(run: _Design, w_final: torch.Tensor) -> None:
+    """glyphs/U+XXXX.png, glyphs.png (with acquisitions of the robust glyphs) and curves.png."""
+    folder = run.folder
+    png_dir = folder / "glyphs"
     png_dir.mkdir(exist_ok=True)
-    for c, w in zip(glyphs.chars, w_final.cpu()):
+    for c, w in zip(run.glyphs.chars, w_final.cpu()):
         with atomic_path(png_dir / f"U+{ord(c):04X}.png") as tmp:
             ink_to_image(w).save(tmp, format="PNG")
     with torch.no_grad():
-        shown = acq(w_final, torch.Generator(device=device).manual_seed(cfg.eval_seed))
-    glyph_sheet(glyphs.images, w_final.cpu(), out / "glyphs.png", acquired=shown.cpu())
-    training_curves(read_jsonl(metrics_path), out / "curves.png")
+        shown = run.acq(w_final, torch.Generator(device=run.device).manual_seed(run.cfg.eval_seed))
+    glyph_sheet(run.glyphs.images, w_final.cpu(), folder / "glyphs.png", acquired=shown.cpu())
+    training_curves(folder.read_metrics(), folder / "curves.png")
 
-    summary = {
+
+def _summary(run: _Design, baseline: dict, final: dict) -> dict:
+    cfg, glyphs = run.cfg, run.glyphs
+    return {
         "recipe": cfg.recipe,
         "font": glyphs.font_path,
         "family": glyphs.family,
@@ -278,12 +234,10 @@ def run_design(cfg: DesignConfig, *, resume: bool = False, reporter: Reporter | 
         "seed": cfg.seed,
         "eval_seed": cfg.eval_seed,
         "certify_method": "+".join(cfg.certify_methods),
-        "wall_seconds": round(time.monotonic() - t_start, 1),
-        "samples": cfg.eval_samples * len(glyphs.chars),
-        "device": str(device),
-        "out": str(out),
+        "wall_seconds": round(run.folder.elapsed(), 1),
+        "samples": cfg.samples_per_char * len(glyphs.chars),
+        "device": str(run.device),
+        "out": str(run.folder.path),
         "baseline": baseline,
         "final": final,
     }
-    write_json(out / "summary.json", summary)
-    return summary

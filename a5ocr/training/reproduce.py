@@ -25,10 +25,12 @@ from pathlib import Path
 
 import torch
 
-from a5ocr.training.design import DesignConfig, Reporter, _training_keys, pick_device, run_design
-from a5ocr.evaluation import EvaluateError, check_options, Evaluation, evaluate_run, save_broken
-from a5ocr.runio import ensure_writable_dir, environment, write_json
-from a5ocr.runs import default_eval_seed, load_run
+from a5ocr.errors import CollapseError
+from a5ocr.evaluation import EvaluateError, Evaluation, check_options, evaluate_run, save_broken
+from a5ocr.runio import read_jsonl, write_json
+from a5ocr.runs import RunFolder, default_eval_seed, load_run, settings_diff, slug
+from a5ocr.runtime import Reporter, environment, pick_device
+from a5ocr.training.design import DesignConfig, run_design
 
 # The published figures (reference.md, Table 9, eps_A = 0.1).
 PAPER_TABLE9: dict[str, dict] = {
@@ -77,8 +79,7 @@ class ReproduceConfig:
 
 def default_out(font: str) -> Path:
     name = Path(font).stem if ("/" in font or "." in font) else font
-    slug = "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")
-    return Path("renders") / f"table9-{slug}"
+    return Path("renders") / f"table9-{slug(name)}"
 
 
 class ReproduceReporter(Reporter):
@@ -91,7 +92,7 @@ class ReproduceReporter(Reporter):
 def _design_configs(cfg: ReproduceConfig, out: Path) -> dict[str, DesignConfig]:
     common = dict(
         font=cfg.font, chars=cfg.chars, eps_a=cfg.eps_a, preset=cfg.preset, seed=cfg.seed, device=cfg.device,
-        stage1_steps=cfg.stage1_steps, stage2_steps=cfg.stage2_steps, eval_samples=cfg.design_eval_samples,
+        stage1_steps=cfg.stage1_steps, stage2_steps=cfg.stage2_steps, samples_per_char=cfg.design_eval_samples,
         certify_methods=("ibp",), **cfg.extra,
     )
     baseline = out / "a5pc" / "baseline_classifier.safetensors"
@@ -113,9 +114,8 @@ def _train(key: str, dcfg: DesignConfig, rep: ReproduceReporter) -> dict:
             old = json.loads(config_path.read_text())["config"]
         except (OSError, ValueError, KeyError) as err:
             raise EvaluateError(f"{config_path} is unreadable ({err}); remove {out} or use another --out") from None
-        a, b = _training_keys(old), _training_keys({**wanted, "out": old.get("out")})
-        if a != b:
-            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        diff = settings_diff(old, wanted)  # legacy names (an older row folder's) mapped
+        if diff:
             raise EvaluateError(f"{out} holds a run with other settings ({', '.join(diff)}); use another --out")
     if summary_path.is_file():
         rep.row(key, "trained already (summary.json found): not trained again")
@@ -124,8 +124,6 @@ def _train(key: str, dcfg: DesignConfig, rep: ReproduceReporter) -> dict:
     resume = (out / "checkpoint.pt").is_file()
     rep.row(key, "resuming training" if resume else "training")
     t0 = time.monotonic()
-    from a5ocr.training.trainer import CollapseError
-
     try:
         s = run_design(dcfg, resume=resume, reporter=rep)
     except CollapseError as err:
@@ -135,8 +133,6 @@ def _train(key: str, dcfg: DesignConfig, rep: ReproduceReporter) -> dict:
 
 def _stage1_seconds(run_dir: Path) -> float | None:
     """Wall seconds at the end of stage 1 of a run (from metrics.jsonl)."""
-    from a5ocr.runio import read_jsonl
-
     recs = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("stage") in ("crown-ibp", "vanilla")]
     return recs[-1].get("wall_seconds") if recs else None
 
@@ -184,79 +180,100 @@ def _evaluate_row(
     return report, ev
 
 
+# What each row evaluates: (run folder under the output folder, classifier file or None for the
+# run's own, original glyphs?).
+def _plan(out: Path) -> dict[str, tuple[Path, Path | None, bool]]:
+    pc_dir = out / "a5pc"
+    return {
+        "vanilla": (out / "vanilla", None, True),
+        "crown-ibp": (pc_dir, pc_dir / "baseline_classifier.safetensors", True),
+        "a5p": (out / "a5p", None, False),
+        "a5pc": (pc_dir, None, False),
+    }
+
+
+_TRAIN_NOTES = {"a5pc": "includes the CROWN-IBP stage 1", "a5p": "glyphs only; reuses the CROWN-IBP classifier",
+                "vanilla": "plain cross-entropy classifier"}
+
+
 def reproduce(cfg: ReproduceConfig, reporter: ReproduceReporter | None = None) -> dict:
     """Train (or find) and evaluate the four rows; write table9.md and table9.json; return the record."""
     rep = reporter or ReproduceReporter()
     cfg.check()
     cfg = replace(cfg, methods=tuple(cfg.methods))
     t_start = time.monotonic()
-    out = Path(cfg.out) if cfg.out else default_out(cfg.font)
-    try:
-        ensure_writable_dir(out)
-    except OSError as err:
-        raise EvaluateError(f"cannot write to --out {out}: {err.strerror or err}") from None
+    out = RunFolder.open(Path(cfg.out) if cfg.out else default_out(cfg.font), EvaluateError).path
     device = pick_device(cfg.device)
-    dcfgs = _design_configs(cfg, out)
-    for d in dcfgs.values():
-        d.resolved()  # every setting checked before anything trains (DesignError)
-
-    training = {}
-    for key in ("a5pc", "a5p", "vanilla"):  # a5pc first: its stage 1 is the CROWN-IBP row and A5/P's classifier
-        training[key] = _train(key, dcfgs[key], rep)
-
-    pc_dir = out / "a5pc"
-    plan = {
-        "vanilla": (out / "vanilla", None, True),
-        "crown-ibp": (pc_dir, pc_dir / "baseline_classifier.safetensors", True),
-        "a5p": (out / "a5p", None, False),
-        "a5pc": (pc_dir, None, False),
-    }
-    rows = []
-    broken_total = 0
-    violations: list[str] = []
+    training = _train_rows(cfg, out, rep)
+    rows, broken_total, violations = [], 0, []
     for key in ROWS:
-        run_dir, clf, original = plan[key]
-        report, _ = _evaluate_row(key, run_dir, clf, original, cfg, out, device, rep)
-        cert = report["certified_error"]
-        best = cert.get("best", list(cert.values())[-1])
-        if key == "crown-ibp":
-            train_s = _stage1_seconds(pc_dir)
-            note = "stage 1 of the A5/PC run (its baseline classifier)"
-        else:
-            t = training[key]
-            train_s = t["seconds"]
-            note = {"a5pc": "includes the CROWN-IBP stage 1", "a5p": "glyphs only; reuses the CROWN-IBP classifier",
-                    "vanilla": "plain cross-entropy classifier"}[key]
-            if not t["trained_now"]:
-                note += "; trained earlier (time from its summary.json)"
-        row = {
-            "key": key,
-            "label": PAPER_TABLE9[key]["label"],
-            "run": str(run_dir),
-            "glyphs": "original" if original else "robust",
-            "classifier": str(clf or run_dir / "classifier.safetensors"),
-            "clean_error": report["clean_error"],
-            "attack_error": report.get("attack_error"),
-            "certified_error_ibp": cert["ibp"],
-            "certified_error": best,
-            "certified_error_by_method": cert,
-            "broken_certificates": report.get("broken_certificates", 0),
-            "consistent": report["consistency"]["ok"],
-            "radius_median": (report.get("radius") or {}).get("median"),
-            "psnr_db_mean": report["psnr_db"]["mean"],
-            "paper": {k: PAPER_TABLE9[key][k] for k in ("clean_error", "certified_error")},
-            "train_seconds": train_s,
-            "train_note": note,
-            "eval_seconds": report["seconds"]["total"],
-            "evaluation": str(out / f"eval-{key}.json"),
-        }
+        row, report = _table_row(key, cfg, out, device, training, rep)
         broken_total += row["broken_certificates"]
         violations += [f"{key}: {v}" for v in report["consistency"]["violations"]]
         rows.append(row)
+    record = _record(cfg, out, device, training, rows, broken_total, violations, t_start)
+    write_json(out / "table9.json", record)
+    (out / "table9.md").write_text(table_markdown(record))
+    record["out"] = str(out)
+    return record
 
+
+def _train_rows(cfg: ReproduceConfig, out: Path, rep: ReproduceReporter) -> dict[str, dict]:
+    """Every setting checked before anything trains (DesignError); then the three trained rows."""
+    dcfgs = _design_configs(cfg, out)
+    for d in dcfgs.values():
+        d.resolved()
+    # a5pc first: its stage 1 is the CROWN-IBP row and A5/P's classifier
+    return {key: _train(key, dcfgs[key], rep) for key in ("a5pc", "a5p", "vanilla")}
+
+
+def _table_row(key: str, cfg: ReproduceConfig, out: Path, device: torch.device, training: dict[str, dict],
+               rep: ReproduceReporter) -> tuple[dict, dict]:
+    """One row of the table (and its evaluation report): evaluated, with its training time."""
+    run_dir, clf, original = _plan(out)[key]
+    report, _ = _evaluate_row(key, run_dir, clf, original, cfg, out, device, rep)
+    cert = report["certified_error"]
+    best = cert.get("best", list(cert.values())[-1])
+    if key == "crown-ibp":
+        train_s = _stage1_seconds(out / "a5pc")
+        note = "stage 1 of the A5/PC run (its baseline classifier)"
+    else:
+        t = training[key]
+        train_s = t["seconds"]
+        note = _TRAIN_NOTES[key]
+        if not t["trained_now"]:
+            note += "; trained earlier (time from its summary.json)"
+    row = {
+        "key": key,
+        "label": PAPER_TABLE9[key]["label"],
+        "run": str(run_dir),
+        "glyphs": "original" if original else "robust",
+        "classifier": str(clf or run_dir / "classifier.safetensors"),
+        "clean_error": report["clean_error"],
+        "attack_error": report.get("attack_error"),
+        "certified_error_ibp": cert["ibp"],
+        "certified_error": best,
+        "certified_error_by_method": cert,
+        "broken_certificates": report.get("broken_certificates", 0),
+        "consistent": report["consistency"]["ok"],
+        "radius_median": (report.get("radius") or {}).get("median"),
+        "psnr_db_mean": report["psnr_db"]["mean"],
+        "paper": {k: PAPER_TABLE9[key][k] for k in ("clean_error", "certified_error")},
+        "train_seconds": train_s,
+        "train_note": note,
+        "eval_seconds": report["seconds"]["total"],
+        "evaluation": str(out / f"eval-{key}.json"),
+    }
+    return row, report
+
+
+def _record(cfg: ReproduceConfig, out: Path, device: torch.device, training: dict[str, dict], rows: list[dict],
+            broken_total: int, violations: list[str], t_start: float) -> dict:
+    """table9.json: the rows, the common protocol (from the first row's evaluation) and the machine."""
     env = environment()
     first = json.loads((out / f"eval-{ROWS[0]}.json").read_text())
-    record = {
+    attacked = first.get("attacked")
+    return {
         "table": 9,
         "font": training["a5pc"]["summary"].get("family", cfg.font),
         "chars": training["a5pc"]["summary"].get("chars"),
@@ -264,7 +281,7 @@ def reproduce(cfg: ReproduceConfig, reporter: ReproduceReporter | None = None) -
         "protocol": {
             "eps_a": cfg.eps_a, "seed": cfg.eval_seed, "samples_per_char": cfg.samples_per_char,
             "samples": first["samples"], "methods": list(cfg.methods), "cascade": True,
-            "attacked": {k: first["attacked"][k] for k in ("attack", "policy", "check_fraction", "check_attack")} if first.get("attacked") else {"attack": "none"},
+            "attacked": {k: attacked[k] for k in ("attack", "policy", "check_fraction", "check_attack")} if attacked else {"attack": "none"},
             "resolution": first.get("resolution"),
         },
         "rows": rows,
@@ -274,10 +291,6 @@ def reproduce(cfg: ReproduceConfig, reporter: ReproduceReporter | None = None) -
         "environment": env,
         "wall_seconds": round(time.monotonic() - t_start, 1),
     }
-    write_json(out / "table9.json", record)
-    (out / "table9.md").write_text(table_markdown(record))
-    record["out"] = str(out)
-    return record
 
 
 def _pct(v: float | None) -> str:

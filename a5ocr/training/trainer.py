@@ -33,9 +33,10 @@ import torch
 from torch import nn
 
 from a5ocr.acquisition import Acquisition
+from a5ocr.errors import CollapseError
+from a5ocr.runio import atomic_path
 from a5ocr.training.losses import a5_loss, defended
 from a5ocr.training.schedule import EpsSchedule
-from a5ocr.errors import CollapseError
 
 RECIPES = ("vanilla", "crown-ibp", "p", "pc", "r", "rc")
 
@@ -213,8 +214,6 @@ class Trainer:
 
     def checkpoint(self, path: Path) -> None:
         """Write the whole training state atomically (``torch.save``; read back with weights_only)."""
-        from a5ocr.runio import atomic_path
-
         with atomic_path(path) as tmp:
             torch.save(self.state(), tmp)
 
@@ -293,7 +292,6 @@ def run_stages(trainer: Trainer, stages: list[StageSpec], *, reporter, on_log: C
         if trainer.stage_index < len(stages):
             trainer.start_stage(stages[trainer.stage_index])
         on_checkpoint()
-
 
 
 def make_stage(recipe: str, steps: int, eps_a: float, *, warmup: int = 0, ramp: int = 0, lr: float = 1e-3,

@@ -1,0 +1,145 @@
+"""The settings every training run shares (``TrainingConfig``), its presets and its checks.
+
+``a5ocr design`` (``DesignConfig``) and ``a5ocr robustify`` (``RobustifyConfig``) derive from
+``TrainingConfig``: the font and characters, the budgets, the stage-1 classifier (its steps,
+eps schedule, learning rate and training bounds), the end-of-run evaluation (samples per
+character, seed, certification methods), the device, seed and run folder, the acquisition
+model. Each field has one name in both; the config record of ``config.json`` is ``to_dict()``,
+read back with ``from_dict`` (which maps the names old run folders used, ``LEGACY``).
+
+The checks are building blocks (``check_preset``, ``check_budget``, ``check_samples``,
+``with_preset``, ``with_eval_seed``, ``check_resolution``, ``check_at_least_one``,
+``with_checked_bounds``): each subclass's ``resolved()`` calls them in its own order and they
+raise the subclass's ``ERROR`` (one readable line).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import ClassVar, Iterable
+
+from a5ocr.acquisition import AcquisitionConfig
+from a5ocr.bounds import METHODS
+from a5ocr.errors import A5Error, check_in_unit_interval
+from a5ocr.runs import LEGACY_CONFIG_NAMES, current_config_names, default_eval_seed
+
+PRESETS: dict[str, dict] = {
+    # CPU default: 32x32, the wider small net, IBP bounds in training (CROWN-IBP costs ~50x an
+    # IBP step on a CPU); minutes on a laptop. Steps chosen with benchmarks/tune_design.py.
+    "cpu": {"resolution": 32, "arch": "cpu", "copies": 2, "stage1_steps": 2400, "warmup": 240, "ramp": 1200,
+            "stage2_steps": 1600, "train_bounds": "ibp"},
+    # The paper's setup: 128x128, the paper's net, lb = f*CROWN-IBP + (1-f)*IBP; meant for a GPU.
+    "paper": {"resolution": 128, "arch": "paper", "copies": 2, "stage1_steps": 6000, "warmup": 600, "ramp": 3000,
+              "stage2_steps": 4000, "train_bounds": "mixed"},
+    # Seconds, for tests and smoke runs.
+    "tiny": {"resolution": 16, "arch": "tiny", "copies": 1, "stage1_steps": 30, "warmup": 5, "ramp": 10,
+             "stage2_steps": 20, "train_bounds": "ibp"},
+}
+# The stage-1 part of a preset: what every training run (design or robustify) fills from it.
+STAGE1_PRESET_KEYS = ("resolution", "arch", "copies", "stage1_steps", "warmup", "ramp", "train_bounds")
+
+
+def bounds_options_problem(train_bounds: str, certify_methods) -> str | None:
+    """What is wrong with a run's training bounds ("mixed" or a bound method) and certification
+    methods, in one line; None when both are valid. Shared by design and robustify configs."""
+    if train_bounds not in ("mixed", *METHODS):
+        return f"train_bounds must be mixed or one of {', '.join(METHODS)}, got {train_bounds!r}"
+    for m in certify_methods:
+        if m not in METHODS:
+            return f"unknown certification method {m!r} (one of: {', '.join(METHODS)})"
+    return None
+
+
+@dataclass
+class TrainingConfig:
+    """The settings shared by every training run (written to ``config.json`` with the run's own).
+
+    ``None`` fields come from the preset (``with_preset``) or, ``eval_seed``, from the training
+    seed (``with_eval_seed``)."""
+
+    ERROR: ClassVar[type[A5Error]] = A5Error  # what the checks raise
+    SAMPLES_FLAG: ClassVar[str] = "--samples-per-char"  # the option that sets samples_per_char
+    LEGACY: ClassVar[dict[str, str]] = LEGACY_CONFIG_NAMES  # old config.json key -> field
+
+    font: str = "comic-neue"
+    chars: str = "62"
+    eps_a: float = 0.1
+    eps_d: float = 0.5
+    classifier: str | None = None
+    preset: str = "cpu"
+    resolution: int | None = None
+    arch: str | None = None
+    device: str = "auto"
+    seed: int = 0
+    out: str | None = None
+    copies: int | None = None
+    stage1_steps: int | None = None
+    warmup: int | None = None
+    ramp: int | None = None
+    lr: float = 1e-3
+    train_bounds: str | None = None
+    samples_per_char: int = 100
+    eval_seed: int | None = None
+    certify_methods: tuple[str, ...] = ("ibp", "crown-ibp")
+    checkpoint_seconds: float = 120.0
+    acquisition: dict = field(default_factory=lambda: AcquisitionConfig().to_dict())
+
+    # -- the config record ------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: dict):
+        """The config of a ``config.json`` record (``to_dict``'s, or an old run folder's: legacy
+        names mapped); ``TypeError`` on a key that is no field."""
+        d = current_config_names(record)
+        if "certify_methods" in d:
+            d["certify_methods"] = tuple(d["certify_methods"])
+        return cls(**d)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    # -- checks (building blocks of ``resolved``) ------------------------------------------------
+    def check_preset(self, presets: dict) -> None:
+        if self.preset not in presets:
+            raise self.ERROR(f"unknown preset {self.preset!r} (one of: {', '.join(presets)})")
+
+    def check_budget(self, name: str, *, closed_top: bool = False) -> None:
+        """A budget field (eps_a, eps_d, ...) in (0, 1) (``closed_top``: (0, 1]); None passes."""
+        value = getattr(self, name)
+        if value is not None:
+            check_in_unit_interval(value, f"--{name.replace('_', '-')}", self.ERROR, closed_top=closed_top)
+
+    def check_samples(self) -> None:
+        if self.samples_per_char < 1:
+            raise self.ERROR(f"{self.SAMPLES_FLAG} must be at least 1")
+
+    def with_preset(self, values: dict):
+        """The config with each ``None`` field among ``values``' keys set from ``values``."""
+        return replace(self, **{k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in values.items()})
+
+    def with_eval_seed(self):
+        """The config with the default evaluation seed (``runs.default_eval_seed``) when it names none."""
+        return self if self.eval_seed is not None else replace(self, eval_seed=default_eval_seed(self.seed))
+
+    def check_resolution(self) -> None:
+        if self.resolution < 8:
+            raise self.ERROR("--resolution must be at least 8")
+
+    def check_at_least_one(self, names: Iterable[str], *, as_flags: bool = True) -> None:
+        """Each field of ``names`` >= 1; the message names the option (``--stage1-steps``) or,
+        without ``as_flags``, the field (``stage1_steps``)."""
+        for name in names:
+            if getattr(self, name) < 1:
+                label = f"--{name.replace('_', '-')}" if as_flags else name
+                raise self.ERROR(f"{label} must be at least 1")
+
+    def with_checked_bounds(self):
+        """Check ``train_bounds`` and ``certify_methods`` (``bounds_options_problem``); the config
+        with ``certify_methods`` as a tuple."""
+        problem = bounds_options_problem(self.train_bounds, self.certify_methods)
+        if problem:
+            raise self.ERROR(problem)
+        return replace(self, certify_methods=tuple(self.certify_methods))
