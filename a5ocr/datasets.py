@@ -15,7 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from a5ocr.errors import DatasetError, check_in_unit_interval
-from a5ocr.scan.page import _pillow_guard
+from a5ocr.decode import pillow_guard
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 # Decompression-bomb guard for dataset images (each is a small picture, not a page).
@@ -51,7 +51,7 @@ def _read_image(path: Path) -> np.ndarray:
     """One dataset image -> float32 [3, H, W] in [0, 1] (transparency over white); guarded
     against decompression bombs."""
     try:
-        with _pillow_guard(MAX_IMAGE_PIXELS), Image.open(path) as im:
+        with pillow_guard(MAX_IMAGE_PIXELS), Image.open(path) as im:
             im.load()
             if im.mode in ("RGBA", "LA", "PA", "P"):
                 rgba = im.convert("RGBA")

@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Callable
 
-import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn

@@ -1,7 +1,8 @@
 """Run several `a5ocr design` configurations side by side and print their results.
 
 Not a test: an experiment driver used to choose the presets' defaults. Each configuration is a
-JSON object of DesignConfig overrides (field names: ``samples_per_char``, once ``eval_samples``);
+JSON object of DesignConfig overrides (config field names, e.g. ``samples_per_char``; the old
+``eval_samples`` is mapped by ``DesignConfig.from_dict``);
 all run in parallel processes (e.g. on one GPU).
 
     python benchmarks/tune_design.py --out renders/tune --configs '[{"stage2_steps": 2000}, {"copies": 4}]'
@@ -23,7 +24,7 @@ from a5ocr.training.design import DesignConfig, run_design
 def _run(args: tuple[int, dict, str, int]) -> dict:
     idx, overrides, out, threads = args
     torch.set_num_threads(threads)
-    cfg = DesignConfig(**{**overrides, "out": str(Path(out) / f"cfg{idx}")})
+    cfg = DesignConfig.from_dict({**overrides, "out": str(Path(out) / f"cfg{idx}")})
     t = time.time()
     try:
         s = run_design(cfg)

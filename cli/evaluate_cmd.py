@@ -62,7 +62,7 @@ def print_report(rep: dict, console: Console, weakest: int = 10) -> None:
     t.add_row("time", f"{rep['seconds']['total']:.1f} s")
     console.print(t)
 
-    w = Table(title=f"weakest glyphs (highest certified error, then lowest median radius)")
+    w = Table(title="weakest glyphs (highest certified error, then lowest median radius)")
     for col in ("char", "clean", "attack", "certified", "certified (IBP)", "median radius", "PSNR dB"):
         w.add_column(col, justify="right" if col != "char" else "left")
     for c in rep["weakest"][:weakest]:

@@ -156,5 +156,3 @@ def test_an_old_format_design_folder_passes_the_resume_check(tmp_path):
     cfg = DesignConfig.from_dict(json.loads((old / "config.json").read_text())["config"])
     assert cfg.samples_per_char == 10 and cfg.certify_methods == ("ibp", "crown-ibp")
     assert settings_diff(cfg.to_dict(), same.to_dict()) == []
-    # the old keyword still builds a config (the --eval-samples option maps onto samples_per_char)
-    assert DesignConfig(eval_samples=3).samples_per_char == 3

@@ -17,7 +17,7 @@ from a5ocr.evaluation import EvaluateError, acquisitions, certify_batch, evaluat
 from a5ocr.runs import load_run
 from a5ocr.training.design import DesignConfig, run_design
 
-TINY = dict(font="comic-neue", chars="AOo0", preset="tiny", eps_a=0.05, eval_samples=5, device="cpu",
+TINY = dict(font="comic-neue", chars="AOo0", preset="tiny", eps_a=0.05, samples_per_char=5, device="cpu",
             certify_methods=("ibp",))
 FAST = dict(samples_per_char=8, attack="fast", device="cpu")
 

@@ -32,7 +32,7 @@ def _design_run(tmp_path_factory, name: str, ink: str) -> Path:
     # Fewer steps than the tiny preset (seconds); eps_A 0.01 keeps the certified error inside (0, 1)
     # so the round-trip comparison means something.
     run_design(DesignConfig(font="comic-neue", chars=CHARS, preset="tiny", resolution=R, ink=ink, eps_a=0.01,
-                            stage1_steps=20, warmup=2, ramp=6, stage2_steps=10, eval_samples=2, device="cpu",
+                            stage1_steps=20, warmup=2, ramp=6, stage2_steps=10, samples_per_char=2, device="cpu",
                             certify_methods=("ibp",), out=str(out)))
     return out
 

@@ -31,7 +31,7 @@ def design_run(tmp_path_factory):
     from a5ocr.training.design import DesignConfig, run_design
 
     out = tmp_path_factory.mktemp("robrun") / "run"
-    run_design(DesignConfig(font="comic-neue", chars=CHARS, preset="tiny", eps_a=0.05, eval_samples=4, device="cpu",
+    run_design(DesignConfig(font="comic-neue", chars=CHARS, preset="tiny", eps_a=0.05, samples_per_char=4, device="cpu",
                             certify_methods=("ibp",), out=str(out), stage1_steps=150, warmup=10, ramp=60,
                             stage2_steps=5, recipe="none"))
     return out

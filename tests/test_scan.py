@@ -33,7 +33,7 @@ def run(tmp_path_factory):
     from a5ocr.training.design import DesignConfig, run_design
 
     out = tmp_path_factory.mktemp("scanrun") / "run"
-    run_design(DesignConfig(font="comic-neue", chars=CHARS, preset="tiny", resolution=32, eps_a=0.02, eval_samples=5,
+    run_design(DesignConfig(font="comic-neue", chars=CHARS, preset="tiny", resolution=32, eps_a=0.02, samples_per_char=5,
                             device="cpu", certify_methods=("ibp",), out=str(out), stage1_steps=60, stage2_steps=30))
     return out
 

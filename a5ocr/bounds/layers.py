@@ -235,7 +235,6 @@ class BoundAvgPool2d(BoundLayer):
 
     def backward_one(self, A, in_shape):
         C = in_shape[0]
-        out_shape = A.shape[2:]
         w = torch.full((C, 1) + self.k, 1.0 / self.divisor, dtype=A.dtype, device=A.device)
         return conv_adjoint(A, w, None, self.s, self.p, (1, 1), C, in_shape[1:])
 

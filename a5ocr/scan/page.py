@@ -9,35 +9,20 @@ counter-clockwise as seen on the screen (Pillow's ``Image.rotate`` convention).
 
 from __future__ import annotations
 
-import contextlib
 import math
-import warnings
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
-from a5ocr.errors import PageError, ScanError
+from a5ocr.decode import pillow_guard
+from a5ocr.errors import PageError
 from a5ocr.runio import atomic_path
 
 # Decompression-bomb guard: a page of more pixels than this is refused before it is decoded
 # (an A4 page at 1200 dpi is 140 Mpx; at 600 dpi, 35 Mpx).
 MAX_PAGE_PIXELS = 100_000_000
-
-
-@contextlib.contextmanager
-def _pillow_guard(max_pixels: int) -> Iterator[None]:
-    """Pillow's own bomb check set to ``max_pixels`` (its warning made an error), restored after."""
-    old = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max_pixels
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = old
 
 
 def _to_gray(img) -> np.ndarray:
@@ -87,7 +72,7 @@ def read_page(path: Path | str, max_pixels: int = MAX_PAGE_PIXELS) -> np.ndarray
     if head.startswith(b"%PDF"):
         raise PageError(f"{path.name}: PDF input is not supported: convert it to PNG first (e.g. `pdftoppm -r 300 -png {path.name} page`)")
     try:
-        with _pillow_guard(max_pixels):
+        with pillow_guard(max_pixels):
             with Image.open(path) as img:
                 w, h = img.size
                 if w * h > max_pixels:

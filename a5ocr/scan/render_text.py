@@ -36,7 +36,7 @@ from scipy import ndimage
 from a5ocr import fonts
 from a5ocr.errors import GlyphError, PageError, RenderError
 from a5ocr.runio import write_json
-from a5ocr.scan.page import MAX_PAGE_PIXELS, ScanError, rotate_box, rotate_image, to_u8, write_image
+from a5ocr.scan.page import MAX_PAGE_PIXELS, rotate_box, rotate_image, to_u8, write_image
 
 TRUTH_FORMAT = "a5ocr-text-truth-1"
 

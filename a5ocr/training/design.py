@@ -14,7 +14,7 @@ Its lifecycle (new or resumed, config.json, metrics, summary) is ``a5ocr.runs.Ru
 from __future__ import annotations
 
 import time
-from dataclasses import InitVar, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -47,13 +47,6 @@ class DesignConfig(TrainingConfig):
     ink: str = "gray"
     stage2_steps: int | None = None
     lr_glyphs: float = 0.05
-    # The old name of ``samples_per_char``, still accepted as a keyword (not a field).
-    eval_samples: InitVar[int | None] = None
-
-    def __post_init__(self, eval_samples: int | None) -> None:
-        if eval_samples is not None:
-            self.samples_per_char = eval_samples
-
     def resolved(self) -> "DesignConfig":
         """Fill preset defaults and check ranges; raises ``DesignError`` with a readable message."""
         self.check_preset(PRESETS)

@@ -1,0 +1,58 @@
+"""``a5ocr design``: parse the options, run the design, print its summary table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from a5ocr.cli.progress import RichReporter, progress_bars
+
+out_console = Console()
+
+
+def design(
+    font: str = typer.Option("comic-neue", help="A TTF/OTF path, or a shipped font: comic-neue, comic-neue-bold, dejavu-sans, dejavu-sans-mono, ocr-b."),
+    chars: str = typer.Option("62", help="62 (A-Z a-z 0-9), 36, 26, 10, or an explicit string of characters."),
+    eps_a: float = typer.Option(0.1, "--eps-a", help="Attack budget: L-inf size of any change to the scanned image, in (0, 1)."),
+    eps_d: float = typer.Option(0.5, "--eps-d", help="Glyph change budget: L-inf size of the defensive change of the ink, in (0, 1]."),
+    recipe: str = typer.Option("pc", help="pc = A5/PC (glyphs and classifier trained together); p = A5/P (glyphs only, classifier fixed)."),
+    classifier: Optional[Path] = typer.Option(None, help="Legacy classifier (safetensors from a5ocr) for A5/P; without it a CROWN-IBP classifier is trained first."),
+    preset: str = typer.Option("cpu", help="cpu (32x32, minutes on a laptop), paper (128x128 and the paper's net, for a GPU), tiny (seconds, smoke test)."),
+    resolution: Optional[int] = typer.Option(None, help="Canvas size in pixels (default from the preset)."),
+    ink: str = typer.Option("gray", help="gray (any ink level) or binary (each pixel ink or paper: printable exactly)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    seed: int = typer.Option(0, help="Seed of the training draws; the same seed on the same machine gives the same result."),
+    out: Optional[Path] = typer.Option(None, help="Run folder (default renders/<font>-<chars>-<eps>/)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out from its last checkpoint."),
+    steps: Optional[int] = typer.Option(None, help="Override the preset's stage-1 steps (the CROWN-IBP classifier)."),
+    design_steps: Optional[int] = typer.Option(None, help="Override the preset's A5 steps."),
+    eval_samples: int = typer.Option(100, help="Fresh acquisitions per character for the final evaluation."),
+) -> None:
+    """Design certifiably robust glyphs for a font (A5/PC by default) and evaluate them."""
+    from a5ocr.training.design import DesignConfig, run_design  # local: keep a5ocr --help fast
+
+    cfg = DesignConfig(
+        font=font, chars=chars, eps_a=eps_a, eps_d=eps_d, recipe=recipe,
+        classifier=str(classifier) if classifier else None, preset=preset, resolution=resolution,
+        ink=ink, device=device, seed=seed, out=str(out) if out else None,
+        stage1_steps=steps, stage2_steps=design_steps, samples_per_char=eval_samples,
+    )
+    with progress_bars() as progress:
+        summary = run_design(cfg, resume=resume, reporter=RichReporter(progress))
+    _print_summary(summary)
+
+
+def _print_summary(summary: dict) -> None:
+    table = Table(title=f"{summary['family']}  {len(summary['chars'])} characters  eps_A {summary['eps_a']:g}  ({summary['samples']} acquisitions, certified by {summary['certify_method']})")
+    table.add_column("")
+    table.add_column("clean error", justify="right")
+    table.add_column("certified error", justify="right")
+    label = "A5/PC" if summary["recipe"] == "pc" else "A5/P"
+    for name, key in (("classifier before A5 (original glyphs)", "baseline"), (f"{label} (robust glyphs)", "final")):
+        table.add_row(name, f"{summary[key]['clean_error']:.2%}", f"{summary[key]['certified_error']:.2%}")
+    out_console.print(table)
+    out_console.print(f"run folder: {summary.get('out', '')}  ({summary['wall_seconds']:.0f} s)")
