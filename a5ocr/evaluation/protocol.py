@@ -29,7 +29,7 @@ from torch import nn
 
 from a5ocr import bounds
 from a5ocr.acquisition import Acquisition
-from a5ocr.errors import EvaluateError
+from a5ocr.errors import EvaluateError, check_in_unit_interval
 from a5ocr.evaluation import attacks
 from a5ocr.evaluation.certify import cascade_names, certified_radius, certify_cascade, radius_cap
 from a5ocr.evaluation.report import EvalResult, Evaluation, broken_record, psnr_db
@@ -65,8 +65,8 @@ def check_options(
 ) -> tuple[str, ...]:
     """Validate evaluation options (``EvaluateError`` with a readable line); returns the methods
     with IBP first (it is always run and reported alone)."""
-    if eps_a is not None and not 0.0 < eps_a < 1.0:
-        raise EvaluateError(f"--eps-a must be in (0, 1), got {eps_a}")
+    if eps_a is not None:
+        check_in_unit_interval(eps_a, "--eps-a", EvaluateError)
     bad = [m for m in methods if m not in bounds.METHODS]
     if bad:
         raise EvaluateError(f"unknown certification method {bad[0]!r} (one of: {', '.join(bounds.METHODS)})")

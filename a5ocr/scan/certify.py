@@ -15,12 +15,11 @@ covered.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
 
-from a5ocr.errors import ScanError
+from a5ocr.errors import ScanError, check_in_unit_interval
 from a5ocr.evaluation import certified_radius, certify_batch
 
 METHODS = ("ibp", "crown-ibp")
@@ -28,8 +27,9 @@ METHODS = ("ibp", "crown-ibp")
 
 def check_options(eps_a: float, method: str) -> None:
     """The budget is in (0, 1) and the method one of ``METHODS`` (else ``ScanError``)."""
-    if not (isinstance(eps_a, (int, float)) and math.isfinite(eps_a) and 0.0 < eps_a < 1.0):
+    if not isinstance(eps_a, (int, float)):
         raise ScanError(f"--eps-a must be in (0, 1), got {eps_a}")
+    check_in_unit_interval(eps_a, "--eps-a", ScanError)
     if method not in METHODS:
         raise ScanError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
 
