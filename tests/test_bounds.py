@@ -335,11 +335,13 @@ def test_crown_intermediate_chunking_is_invisible():
 # gradients
 
 
-def _smooth_case():
-    """A tiny MLP and box whose pre-activation bounds and adaptive slopes are away from kinks."""
+def _smooth_case(classes: int = 3, labels=None):
+    """A tiny MLP and box whose pre-activation bounds and adaptive slopes are away from kinks
+    (with ``labels``: also IBP margins at least 0.01 apart, so that a hardest-k selection is
+    locally constant)."""
     for seed in range(200):
         torch.manual_seed(seed)
-        net = _init(nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3)), seed)
+        net = _init(nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, classes)), seed)
         x, xl, xu = box((3,), seed, 0.15, batch=2)
         xl, xu = x - 0.15, x + 0.15
         bn = bengine.BoundedSequential(net)
@@ -352,6 +354,11 @@ def _smooth_case():
             for l, u in pp.values():
                 if min(l.abs().min(), u.abs().min(), (u + l).abs().min()) < 0.05:
                     ok = False
+        if ok and labels is not None:
+            ibp = bounds.margin_lower_bounds(net, xl, xu, labels, "ibp")
+            for n in range(ibp.shape[0]):
+                v = torch.sort(ibp[n][torch.arange(classes) != labels[n]]).values
+                ok = ok and bool((v[1:] - v[:-1]).min() > 0.01)
         if ok:
             return net, x, xl, xu
     raise AssertionError("no smooth case found")
@@ -570,3 +577,221 @@ def test_float32_fast_paths_match_float64():
         for a, b in zip(res[torch.float32], res[torch.float64]):
             assert torch.allclose(a.double(), b, rtol=1e-3, atol=1e-4), method
     model.float()
+
+
+# ----------------------------------------------------------------------------------------
+# robust_margins / robust_loss: the mix with IBP and the pruned (k hardest by IBP) margins
+
+K6 = 6  # enough classes for a pruning to leave margins out
+
+
+def mlp6(seed: int) -> tuple[nn.Module, tuple[int, ...]]:
+    """5 -> 12 -> 12 -> 6."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, K6))
+    return _init(net, seed), (5,)
+
+
+def conv6(seed: int) -> tuple[nn.Module, tuple[int, ...]]:
+    """1x6x6 -> Normalize -> Conv(1->2, k3) ReLU -> Flatten -> Linear(32->8) ReLU -> Linear(8->6)."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        Normalize(0.5, 1.0, channels=1), nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(),
+        nn.Linear(32, 8), nn.ReLU(), nn.Linear(8, K6),
+    )
+    return _init(net, seed), (1, 6, 6)
+
+
+ARCHS6 = {"mlp6": mlp6, "conv6": conv6}
+KS = (0, 1, 2, 4, None)
+FS = (None, 0.0, 0.5, 1.0)
+
+
+def hardest_classes(ibp_margins, labels, k: int) -> list[list[int]]:
+    """The k classes j != label with the smallest IBP margin bounds, ties by class index (by hand)."""
+    out = []
+    ibp_margins = ibp_margins.detach()
+    for n in range(ibp_margins.shape[0]):
+        pairs = sorted((float(ibp_margins[n, j]), j) for j in range(ibp_margins.shape[1]) if j != int(labels[n]))
+        out.append(sorted(j for _, j in pairs[:k]))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("arch", list(ARCHS6))
+def test_pruned_margins_sound_against_milp(arch, seed):
+    model, shape = ARCHS6[arch](200 + seed)
+    x, xl, xu = box(shape, 200 + seed, [0.1, 0.2, 0.25][seed])
+    labels = model(x).argmax(1)
+    exact = torch.zeros(x.shape[0], K6, dtype=D)
+    for n in range(x.shape[0]):
+        for j in range(K6):
+            if j != labels[n]:
+                exact[n, j] = exact_margin_min(model, xl[n], xu[n], int(labels[n]), j)[0]
+    for method in METHODS:
+        for k in KS:
+            for f in FS:
+                lb = bounds.robust_margins(model, xl, xu, labels, method, f=f, k=k).detach()
+                assert lb.shape == (x.shape[0], K6)
+                assert torch.all(lb[torch.arange(x.shape[0]), labels] == 0)
+                assert torch.all(lb <= exact + 1e-6), (method, k, f, (lb - exact).max().item())
+
+
+@pytest.mark.parametrize("method", ["crown-ibp", "crown", "alpha-crown"])
+@pytest.mark.parametrize("arch", list(ARCHS6))
+def test_pruned_margins_are_full_on_the_selection_and_ibp_elsewhere(arch, method):
+    model, shape = ARCHS6[arch](7)
+    x, xl, xu = box(shape, 7, 0.2, batch=4)
+    labels = torch.tensor([0, 3, 5, 3])
+    ibp = bounds.robust_margins(model, xl, xu, labels, "ibp")
+    for f in FS:
+        full = bounds.robust_margins(model, xl, xu, labels, method, f=f)
+        for k in (0, 1, 2, 4):
+            lb = bounds.robust_margins(model, xl, xu, labels, method, f=f, k=k)
+            chosen = hardest_classes(ibp, labels, k)
+            for n in range(x.shape[0]):
+                for j in range(K6):
+                    ref = full if j in chosen[n] else ibp
+                    assert torch.allclose(lb[n, j], ref[n, j], rtol=0, atol=1e-12), (f, k, n, j)
+                    if j not in chosen[n]:
+                        assert lb[n, j] == ibp[n, j]
+        # k >= K-1 is the full computation, exactly
+        for k in (K6 - 1, K6, 100):
+            assert torch.equal(bounds.robust_margins(model, xl, xu, labels, method, f=f, k=k), full)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS6))
+def test_robust_loss_is_above_the_cross_entropy_in_the_box(arch):
+    model, shape = ARCHS6[arch](11)
+    x, xl, xu = box(shape, 11, 0.15, batch=3)
+    labels = torch.tensor([1, 4, 0])
+    g = torch.Generator().manual_seed(1)
+    n = 4000
+    with torch.no_grad():
+        u = torch.rand((n,) + tuple(x.shape), generator=g, dtype=D)
+        u[: n // 2] = u[: n // 2].round()  # half of the samples are box vertices
+        pts = xl + (xu - xl) * u  # [n, B, *in]
+        ys = model(pts.reshape((-1,) + shape)).view(n, x.shape[0], -1)
+        ce = F.cross_entropy(ys.reshape(-1, K6), labels.repeat(n), reduction="none").view(n, -1)
+    # PGD ascent on the cross entropy (an attack on the loss bound)
+    xa = x.clone().requires_grad_(True)
+    for _ in range(40):
+        (gx,) = torch.autograd.grad(F.cross_entropy(model(xa), labels, reduction="sum"), xa)
+        with torch.no_grad():
+            xa += (xu - xl).max() / 10 * gx.sign()
+            xa.copy_(torch.maximum(torch.minimum(xa, xu), xl))
+    with torch.no_grad():
+        ce_pgd = F.cross_entropy(model(xa), labels, reduction="none")
+    worst = torch.maximum(ce.max(0).values, ce_pgd)
+    for method in ("crown-ibp", "ibp", "crown"):
+        for k in (None, 1, 3):
+            for f in (None, 0.5):
+                m = bounds.robust_margins(model, xl, xu, labels, method, f=f, k=k)
+                per_sample = bounds.worst_case_cross_entropy(m, labels, reduction="none")
+                assert torch.all(per_sample >= worst - 1e-9), (method, k, f)
+                loss = bounds.robust_loss(model, xl, xu, labels, method, f=f, k=k)
+                assert loss.shape == () and torch.allclose(loss, per_sample.mean(), rtol=0, atol=1e-12)
+                assert loss >= worst.mean() - 1e-9
+
+
+@pytest.mark.parametrize("method", ["crown-ibp", "crown"])
+def test_gradcheck_pruned(method):
+    labels = torch.tensor([0, 4])
+    net, x, xl, xu = _smooth_case(classes=K6, labels=labels)
+    for k, f in ((2, None), (2, 0.5), (1, 0.3)):
+        fn = lambda a, b: bounds.robust_margins(net, a, b, labels, method, f=f, k=k)  # noqa: E731
+        xl_ = xl.clone().requires_grad_(True)
+        xu_ = xu.clone().requires_grad_(True)
+        assert torch.autograd.gradcheck(fn, (xl_, xu_), eps=1e-6, atol=1e-5)
+        for layer, name in ((0, "weight"), (2, "weight"), (4, "weight"), (4, "bias")):
+            w0 = getattr(net[layer], name).detach().clone().requires_grad_(True)
+            assert torch.autograd.gradcheck(
+                lambda w: _with_weight(net[layer], name, w, lambda: fn(xl, xu)), (w0,), eps=1e-6, atol=1e-5
+            )
+        loss = lambda a, b: bounds.robust_loss(net, a, b, labels, method, f=f, k=k)  # noqa: E731
+        assert torch.autograd.gradcheck(loss, (xl.clone().requires_grad_(True), xu.clone().requires_grad_(True)),
+                                        eps=1e-6, atol=1e-5)
+
+
+def test_hardest_by_ibp_selection_by_hand(monkeypatch):
+    from a5ocr.bounds import pruned
+
+    ibp = torch.tensor([[3.0, -1.0, 2.0, -1.0, 0.5], [0.0, 0.0, 0.0, -2.0, 0.0]])
+    assert pruned.hardest_by_ibp(ibp, 3).tolist() == [[1, 3, 4], [3, 0, 1]]  # ties by position
+    assert pruned.hardest_by_ibp(ibp, 1).tolist() == [[1], [3]]
+    # y_j = relu(x_j) + b_j with x in [0, 1]^5: IBP bound of y_l - y_j = b_l - b_j - 1
+    net = nn.Sequential(nn.Linear(5, 5), nn.ReLU(), nn.Linear(5, 5)).to(D)
+    with torch.no_grad():
+        for lin in (net[0], net[2]):
+            lin.weight.copy_(torch.eye(5, dtype=D))
+            lin.bias.zero_()
+        net[2].bias.copy_(torch.tensor([0.0, 0.5, -0.2, 0.5, 0.1], dtype=D))
+    xl, xu = torch.zeros(2, 5, dtype=D), torch.ones(2, 5, dtype=D)
+    labels = torch.tensor([0, 2])
+    ibp = bounds.robust_margins(net, xl, xu, labels, "ibp")
+    b = net[2].bias.detach()
+    assert torch.allclose(ibp, (b[labels].view(-1, 1) - b - 1).index_put((torch.arange(2), labels), torch.zeros(2, dtype=D)))
+    seen = []
+    orig = pruned.relaxed_bounds
+
+    def spy(net_, shapes, boxes, pre, spec, margin, *a, **kw):
+        seen.append(margin[1].clone())
+        return orig(net_, shapes, boxes, pre, spec, margin, *a, **kw)
+
+    monkeypatch.setattr(pruned, "relaxed_bounds", spy)
+    # label 0: bounds -1.5 (j=1), -0.8 (j=2), -1.5 (j=3), -1.1 (j=4); label 2: -1.2, -1.7, -1.7, -1.3
+    expect = {1: [[1], [1]], 2: [[1, 3], [1, 3]], 3: [[1, 3, 4], [1, 3, 4]]}
+    for k, classes in expect.items():
+        seen.clear()
+        bounds.robust_margins(net, xl, xu, labels, "crown-ibp", k=k)
+        assert len(seen) == 1 and seen[0].shape == (2, k)  # the relaxation sees only k specs per sample
+        assert sorted(seen[0][0].tolist()) == classes[0] and sorted(seen[0][1].tolist()) == classes[1]
+    assert hardest_classes(ibp, labels, 2) == expect[2]
+
+
+def test_robust_margins_validation_and_float32_gradients():
+    model = nn.Sequential(
+        Normalize(0.5, 1.0), nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 8)
+    )
+    x = torch.rand(3, 3, 8, 8, requires_grad=True)
+    labels = torch.tensor([0, 3, 7])
+    xl, xu = (x - 0.02).clamp(0, 1), (x + 0.02).clamp(0, 1)
+    for bad in (dict(f=1.5), dict(f=-0.1), dict(f=float("nan")), dict(k=-1), dict(k=1.5), dict(method="nope")):
+        with pytest.raises(ValueError):
+            bounds.robust_margins(model, xl, xu, labels, **bad)
+    for k, f in ((2, 0.5), (3, None), (1, 1.0)):
+        loss = bounds.robust_loss(model, xl, xu, labels, "crown-ibp", f=f, k=k)
+        model.zero_grad()
+        x.grad = None
+        loss.backward(retain_graph=True)
+        assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+        assert model[1].weight.grad is not None and model[1].weight.grad.abs().sum() > 0
+    # the memory budget's chunking is invisible on the pruned path too
+    with torch.no_grad():
+        a = bounds.robust_margins(model, xl, xu, labels, "crown-ibp", f=0.5, k=3)
+        b = bounds.robust_margins(model, xl, xu, labels, "crown-ibp", f=0.5, k=3, max_memory_gib=1e-9)
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("n,s", [(1, 1), (2, 1), (2, 3)])
+def test_relu_backward_kernel_gradcheck(n, s):
+    """The ReLU backward kernel with one spec (S = 1: a 2-class net, or k = 1 pruned margins):
+    its gradient buffers once aliased (grad of the upper slope overwritten by the sign of A)."""
+    from a5ocr.bounds.kernels import _ReLULowerBackward
+
+    g = torch.Generator().manual_seed(n * 10 + s)
+    for lower in ((n, 1, 5), (n, s, 5)):
+        args = [torch.randn(n, s, 5, generator=g, dtype=D), torch.rand(lower, generator=g, dtype=D)]
+        args += [torch.rand(n, 1, 5, generator=g, dtype=D) for _ in range(2)]
+        args = [a.requires_grad_(True) for a in args]
+        assert torch.autograd.gradcheck(lambda *a: _ReLULowerBackward.apply(*a), args)
+
+
+def test_gradcheck_two_classes():
+    """K = 2: one margin per sample, through the whole engine (gradients must not leak between samples)."""
+    labels = torch.tensor([0, 1])
+    net, x, xl, xu = _smooth_case(classes=2)
+    for method in ("crown-ibp", "crown"):
+        fn = lambda a, b: bounds.margin_lower_bounds(net, a, b, labels, method)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (xl.clone().requires_grad_(True), xu.clone().requires_grad_(True)),
+                                        eps=1e-6, atol=1e-5)

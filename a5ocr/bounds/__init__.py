@@ -10,6 +10,9 @@ Entry points (shapes: B samples, K classes, S specs):
 * ``margin_spec(labels [B], K) -> [B, K, K]``
 * ``margin_lower_bounds(model, x_lower, x_upper, labels, method) -> [B, K]``
 * ``mixed_margin_lower_bounds(model, x_lower, x_upper, labels, f) -> [B, K]``
+* ``robust_margins(model, x_lower, x_upper, labels, method, f=None, k=None) -> [B, K]``: training
+  margins, optionally mixed with IBP (f) and with <method> only on the k hardest margins by IBP
+* ``robust_loss(...)`` = ``worst_case_cross_entropy(robust_margins(...), labels)`` (a scalar)
 * ``compute_bounds(model, x_lower, x_upper, C [B, S, K], method, bound_upper) -> (lb, ub)``
 * ``certify(model, x_lower, x_upper, labels, method) -> BoolTensor [B]``
 * ``worst_case_logits(margins) -> -margins``, ``worst_case_cross_entropy(margins, labels=None)``
@@ -21,6 +24,8 @@ from a5ocr.bounds.api import (
     margin_lower_bounds,
     margin_spec,
     mixed_margin_lower_bounds,
+    robust_loss,
+    robust_margins,
 )
 from a5ocr.bounds.engine import METHODS, BoundedSequential
 from a5ocr.bounds.layers import LAYER_RULES, BoundLayer, BoundReLU, ReLURelaxation, rule_for
@@ -38,6 +43,8 @@ __all__ = [
     "margin_lower_bounds",
     "margin_spec",
     "mixed_margin_lower_bounds",
+    "robust_loss",
+    "robust_margins",
     "rule_for",
     "worst_case_cross_entropy",
     "worst_case_logits",

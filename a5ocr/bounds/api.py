@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from a5ocr.bounds.engine import METHODS, BoundedSequential, bounds_for
+from a5ocr.bounds.loss import worst_case_cross_entropy
+from a5ocr.bounds.pruned import pruned_margin_bounds
 
 Tensor = torch.Tensor
 
@@ -92,10 +94,7 @@ def margin_lower_bounds(
         with torch.no_grad():
             m64 = _sound_copy(model)
             return margin_lower_bounds(m64, x_lower.double(), x_upper.double(), labels, method, **options)
-    K = _num_classes(model, x_lower)
-    others = _other_classes(labels, K)
-    lb, _, _ = bounds_for(model, x_lower, x_upper, None, method, margin=(labels, others), **options)
-    return _scatter_margins(lb, others, K)
+    return robust_margins(model, x_lower, x_upper, labels, method, **options)
 
 
 def mixed_margin_lower_bounds(
@@ -105,17 +104,80 @@ def mixed_margin_lower_bounds(
 
     Both share one IBP pass; the CROWN backward pass is skipped when f <= 1e-6 (pure IBP).
     Shapes as ``margin_lower_bounds``. f: a float (or a 0-d tensor) in [0, 1].
-    ``options``: ``max_memory_gib`` (see ``compute_bounds``).
+    ``options``: ``max_memory_gib`` (see ``compute_bounds``). Same as
+    ``robust_margins(..., "crown-ibp", f=f)``.
     """
+    return robust_margins(model, x_lower, x_upper, labels, "crown-ibp", f=f, **options)
+
+
+# f within this distance of 0 (1) is pure IBP (pure <method>)
+_F_TOL = 1e-6
+
+
+def _check_mix(method: str, f, k) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown bound method {method!r} (one of: {', '.join(METHODS)})")
+    if f is not None and not -_F_TOL <= float(f) <= 1.0 + _F_TOL:  # NaN fails too
+        raise ValueError(f"f must be in [0, 1] (a convex mix of lower bounds), got {float(f)}")
+    if k is not None and (isinstance(k, bool) or int(k) != k or k < 0):
+        raise ValueError(f"k must be None or an integer >= 0, got {k!r}")
+
+
+def robust_margins(
+    model: nn.Module,
+    x_lower: Tensor,
+    x_upper: Tensor,
+    labels: Tensor,
+    method: str = "crown-ibp",
+    f: Optional[float] = None,
+    k: Optional[int] = None,
+    **options,
+) -> Tensor:
+    """Training margin lower bounds of y_label - y_j over the box: -> [B, K] (entry ``label`` = 0).
+
+    ``method``: one of METHODS ("ibp": f and k change nothing). ``f``: the paper's mix lb = f * <method> + (1 - f) * IBP
+    (a float or 0-d tensor in [0, 1]; None = <method> alone; f <= 1e-6 is pure IBP and skips
+    the relaxation, f >= 1 - 1e-6 is <method> alone). ``k``: how many margins per sample get
+    <method>: the k hardest by IBP (smallest IBP lower bound, ties by class index); the other
+    K-1-k keep their IBP bound. None (or k >= K-1) = all margins, k = 0 = IBP alone. IBP is
+    computed once and shared. Every entry is a valid lower bound of its margin (IBP, <method>,
+    or a convex combination of both). Differentiable w.r.t. the box and the weights.
+    ``options``: alpha_steps, alpha_lr, max_memory_gib (see ``compute_bounds``).
+    """
+    _check_mix(method, f, k)
     K = _num_classes(model, x_lower)
     others = _other_classes(labels, K)
     margin = (labels, others)
-    if float(f) <= 1e-6:
+    mix = f is not None and float(f) < 1.0 - _F_TOL
+    if method == "ibp" or (f is not None and float(f) <= _F_TOL) or k == 0:
         lb, _, _ = bounds_for(model, x_lower, x_upper, None, "ibp", margin=margin, **options)
+    elif k is None or k >= K - 1:
+        tight, _, ibp = bounds_for(model, x_lower, x_upper, None, method, margin=margin, ibp_too=mix, **options)
+        lb = f * tight + (1.0 - f) * ibp if mix else tight
     else:
-        crown, _, ibp = bounds_for(model, x_lower, x_upper, None, "crown-ibp", margin=margin, ibp_too=True, **options)
-        lb = crown if float(f) >= 1.0 - 1e-6 else f * crown + (1.0 - f) * ibp
+        tight, pos, ibp = pruned_margin_bounds(model, x_lower, x_upper, labels, others, method, int(k), **options)
+        if mix:
+            tight = f * tight + (1.0 - f) * ibp.gather(1, pos)
+        lb = ibp.scatter(1, pos, tight)
     return _scatter_margins(lb, others, K)
+
+
+def robust_loss(
+    model: nn.Module,
+    x_lower: Tensor,
+    x_upper: Tensor,
+    labels: Tensor,
+    method: str = "crown-ibp",
+    f: Optional[float] = None,
+    k: Optional[int] = None,
+    **options,
+) -> Tensor:
+    """Differentiable upper bound of the mean cross-entropy over the box (paper Eq. 2-3): a scalar.
+
+    ``worst_case_cross_entropy(robust_margins(...), labels)``; arguments as ``robust_margins``.
+    For every x in [x_lower, x_upper] (per sample), CE(model(x), labels) <= the per-sample
+    worst-case CE, since each margin lower bound is below the margin at x."""
+    return worst_case_cross_entropy(robust_margins(model, x_lower, x_upper, labels, method, f, k, **options), labels)
 
 
 def _auto_chunk(model: nn.Module, x: Tensor, num_specs: int, method: str) -> int:
@@ -166,6 +228,8 @@ __all__ = [
     "margin_spec",
     "margin_lower_bounds",
     "mixed_margin_lower_bounds",
+    "robust_loss",
+    "robust_margins",
     "compute_bounds",
     "certify",
 ]

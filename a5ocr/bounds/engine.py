@@ -391,13 +391,12 @@ def bounds_for(
     """Core of ``compute_bounds``: returns (lb, ub or None, ibp_lb or None).
 
     ``margin`` = (labels [N], others [N, S]) gives the spec as margin rows e_label - e_j (then
-    C must be None): the last Linear is folded by gathers. With ``ibp_too`` (crown-ibp only)
+    C must be None): the last Linear is folded by gathers. With ``ibp_too`` (any method but ibp)
     the IBP lower bound from the same IBP pass is also returned. ``max_memory_gib``: the final
     CROWN pass runs in checkpointed chunks of samples when its estimated memory is larger."""
     if method not in METHODS:
         raise ValueError(f"unknown bound method {method!r} (one of: {', '.join(METHODS)})")
     net, shapes, c, r = _prepare(model, x_lower, x_upper)
-    L = len(net.layers)
     out_shape = tuple(shapes[-1])
     if margin is not None:
         if C is not None or len(out_shape) != 1:
@@ -421,15 +420,28 @@ def bounds_for(
 
     # IBP up to the layer the spec folds into: covers every ReLU (only affine layers follow it)
     boxes, pre = net.ibp_pass(c, r, stop=net._fold_start())
-    box = boxes[net.exact_prefix]
     ibp_lb = None
-    if ibp_too and method == "crown-ibp":
+    if ibp_too:
         ibp_lb, _ = _ibp_final(net, boxes, spec, shapes, False, margin)
+    lb, ub = relaxed_bounds(net, shapes, boxes, pre, spec, margin, method, bound_upper,
+                            alpha_steps=alpha_steps, alpha_lr=alpha_lr, max_memory_gib=max_memory_gib)
+    return lb, ub, ibp_lb
+
+
+def relaxed_bounds(net: BoundedSequential, shapes, boxes, pre, spec, margin, method: str, bound_upper: bool = False, *,
+                   alpha_steps: int = 20, alpha_lr: float = 0.1, max_memory_gib: float = 6.0):
+    """The linear-relaxation part of ``crown`` / ``crown-ibp`` / ``alpha-crown`` after the IBP pass.
+
+    ``boxes, pre`` from ``net.ibp_pass(c, r, net._fold_start())``; ``spec`` a callable giving
+    C [N|1, S, *out]; ``margin`` as in ``bounds_for`` (or None). Returns (lb [N, S], ub or None)."""
+    L = len(net.layers)
+    box = boxes[net.exact_prefix]
     if method in ("crown", "alpha-crown"):
         pre = net.crown_intermediate(shapes, pre, box, stop=L)
     if method in ("crown-ibp", "crown"):
-        lb, ub = _crown_final(net, shapes, pre, box, spec, margin, bound_upper, max_memory_gib)
-        return lb, ub, ibp_lb
+        return _crown_final(net, shapes, pre, box, spec, margin, bound_upper, max_memory_gib)
+    if method != "alpha-crown":
+        raise ValueError(f"no linear relaxation for bound method {method!r}")
     # alpha-crown: never looser than crown (elementwise max with the crown bound)
     C = spec()
     lb0, _ = net.backward_bound(L - 1, C, shapes, pre, box)
@@ -442,4 +454,4 @@ def bounds_for(
         best_u = _alpha_optimise(net, -C, shapes, pre, box, alpha_steps, alpha_lr)
         ub1, _ = net.backward_bound(L - 1, -C, shapes, pre, box, alphas=best_u)
         ub = -torch.maximum(ub0, ub1)
-    return lb, ub, None
+    return lb, ub

@@ -260,7 +260,7 @@ class _ReLULowerBackward(torch.autograd.Function):
             grad_dl = _sum_to((G * A).sub_(buf), d_l.shape)  # G * A+
         if need_A:
             # grad_A = G * d_l + [A < 0] * (G * (d_u - d_l) + g_bias * b_u)
-            if buf.shape == A.shape:
+            if buf.shape == A.shape and grad_du is not buf:  # (with S = 1 grad_du may be buf itself)
                 neg_ind = torch.sign(A, out=buf).clamp_(max=0)  # -[A < 0]
             else:
                 neg_ind = torch.sign(A).clamp_(max=0)

@@ -47,9 +47,9 @@ def a5_loss(
         return ce, {"logits": logits, "margins": None, "ce": ce.detach(), "wce": None}
     xl, xu = attack_box(x, eps)
     if train_bounds == "mixed":
-        margins = bounds.mixed_margin_lower_bounds(model, xl, xu, labels, f)
+        margins = bounds.robust_margins(model, xl, xu, labels, "crown-ibp", f=f)
     elif train_bounds in bounds.METHODS:
-        margins = bounds.margin_lower_bounds(model, xl, xu, labels, method=train_bounds)
+        margins = bounds.robust_margins(model, xl, xu, labels, train_bounds)
     else:
         raise ValueError(f"unknown training bounds {train_bounds!r}")
     wce = bounds.worst_case_cross_entropy(margins, labels)
