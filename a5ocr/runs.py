@@ -42,6 +42,8 @@ GLYPHS_FORMAT = "a5ocr-glyphs-1"
 EVAL_SEED_OFFSET = 1_000_003
 # config.json keys renamed since run folders were first written: old name -> current name.
 LEGACY_CONFIG_NAMES = {"eval_samples": "samples_per_char"}
+# config.json keys added since: their value in a record written before they existed.
+LEGACY_CONFIG_DEFAULTS = {"crown_k": None}
 # The settings a resumed run may change: where it runs, and how often it checkpoints.
 NOT_TRAINING_KEYS = ("device", "out", "checkpoint_seconds")
 _MISSING = object()
@@ -253,9 +255,10 @@ def load_run(run_dir: Path | str, classifier: Path | str | None = None) -> Run:
 
 # =========================================================================== run folders
 def current_config_names(config: dict) -> dict:
-    """A config record with the keys old run folders spell differently renamed
-    (``LEGACY_CONFIG_NAMES``: ``eval_samples`` -> ``samples_per_char``); other keys as they are."""
-    return {LEGACY_CONFIG_NAMES.get(k, k): v for k, v in config.items()}
+    """A config record in today's terms: the keys old run folders spell differently renamed
+    (``LEGACY_CONFIG_NAMES``: ``eval_samples`` -> ``samples_per_char``), the keys added since
+    filled with what a record without them meant (``LEGACY_CONFIG_DEFAULTS``); others as they are."""
+    return {**LEGACY_CONFIG_DEFAULTS, **{LEGACY_CONFIG_NAMES.get(k, k): v for k, v in config.items()}}
 
 
 def training_keys(config: dict) -> dict:

@@ -31,6 +31,8 @@ def design(
     steps: Optional[int] = typer.Option(None, help="Override the preset's stage-1 steps (the CROWN-IBP classifier)."),
     design_steps: Optional[int] = typer.Option(None, help="Override the preset's A5 steps."),
     eval_samples: int = typer.Option(100, help="Fresh acquisitions per character for the final evaluation."),
+    train_bounds: Optional[str] = typer.Option(None, help="Training bounds: mixed (the paper's f*CROWN-IBP + (1-f)*IBP) or a bound method (ibp, crown-ibp, ...); default from the preset."),
+    crown_k: Optional[int] = typer.Option(None, help="CROWN-IBP (in mixed training) on the k hardest margins by IBP only, IBP on the rest (a few times cheaper, sound); default: every margin."),
 ) -> None:
     """Design certifiably robust glyphs for a font (A5/PC by default) and evaluate them."""
     from a5ocr.training.design import DesignConfig, run_design  # local: keep a5ocr --help fast
@@ -39,7 +41,8 @@ def design(
         font=font, chars=chars, eps_a=eps_a, eps_d=eps_d, recipe=recipe,
         classifier=str(classifier) if classifier else None, preset=preset, resolution=resolution,
         ink=ink, device=device, seed=seed, out=str(out) if out else None,
-        stage1_steps=steps, stage2_steps=design_steps, samples_per_char=eval_samples,
+        stage1_steps=steps, stage2_steps=design_steps, samples_per_char=eval_samples, train_bounds=train_bounds,
+        crown_k=crown_k,
     )
     with progress_bars() as progress:
         summary = run_design(cfg, resume=resume, reporter=RichReporter(progress))

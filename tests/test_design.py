@@ -156,3 +156,27 @@ def test_an_old_format_design_folder_passes_the_resume_check(tmp_path):
     cfg = DesignConfig.from_dict(json.loads((old / "config.json").read_text())["config"])
     assert cfg.samples_per_char == 10 and cfg.certify_methods == ("ibp", "crown-ibp")
     assert settings_diff(cfg.to_dict(), same.to_dict()) == []
+
+
+def test_crown_k_trains_with_pruned_mixed_bounds_and_is_recorded(tmp_path):
+    """``crown_k`` reaches the loss: the step's margins are the pruned mix of ``bounds.robust_margins``
+    (k hardest by IBP), recorded in config.json; a bad k is one DesignError line."""
+    from a5ocr import bounds
+
+    torch.manual_seed(0)
+    model = models.build("tiny", 16, 4)
+    x = torch.rand(6, 3, 16, 16)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    _, stats = a5_loss(model, x, labels, 0.05, 0.5, "mixed", crown_k=1)
+    xl, xu = (x - 0.05).clamp(0, 1), (x + 0.05).clamp(0, 1)
+    assert torch.equal(stats["margins"], bounds.robust_margins(model, xl, xu, labels, "crown-ibp", f=0.5, k=1))
+    full = bounds.robust_margins(model, xl, xu, labels, "crown-ibp", f=0.5)
+    assert not torch.equal(stats["margins"], full)  # k=1 of 3 margins: the others are IBP's
+    cfg = DesignConfig(font="comic-neue", chars="AOo0", preset="tiny", eps_a=0.05, samples_per_char=2, device="cpu",
+                       train_bounds="mixed", crown_k=2, stage1_steps=12, stage2_steps=4, out=str(tmp_path / "run"),
+                       certify_methods=("ibp",))
+    run_design(cfg)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["crown_k"] == 2
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(DesignError, match="--crown-k"):
+            replace(cfg, crown_k=bad).resolved()

@@ -89,12 +89,13 @@ def _stages(cfg: RobustifyConfig, legacy: Legacy | None) -> list[StageSpec]:
     stages = []
     if legacy is None:
         stages.append(make_stage("crown-ibp", cfg.stage1_steps, cfg.eps_a, warmup=cfg.warmup, ramp=cfg.ramp, lr=cfg.lr,
-                                 train_bounds=cfg.train_bounds))
+                                 train_bounds=cfg.train_bounds, crown_k=cfg.crown_k))
     if cfg.recipe == "r" or (cfg.recipe == "rc" and not cfg.robustifier):
-        stages.append(make_stage("r", cfg.r_steps, cfg.eps_r, train_bounds=cfg.train_bounds, lr_robustifier=cfg.lr_robustifier))
+        stages.append(make_stage("r", cfg.r_steps, cfg.eps_r, train_bounds=cfg.train_bounds, lr_robustifier=cfg.lr_robustifier,
+                                 crown_k=cfg.crown_k))
     if cfg.recipe == "rc":
         stages.append(make_stage("rc", cfg.rc_steps, cfg.eps_r, lr=cfg.lr_rc, train_bounds=cfg.train_bounds,
-                                 lr_robustifier=cfg.lr_robustifier))
+                                 lr_robustifier=cfg.lr_robustifier, crown_k=cfg.crown_k))
     return stages
 
 

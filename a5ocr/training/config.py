@@ -78,6 +78,8 @@ class TrainingConfig:
     ramp: int | None = None
     lr: float = 1e-3
     train_bounds: str | None = None
+    # mixed / relaxed training bounds on the k hardest margins by IBP only (None: every margin)
+    crown_k: int | None = None
     samples_per_char: int = 100
     eval_seed: int | None = None
     certify_methods: tuple[str, ...] = ("ibp", "crown-ibp")
@@ -140,6 +142,8 @@ class TrainingConfig:
         """Check ``train_bounds`` and ``certify_methods`` (``bounds_options_problem``); the config
         with ``certify_methods`` as a tuple."""
         problem = bounds_options_problem(self.train_bounds, self.certify_methods)
+        if problem is None and self.crown_k is not None and (isinstance(self.crown_k, bool) or not isinstance(self.crown_k, int) or self.crown_k < 1):
+            problem = f"--crown-k must be an integer of at least 1 (or unset: every margin), got {self.crown_k!r}"
         if problem:
             raise self.ERROR(problem)
         return replace(self, certify_methods=tuple(self.certify_methods))

@@ -152,10 +152,10 @@ def _build_trainer(run: _Design) -> None:
     run.stages = []
     if run.legacy is None:
         run.stages.append(make_stage(cfg.classifier_recipe, cfg.stage1_steps, cfg.eps_a, warmup=cfg.warmup, ramp=cfg.ramp,
-                                     lr=cfg.lr, train_bounds=cfg.train_bounds))
+                                     lr=cfg.lr, train_bounds=cfg.train_bounds, crown_k=cfg.crown_k))
     if cfg.recipe != "none":
         run.stages.append(make_stage(cfg.recipe, cfg.stage2_steps, cfg.eps_a, lr=cfg.lr, lr_glyphs=cfg.lr_glyphs,
-                                     train_bounds=cfg.train_bounds))
+                                     train_bounds=cfg.train_bounds, crown_k=cfg.crown_k))
 
 
 def _train(run: _Design, resume: bool, rep: Reporter) -> None:

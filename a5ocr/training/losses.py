@@ -35,10 +35,13 @@ def a5_loss(
     eps: float,
     f: float,
     train_bounds: str = "mixed",
+    crown_k: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The mixed loss on a batch x [B, 3, R, R], labels [B].
 
-    ``train_bounds``: "mixed" (lb = f * CROWN-IBP + (1 - f) * IBP, as the paper) or "ibp".
+    ``train_bounds``: "mixed" (lb = f * CROWN-IBP + (1 - f) * IBP, as the paper) or a bound method.
+    ``crown_k``: the relaxation (CROWN-IBP, ...) only on the k hardest margins by IBP per sample,
+    IBP on the others (``bounds.robust_margins``); None = on every margin.
     Returns (loss, stats) with stats["logits"] [B, K] and stats["margins"] [B, K] (or None at eps 0).
     """
     logits = model(x)
@@ -47,9 +50,9 @@ def a5_loss(
         return ce, {"logits": logits, "margins": None, "ce": ce.detach(), "wce": None}
     xl, xu = attack_box(x, eps)
     if train_bounds == "mixed":
-        margins = bounds.robust_margins(model, xl, xu, labels, "crown-ibp", f=f)
+        margins = bounds.robust_margins(model, xl, xu, labels, "crown-ibp", f=f, k=crown_k)
     elif train_bounds in bounds.METHODS:
-        margins = bounds.robust_margins(model, xl, xu, labels, train_bounds)
+        margins = bounds.robust_margins(model, xl, xu, labels, train_bounds, k=crown_k)
     else:
         raise ValueError(f"unknown training bounds {train_bounds!r}")
     wce = bounds.worst_case_cross_entropy(margins, labels)

@@ -77,6 +77,7 @@ class StageSpec:
     lr_milestones: tuple[float, ...] = (0.7, 0.9)
     train_bounds: str = "mixed"
     lr_robustifier: float = 1e-3
+    crown_k: int | None = None  # relaxed bounds on the k hardest margins only (None: all)
 
     @property
     def trains_classifier(self) -> bool:
@@ -173,7 +174,7 @@ class Trainer:
         if spec.uses_robustifier:
             self.robustifier.train()
             x = self.robustifier(x)
-        loss, stats = a5_loss(self.model, x, labels, eps, f, spec.train_bounds)
+        loss, stats = a5_loss(self.model, x, labels, eps, f, spec.train_bounds, spec.crown_k)
         scale = lr_factor(self.step, spec.steps, spec.lr_milestones)
         for opt, base_lr in ((self.opt_classifier, spec.lr), (self.opt_glyphs, spec.lr_glyphs),
                              (self.opt_robustifier, spec.lr_robustifier)):
@@ -295,10 +296,11 @@ def run_stages(trainer: Trainer, stages: list[StageSpec], *, reporter, on_log: C
 
 
 def make_stage(recipe: str, steps: int, eps_a: float, *, warmup: int = 0, ramp: int = 0, lr: float = 1e-3,
-               lr_glyphs: float = 0.05, train_bounds: str = "mixed", lr_robustifier: float = 1e-3) -> StageSpec:
+               lr_glyphs: float = 0.05, train_bounds: str = "mixed", lr_robustifier: float = 1e-3,
+               crown_k: int | None = None) -> StageSpec:
     """A stage of ``recipe`` with an eps schedule to ``eps_a`` (vanilla: eps 0)."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r} (one of: {', '.join(RECIPES)})")
     eps_max = 0.0 if recipe == "vanilla" else eps_a
     return StageSpec(recipe=recipe, steps=steps, schedule=EpsSchedule(eps_max, warmup, ramp), lr=lr, lr_glyphs=lr_glyphs,
-                     train_bounds=train_bounds, lr_robustifier=lr_robustifier)
+                     train_bounds=train_bounds, lr_robustifier=lr_robustifier, crown_k=crown_k)
