@@ -15,6 +15,8 @@ from a5ocr.evaluation.attacks import (
     dlr_loss,
     dlr_targeted_loss,
     pgd,
+    square,
+    square_p,
 )
 
 
@@ -274,3 +276,136 @@ def test_model_untouched(training):
         assert torch.equal(p, b)
         assert torch.equal(p.grad, torch.full_like(p, 0.5))
         assert p.requires_grad
+
+
+# ----------------------------------------------------------------------- square (gradient-free)
+class _Quantised(nn.Module):
+    """The model on 8-bit quantised inputs: ``round`` has zero derivative, so every input
+    gradient is exactly 0 (masked) while the decisions are those of an undefended net."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.round(x * 255) / 255)
+
+
+class _NoGradOnly(nn.Module):
+    """Fails when called with autograd enabled (a gradient-free attack never needs it)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert not torch.is_grad_enabled() and not x.requires_grad, "square used autograd"
+        return self.net(x)
+
+
+def test_square_p_schedule():
+    assert square_p(0, 5000) == 0.8
+    assert square_p(5, 5000) == 0.8  # i = 10: still p_init
+    assert square_p(6, 5000) == pytest.approx(0.4)  # i = 12
+    assert square_p(25, 5000) == pytest.approx(0.4)  # i = 50
+    assert square_p(26, 5000) == pytest.approx(0.2)
+    assert square_p(300, 5000) == pytest.approx(0.8 / 16)  # i = 600
+    assert square_p(2500, 5000) == pytest.approx(0.8 / 128)  # i = 5000
+    assert square_p(4999, 5000) == pytest.approx(0.8 / 512)  # i = 9998
+    # rescaled to the budget, and proportional to p_init
+    assert square_p(2, 1000) == pytest.approx(0.4) and square_p(500, 1000, p_init=0.1) == pytest.approx(0.1 / 128)
+    ps = [square_p(i, 1000) for i in range(1000)]
+    assert all(a >= b for a, b in zip(ps, ps[1:])) and len(set(ps)) == 10
+
+
+def test_square_breaks_gradient_masked_net(tiny):
+    """Quantised inputs mask the gradient: PGD/APGD (and the gradient ensemble) stay at the
+    random start and break nothing, the query-only Square attack breaks the undefended net."""
+    net, x, y = tiny
+    q = _Quantised(net).eval()
+    xr = x[:4].clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(nn.functional.cross_entropy(q(xr), y[:4]), xr)
+    assert torch.all(g == 0)
+    eps = 0.1
+    assert _wrong(net, apgd(net, x, y, eps, steps=50, generator=_gen(0)), y).float().mean() >= 0.95
+    rates = {
+        "pgd": _wrong(q, pgd(q, x, y, eps, steps=50, restarts=2, generator=_gen(0)), y).float().mean(),
+        "apgd": _wrong(q, apgd(q, x, y, eps, steps=50, generator=_gen(0)), y).float().mean(),
+        "attack": torch.tensor(attack(q, x, y, eps, strength="fast", generator=_gen(0)).error),
+    }
+    assert all(r <= 0.1 for r in rates.values()), rates
+    xa = square(q, x, y, eps, generator=_gen(0))
+    assert torch.all(_linf(xa, x) <= eps + 1e-6) and xa.min() >= 0 and xa.max() <= 1
+    assert _wrong(q, xa, y).float().mean() >= 0.8
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-3, 0.1, 0.5, 1.0])
+def test_square_budget_and_seed(eps):
+    net = _random_cnn(int(eps * 1000) + 1)
+    g = _gen(7)
+    x = torch.rand(6, 3, 12, 12, generator=g)
+    x[0] = 0.0
+    x[1] = 1.0
+    y = torch.randint(0, 10, (6,), generator=g)
+    xa = square(net, x, y, eps, queries=200, generator=_gen(1))
+    assert xa.shape == x.shape and xa.min() >= 0 and xa.max() <= 1
+    assert torch.all(_linf(xa, x) <= eps + 1e-6)
+    assert torch.equal(xa, square(net, x, y, eps, queries=200, generator=_gen(1)))
+    e = torch.tensor([0.0, 0.01, 0.05, 0.1, 0.2, eps])
+    xe = square(net, x, y, e, queries=100, generator=_gen(0))
+    assert torch.all(_linf(xe, x) <= e + 1e-6) and torch.equal(xe[0], x[0])
+
+
+def test_square_seed_replays(tiny):
+    net, x, y = tiny
+    eps = 0.07  # partial success: the runs are long and differ between seeds
+    a = square(net, x, y, eps, queries=300, generator=_gen(3))
+    assert torch.equal(a, square(net, x, y, eps, queries=300, generator=_gen(3)))
+    assert not torch.equal(a, square(net, x, y, eps, queries=300, generator=_gen(4)))
+    assert torch.equal(square(net, x[:20], y[:20], eps, queries=50), square(net, x[:20], y[:20], eps, queries=50))
+
+
+def test_square_clean_errors_and_eps_zero_unchanged(tiny):
+    net, x, y = tiny
+    y_bad = y.clone()
+    y_bad[:5] = (y[:5] + 1) % 5  # clean-misclassified by construction
+    xa = square(net, x, y_bad, 0.1, queries=500, generator=_gen(0))
+    assert torch.equal(xa[:5], x[:5]) and _wrong(net, xa, y_bad)[:5].all()
+    assert not torch.equal(xa[5:], x[5:])
+    assert torch.equal(square(net, x, y, 0.0, queries=50), x)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 12, 12), (3, 1, 3, 20), (2, 2, 1, 7)])
+def test_square_gradient_free_and_model_untouched(shape):
+    """Forwards only, with autograd off even when the caller enables it; non-square images."""
+    torch.manual_seed(0)
+    n, c, h, w = shape
+    net = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 16), nn.ReLU(), nn.Linear(16, 4)).train()
+    for p in net.parameters():
+        p.grad = torch.full_like(p, 0.5)
+    before = [p.detach().clone() for p in net.parameters()]
+    x = torch.rand(shape, generator=_gen(2))
+    y = torch.arange(n) % 4
+    with torch.enable_grad():
+        xa = square(_NoGradOnly(net), x, y, 0.2, queries=100, generator=_gen(0))
+    assert xa.shape == x.shape and torch.all(_linf(xa, x) <= 0.2 + 1e-6)
+    assert net.training
+    for p, b in zip(net.parameters(), before):
+        assert torch.equal(p, b) and torch.equal(p.grad, torch.full_like(p, 0.5))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_square_linear_minimal_eps(seed):
+    """Random search reaches the optimal corner of a linear model just above eps* and, being
+    sound, never succeeds below it."""
+    g = _gen(seed)
+    shape = (1, 3, 2, 2)
+    n = shape[1] * shape[2] * shape[3]
+    sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+    d = sign * (0.5 + torch.rand(n, generator=g))
+    x = 0.3 + 0.4 * torch.rand(shape, generator=g)
+    eps_star = 0.1 + 0.1 * torch.rand((), generator=g).item()
+    model = _linear_model(d, eps_star * d.abs().sum().item() - float(d @ x.flatten()))
+    y = torch.zeros(1, dtype=torch.long)
+    assert _wrong(model, square(model, x, y, eps_star * 1.02, queries=500, generator=_gen(seed)), y).all()
+    assert not _wrong(model, square(model, x, y, eps_star * 0.98, queries=500, generator=_gen(seed)), y).any()
