@@ -126,9 +126,9 @@ def _linear_model(d: torch.Tensor, db: float) -> nn.Module:
     return nn.Sequential(nn.Flatten(), lin).eval()
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_linear_minimal_eps(seed):
-    """eps* = margin / ||w0 - w1||_1; above it the corner is found, below it nothing."""
+def _linear_problem(seed: int):
+    """A random 2-class linear model and a correctly classified x whose minimal L-inf
+    adversarial radius is eps* = margin / ||d||_1: returns (model, x, sign of d, d, eps*, margin)."""
     g = _gen(seed)
     shape = (1, 3, 2, 2)
     n = shape[1] * shape[2] * shape[3]
@@ -137,10 +137,16 @@ def test_linear_minimal_eps(seed):
     x = 0.3 + 0.4 * torch.rand(shape, generator=g)
     eps_star = 0.1 + 0.1 * torch.rand((), generator=g).item()
     margin = eps_star * d.abs().sum().item()
-    model = _linear_model(d, margin - float(d @ x.flatten()))
+    return _linear_model(d, margin - float(d @ x.flatten())), x, sign.view(shape), d, eps_star, margin
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_linear_minimal_eps(seed):
+    """eps* = margin / ||w0 - w1||_1; above it the corner is found, below it nothing."""
+    model, x, sign, d, eps_star, margin = _linear_problem(seed)
     y = torch.zeros(1, dtype=torch.long)
     assert not _wrong(model, x, y).any()
-    corner = x - eps_star * 1.02 * sign.view(shape)
+    corner = x - eps_star * 1.02 * sign
 
     above = _all_attacks(model, x, y, eps_star * 1.02, seed=seed)
     for name, xa in above.items():
@@ -398,14 +404,7 @@ def test_square_gradient_free_and_model_untouched(shape):
 def test_square_linear_minimal_eps(seed):
     """Random search reaches the optimal corner of a linear model just above eps* and, being
     sound, never succeeds below it."""
-    g = _gen(seed)
-    shape = (1, 3, 2, 2)
-    n = shape[1] * shape[2] * shape[3]
-    sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
-    d = sign * (0.5 + torch.rand(n, generator=g))
-    x = 0.3 + 0.4 * torch.rand(shape, generator=g)
-    eps_star = 0.1 + 0.1 * torch.rand((), generator=g).item()
-    model = _linear_model(d, eps_star * d.abs().sum().item() - float(d @ x.flatten()))
+    model, x, _, _, eps_star, _ = _linear_problem(seed)
     y = torch.zeros(1, dtype=torch.long)
     assert _wrong(model, square(model, x, y, eps_star * 1.02, queries=500, generator=_gen(seed)), y).all()
     assert not _wrong(model, square(model, x, y, eps_star * 0.98, queries=500, generator=_gen(seed)), y).any()
