@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from a5ocr.cli.progress import RichReporter, progress_bars
+from a5ocr.errors import DesignError
 
 out_console = Console()
 
@@ -33,10 +34,13 @@ def design(
     eval_samples: int = typer.Option(100, help="Fresh acquisitions per character for the final evaluation."),
     train_bounds: Optional[str] = typer.Option(None, help="Training bounds: mixed (the paper's f*CROWN-IBP + (1-f)*IBP) or a bound method (ibp, crown-ibp, ...); default from the preset."),
     crown_k: Optional[int] = typer.Option(None, help="CROWN-IBP (in mixed training) on the k hardest margins by IBP only, IBP on the rest (a few times cheaper, sound); default: every margin."),
+    threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: torch's choice)."),
 ) -> None:
     """Design certifiably robust glyphs for a font (A5/PC by default) and evaluate them."""
+    from a5ocr.runtime import set_threads  # local: keep a5ocr --help fast (torch)
     from a5ocr.training.design import DesignConfig, run_design  # local: keep a5ocr --help fast
 
+    set_threads(threads, DesignError)
     cfg = DesignConfig(
         font=font, chars=chars, eps_a=eps_a, eps_d=eps_d, recipe=recipe,
         classifier=str(classifier) if classifier else None, preset=preset, resolution=resolution,

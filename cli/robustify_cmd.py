@@ -42,6 +42,8 @@ def robustify(
     out: Optional[Path] = typer.Option(None, help="Run folder (default renders/robustify-<recipe>-<source>-<eps>/)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out from its last checkpoint."),
     threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: torch's choice)."),
+    train_bounds: Optional[str] = typer.Option(None, "--train-bounds", help="Training bounds: mixed (f*CROWN-IBP + (1-f)*IBP) or a bound method (ibp, crown-ibp, ...); default from the preset."),
+    crown_k: Optional[int] = typer.Option(None, "--crown-k", help="The relaxation on the k hardest margins by IBP only, IBP on the rest (sound, a few times cheaper); default: every margin."),
 ) -> None:
     """Robustify acquired images before the classifier (A5/O, A5/R, A5/RC) and evaluate them."""
     from a5ocr.robustify import RobustifyConfig, RobustifyError, run_robustify  # local: keep a5ocr --help fast
@@ -56,7 +58,7 @@ def robustify(
         classifier=str(classifier) if classifier else None, robustifier=str(robustifier) if robustifier else None, eps_a=eps_a, eps_r=eps_r, eps_d=eps_d, preset=preset,
         resolution=resolution, r_steps=steps, rc_steps=rc_steps, o_steps=o_steps, o_lr=o_lr, stage1_steps=stage1_steps,
         batch_size=batch_size, test_fraction=test_fraction, samples_per_char=samples_per_char, device=device, seed=seed,
-        out=str(out) if out else None,
+        out=str(out) if out else None, train_bounds=train_bounds, crown_k=crown_k,
     )
     with progress_bars() as progress:
         summary = run_robustify(cfg, resume=resume, reporter=RichReporter(progress))

@@ -24,6 +24,11 @@ def run(*args, cwd=None):
         (["design", "--recipe", "x"], "--recipe must be p or pc"),
         (["design", "--preset", "huge"], "unknown preset"),
         (["design", "--eps-a", "abc"], "Invalid value"),
+        (["design", "--threads", "0"], "--threads must be at least 1"),
+        (["design", "--crown-k", "0"], "--crown-k must be an integer of at least 1"),
+        (["design", "--train-bounds", "exact"], "train_bounds must be mixed or one of"),
+        (["robustify", "--preset", "tiny", "--crown-k", "-2"], "--crown-k must be an integer of at least 1"),
+        (["robustify", "--preset", "tiny", "--train-bounds", "exact"], "train_bounds must be mixed or one of"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args, needle, tmp_path):
