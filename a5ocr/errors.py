@@ -59,10 +59,6 @@ class RenderError(ScanError):
     """A page that cannot be rendered (missing font, characters the font lacks, bad option)."""
 
 
-class UsageError(A5Error):
-    """A command-line request that the library accepts but the command does not (CLI checks)."""
-
-
 class RunError(A5Error):
     """A run folder that is missing, incomplete or corrupt (or a classifier that does not fit it)."""
 

@@ -5,7 +5,7 @@
 eps schedule, learning rate and training bounds), the end-of-run evaluation (samples per
 character, seed, certification methods), the device, seed and run folder, the acquisition
 model. Each field has one name in both; the config record of ``config.json`` is ``to_dict()``,
-read back with ``from_dict`` (which maps the names old run folders used, ``LEGACY``).
+read back with ``from_dict`` (which maps the names old run folders used, ``runs.LEGACY_CONFIG_NAMES``).
 
 The checks are building blocks (``check_preset``, ``check_budget``, ``check_samples``,
 ``with_preset``, ``with_eval_seed``, ``check_resolution``, ``check_at_least_one``,
@@ -15,13 +15,13 @@ raise the subclass's ``ERROR`` (one readable line).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import ClassVar, Iterable
 
 from a5ocr.acquisition import AcquisitionConfig
 from a5ocr.bounds import METHODS
 from a5ocr.errors import A5Error, check_in_unit_interval
-from a5ocr.runs import LEGACY_CONFIG_NAMES, current_config_names, default_eval_seed
+from a5ocr.runs import current_config_names, default_eval_seed
 
 PRESETS: dict[str, dict] = {
     # CPU default: 32x32, the wider small net, IBP bounds in training (CROWN-IBP costs ~50x an
@@ -50,6 +50,13 @@ def bounds_options_problem(train_bounds: str, certify_methods) -> str | None:
     return None
 
 
+def _crown_k_problem(crown_k) -> str | None:
+    """What is wrong with ``crown_k`` (None or an integer >= 1), in one line; None when valid."""
+    if crown_k is None or (isinstance(crown_k, int) and not isinstance(crown_k, bool) and crown_k >= 1):
+        return None
+    return f"--crown-k must be an integer of at least 1 (or unset: every margin), got {crown_k!r}"
+
+
 @dataclass
 class TrainingConfig:
     """The settings shared by every training run (written to ``config.json`` with the run's own).
@@ -59,7 +66,6 @@ class TrainingConfig:
 
     ERROR: ClassVar[type[A5Error]] = A5Error  # what the checks raise
     SAMPLES_FLAG: ClassVar[str] = "--samples-per-char"  # the option that sets samples_per_char
-    LEGACY: ClassVar[dict[str, str]] = LEGACY_CONFIG_NAMES  # old config.json key -> field
 
     font: str = "comic-neue"
     chars: str = "62"
@@ -99,10 +105,6 @@ class TrainingConfig:
             d["certify_methods"] = tuple(d["certify_methods"])
         return cls(**d)
 
-    @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
-
     # -- checks (building blocks of ``resolved``) ------------------------------------------------
     def check_preset(self, presets: dict) -> None:
         if self.preset not in presets:
@@ -141,9 +143,7 @@ class TrainingConfig:
     def with_checked_bounds(self):
         """Check ``train_bounds`` and ``certify_methods`` (``bounds_options_problem``); the config
         with ``certify_methods`` as a tuple."""
-        problem = bounds_options_problem(self.train_bounds, self.certify_methods)
-        if problem is None and self.crown_k is not None and (isinstance(self.crown_k, bool) or not isinstance(self.crown_k, int) or self.crown_k < 1):
-            problem = f"--crown-k must be an integer of at least 1 (or unset: every margin), got {self.crown_k!r}"
+        problem = bounds_options_problem(self.train_bounds, self.certify_methods) or _crown_k_problem(self.crown_k)
         if problem:
             raise self.ERROR(problem)
         return replace(self, certify_methods=tuple(self.certify_methods))
