@@ -795,3 +795,83 @@ def test_gradcheck_two_classes():
         fn = lambda a, b: bounds.margin_lower_bounds(net, a, b, labels, method)  # noqa: E731
         assert torch.autograd.gradcheck(fn, (xl.clone().requires_grad_(True), xu.clone().requires_grad_(True)),
                                         eps=1e-6, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------
+# the certification cascade per margin: IBP everywhere, the relaxation only where IBP fails
+
+
+def test_group_size_by_hand():
+    from a5ocr.bounds.api import _group_size
+
+    assert [_group_size(u, 61) for u in (1, 2, 3, 4, 5, 8, 9, 33, 61)] == [1, 2, 4, 4, 8, 8, 16, 61, 61]
+    assert _group_size(5, 5) == 5 and _group_size(3, 5) == 4
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("arch", list(ARCHS6))
+def test_ibp_first_margins_sound_against_milp_and_equal_to_the_best_of_both(arch, seed):
+    """Every entry is <= its exact MILP minimum; where IBP proves the margin it is the IBP bound,
+    elsewhere max(IBP, <method> on every margin) (CROWN-IBP: exactly; CROWN and alpha-CROWN,
+    whose pruned path also keeps the IBP intermediate bounds: at least that); certify(ibp_first)
+    certifies a superset of each method alone."""
+    model, shape = ARCHS6[arch](300 + seed)
+    x, xl, xu = box(shape, 300 + seed, [0.08, 0.15, 0.25][seed], batch=3)
+    labels = model(x).argmax(1)
+    exact = torch.zeros(x.shape[0], K6, dtype=D)
+    for n in range(x.shape[0]):
+        for j in range(K6):
+            if j != labels[n]:
+                exact[n, j] = exact_margin_min(model, xl[n], xu[n], int(labels[n]), j)[0]
+    ibp = bounds.margin_lower_bounds(model, xl, xu, labels, "ibp").detach()
+    for method in METHODS:
+        lb = bounds.ibp_first_margin_lower_bounds(model, xl, xu, labels, method)
+        full = bounds.margin_lower_bounds(model, xl, xu, labels, method).detach()
+        assert torch.all(lb <= exact + 1e-6), (method, (lb - exact).max().item())
+        assert torch.all(lb[torch.arange(x.shape[0]), labels] == 0)
+        want = torch.where(ibp > 0, ibp, torch.maximum(ibp, full))  # (extra margins of a group may be tighter)
+        assert torch.all(lb >= ibp - 1e-12)  # (the pruned pass redoes IBP on a sub-batch: last-bit differences)
+        done = ((ibp > 0) | (torch.arange(K6) == labels.view(-1, 1))).all(1)  # proven by IBP alone
+        assert torch.equal(lb[done], ibp[done])
+        assert torch.all(lb >= want - 1e-10), (method, (want - lb).max().item())
+        if method in ("ibp", "crown-ibp"):  # the same IBP intermediate bounds: the same numbers where IBP fails
+            assert torch.allclose(lb[ibp <= 0], want[ibp <= 0], rtol=0, atol=1e-10)
+        cert = bounds.certify(model, xl, xu, labels, method, ibp_first=True)
+        assert torch.equal(cert, ((lb > 0) | (torch.arange(K6) == labels.view(-1, 1))).all(1))
+        assert torch.all(cert >= bounds.certify(model, xl, xu, labels, method))
+        assert torch.all(cert >= bounds.certify(model, xl, xu, labels, "ibp"))
+
+
+def test_ibp_first_runs_the_relaxation_only_on_ibp_unproven_margins(monkeypatch):
+    """The relaxation sees each sample's IBP-unproven margins (rounded up to a power of two of
+    the hardest by IBP) and nothing for a sample IBP proves: counted with a spy."""
+    from a5ocr.bounds import pruned
+
+    # y_j = relu(x_j) + b_j, x in [0, 1]^5: IBP bound of y_l - y_j = b_l - b_j - 1
+    net = nn.Sequential(nn.Linear(5, 5), nn.ReLU(), nn.Linear(5, 5)).to(D)
+    with torch.no_grad():
+        for lin in (net[0], net[2]):
+            lin.weight.copy_(torch.eye(5, dtype=D))
+            lin.bias.zero_()
+        net[2].bias.copy_(torch.tensor([4.0, 0.5, 2.2, 0.5, 2.6], dtype=D))
+    xl, xu = torch.zeros(3, 5, dtype=D), torch.ones(3, 5, dtype=D)
+    labels = torch.tensor([0, 2, 1])  # IBP-unproven margins: none; j = 0, 4; all four
+    ibp = bounds.margin_lower_bounds(net, xl, xu, labels, "ibp")
+    unproven = ((ibp <= 0) & (torch.arange(5) != labels.view(-1, 1))).sum(1).tolist()
+    assert unproven == [0, 2, 4]
+    seen = []
+    orig = pruned.relaxed_bounds
+
+    def spy(net_, shapes, boxes, pre, spec, margin, *a, **kw):
+        seen.append((margin[0].clone(), margin[1].shape[1]))
+        return orig(net_, shapes, boxes, pre, spec, margin, *a, **kw)
+
+    monkeypatch.setattr(pruned, "relaxed_bounds", spy)
+    lb = bounds.ibp_first_margin_lower_bounds(net, xl, xu, labels, "crown-ibp")
+    from a5ocr.bounds.api import _group_size
+
+    got = sorted((int(lab), k) for labs, k in seen for lab in labs)
+    assert got == sorted((int(labels[n]), _group_size(unproven[n], 4)) for n in (1, 2))
+    assert torch.equal(lb[0], ibp[0])  # proven by IBP: untouched
+    # here the net is exact in the box (identity + ReLU on [0, 1]): CROWN-IBP is exact too
+    assert torch.all(lb >= ibp)

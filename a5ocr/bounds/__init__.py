@@ -14,13 +14,16 @@ Entry points (shapes: B samples, K classes, S specs):
   margins, optionally mixed with IBP (f) and with <method> only on the k hardest margins by IBP
 * ``robust_loss(...)`` = ``worst_case_cross_entropy(robust_margins(...), labels)`` (a scalar)
 * ``compute_bounds(model, x_lower, x_upper, C [B, S, K], method, bound_upper) -> (lb, ub)``
-* ``certify(model, x_lower, x_upper, labels, method) -> BoolTensor [B]``
+* ``certify(model, x_lower, x_upper, labels, method, ibp_first=False) -> BoolTensor [B]``
+* ``ibp_first_margin_lower_bounds(model, x_lower, x_upper, labels, method) -> [B, K]``: the
+  certification cascade per margin (IBP everywhere, <method> only where IBP fails)
 * ``worst_case_logits(margins) -> -margins``, ``worst_case_cross_entropy(margins, labels=None)``
 """
 
 from a5ocr.bounds.api import (
     certify,
     compute_bounds,
+    ibp_first_margin_lower_bounds,
     margin_lower_bounds,
     margin_spec,
     mixed_margin_lower_bounds,
@@ -40,6 +43,7 @@ __all__ = [
     "ReLURelaxation",
     "certify",
     "compute_bounds",
+    "ibp_first_margin_lower_bounds",
     "margin_lower_bounds",
     "margin_spec",
     "mixed_margin_lower_bounds",

@@ -17,15 +17,20 @@ from a5ocr import bounds
 from a5ocr.training.losses import attack_box
 
 
-def certify_batch(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor, method: str) -> torch.Tensor:
+def certify_batch(
+    model: nn.Module, x: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor, method: str, *, ibp_first: bool = False,
+) -> torch.Tensor:
     """Sound (float64) certificate of each sample: BoolTensor [n]; False where misclassified.
 
-    ``eps``: a float, or a tensor [n] (one radius per sample).
+    ``eps``: a float, or a tensor [n] (one radius per sample). ``ibp_first``: each margin
+    proven by IBP or, only where IBP fails, by ``method`` (``bounds.certify``).
     """
     if x.shape[0] == 0:
         return torch.zeros(0, dtype=torch.bool, device=x.device)
     xl, xu = linf_box(x, eps)
     # looked up on the module at call time (tests monkeypatch ``bounds.certify``)
+    if ibp_first:
+        return bounds.certify(model, xl, xu, labels, method=method, ibp_first=True)
     return bounds.certify(model, xl, xu, labels, method=method)
 
 
@@ -51,11 +56,14 @@ def certify_cascade(
     """Certificates [n] of each entry of ``cascade_names(methods, cascade)``; False where not ``correct``.
 
     ``methods`` certify in order. With ``cascade`` the first method runs on every sample and
-    each later one only on the correct samples that the earlier ones left uncertified; its
-    entry is named "ibp+crown-ibp" (certified by any method so far). Each method is a sound
-    proof, so the cascade's certified set equals the union of the full runs, at the cost of
-    the cheap first method plus the tight ones on a few samples. Without it, every method
-    runs on every sample and each entry is that method alone.
+    each later one only on the correct samples that the earlier ones left uncertified, and
+    there per margin: IBP bounds every margin and the later method runs only on the margins
+    IBP leaves unproven (``bounds.certify(ibp_first=True)``); its entry is named
+    "ibp+crown-ibp": certified when every margin is proven by IBP or by a method so far. Each
+    bound is sound, so the cascade certifies every sample that any full run certifies (and
+    those whose margins the methods prove only between them), at the cost of the cheap first
+    method plus the tight ones on a few margins of a few samples. Without ``cascade``, every
+    method runs on every sample and each entry is that method alone.
     """
     out = []
     so_far = torch.zeros_like(correct)
@@ -63,7 +71,7 @@ def certify_cascade(
         if cascade and i:
             todo = torch.nonzero(correct & ~so_far).flatten()
             if todo.numel():
-                so_far[todo] = certify_batch(model, x[todo], labels[todo], eps, m)
+                so_far[todo] = certify_batch(model, x[todo], labels[todo], eps, m, ibp_first=True)
             cert = so_far.clone()
         else:
             cert = certify_batch(model, x, labels, eps, m) & correct
