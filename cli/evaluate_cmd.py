@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, List, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from a5ocr.cli.progress import THREADS_HELP, progress_bars
 from a5ocr.errors import EvaluateError
 from a5ocr.runio import write_json
 
@@ -94,7 +94,7 @@ def evaluate(
     histogram: Optional[Path] = typer.Option(None, help="Histogram PNG of the certified radius (default: certified_radius[-original].png beside --json, or in the run folder)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     weakest: int = typer.Option(10, help="Number of weakest glyphs to list."),
-    threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: torch's choice). On a shared machine 1 can be several times faster than 2."),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
 ) -> None:
     """Evaluate a design or robustify run: clean, attack and certified error, certified radius, PSNR, per class."""
     from a5ocr.evaluation import check_options  # local: keep a5ocr --help fast (torch)
@@ -139,15 +139,12 @@ def _evaluate_with_progress(run_dir: Path, classifier: Optional[Path], options: 
     labels = {"certify": "certify + radius", "attack": f"attack ({options['attack']})",
               "check": f"check certified ({options['check_attack']})"}
 
-    with Progress(
-        TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), console=err_console, transient=False,
-    ) as progress:
+    with progress_bars(err_console, width=24) as progress:  # rich bars on a terminal, else plain lines
         tasks: dict[str, int] = {}
 
         def on_progress(phase: str, done: int, total: int) -> None:
             if phase not in tasks:
-                tasks[phase] = progress.add_task(labels.get(phase, phase), total=max(total, 1))
+                tasks[phase] = progress.add_task(labels.get(phase, phase), total=max(total, 1), stats="")
             progress.update(tasks[phase], completed=done, total=max(total, 1))
 
         if image_side:
