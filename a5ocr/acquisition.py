@@ -6,7 +6,7 @@ replays the same acquisitions:
 
 1. shift (random crop back to R after zero padding; continuous, up to ``pad`` px),
 2. rotation up to +-``degrees``, 3. perspective (corner offsets up to ``distortion`` of the
-half-size, applied with probability ``perspective_p``) -- 1-3 composed into one homography and
+half-size, applied with probability ``perspective_p``, 0.99 as in the authors' code) -- 1-3 composed into one homography and
 resampled once (bilinear, fill 0 = paper);
 4. x = 1 - w' + N(0, s^2), s = noise_min + (noise_max - noise_min) U(0,1);
 5. replicate to 3 channels; 6. Gaussian blur (kernel ``blur_kernel``, sigma in ``blur_sigma``);
@@ -33,7 +33,7 @@ class AcquisitionConfig:
     pad: float = 5.0
     degrees: float = 5.0
     distortion: float = 0.25
-    perspective_p: float = 0.5
+    perspective_p: float = 0.99  # the authors' code: RandomPerspective(0.25, p=0.99) (reference.md)
     noise_min: float = 0.001
     noise_max: float = 0.1
     blur_kernel: int = 9
