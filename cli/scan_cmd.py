@@ -15,6 +15,9 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from a5ocr.cli.progress import THREADS_HELP
+from a5ocr.errors import ScanError
+
 
 def scan(
     page: Path = typer.Argument(..., help="The scanned page: PNG, JPEG or TIFF (the first frame). A glyph sheet from `a5ocr export --sheet` is recognised by its <name>.layout.json beside it (or --layout)."),
@@ -27,12 +30,16 @@ def scan(
     layout: Optional[Path] = typer.Option(None, "--layout", help="The sheet layout JSON, when it is not <page stem>.layout.json beside the page."),
     sheet_page: int = typer.Option(1, "--sheet-page", help="Which page of a multi-page sheet this scan is (1-based)."),
     classifier: Optional[Path] = typer.Option(None, help="Another classifier of the run (e.g. baseline_classifier.safetensors) instead of classifier.safetensors."),
+    truth: Optional[Path] = typer.Option(None, "--truth", help="The page's true text, to count the characters read correctly and certified-and-correct: a ground truth JSON of `a5ocr render-text` or a UTF-8 text file. Default: render-text's <page>.truth.json beside the page, if there; else the correctness figures are null."),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
 ) -> None:
     """Read a scanned page with a design run's classifier and certify every character."""
+    from a5ocr.runtime import set_threads  # local: keep a5ocr --help fast (torch)
     from a5ocr.scan import scan_and_write  # local: keep a5ocr --help fast (torch)
 
+    set_threads(threads, ScanError)
     result = scan_and_write(page, run, eps_a=eps_a, method=method, layout=layout, classifier=classifier,
-                            sheet_page=sheet_page, json_out=json_out, overlay=overlay)
+                            sheet_page=sheet_page, json_out=json_out, overlay=overlay, truth=truth)
     out = Console()
     if not result.chars:
         out.print(f"{page.name}: no text found")
@@ -48,14 +55,11 @@ def scan(
             line = c.line
         out.print(text)
         n, k = len(result.chars), result.certified_count
-        tail = ""
-        if result.mode == "sheet":
-            d = result.to_dict()
-            tail = f", read correctly {d['accuracy']:.1%}"
         out.print(
-            f"[dim]{n} characters, {k} certified ({k / n:.1%}) at eps_A {result.eps_a:g} ({result.method}){tail}; "
+            f"[dim]{n} characters, {k} certified ({k / n:.1%}) at eps_A {result.eps_a:g} ({result.method}); "
             f"uncertified in [bold red]red[/bold red][/dim]", highlight=False,
         )
+    out.print(Text(_truth_line(result), style="dim"))
     for label, path in (("json", json_out), ("overlay", overlay)):
         if path is not None:
             out.print(f"[dim]{label}: {path}[/dim]", highlight=False)
@@ -63,6 +67,20 @@ def scan(
         # SystemExit, not typer.Exit: the console script runs typer with standalone_mode=False,
         # where an Exit's code would be returned and dropped.
         raise SystemExit(1)
+
+
+def _truth_line(result) -> str:
+    """Correct, certified and correct, certified but wrong: over the true characters, or why unknown."""
+    c = result.counts()
+    t = c["truth_characters"]
+    if t is None:
+        return "correctness unknown: no truth for this page (--truth)"
+    src = result.truth_known()["source"]
+    if not t:
+        return f"the truth ({src}) has no characters"
+    return (f"truth {src}: {t} characters; read correctly {c['correct']} ({c['correct'] / t:.1%}), "
+            f"certified and correct {c['certified_correct']} ({c['certified_correct'] / t:.1%}), "
+            f"certified but wrong {c['certified_wrong']}, missed {c['missed']}")
 
 
 def render_text(

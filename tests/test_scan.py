@@ -225,14 +225,93 @@ def test_scan_reads_a_page_in_the_designed_font(tmp_path, run, font):
     assert d["radius_cap"] == radius_cap(0.02)  # the evaluation stage's cap: one certified-radius search
     assert all(c["radius"] <= d["radius_cap"] for c in d["characters"])
     for c in d["characters"]:
-        assert set(c) >= {"label", "box", "confidence", "certified", "radius"}
+        assert set(c) >= {"label", "box", "confidence", "certified", "radius", "expected", "correct"}
         assert 0.0 <= c["confidence"] <= 1.0 and (c["radius"] >= 0.02) == c["certified"]
+    # render-text's truth beside the page is found: correctness is counted, and adds up
+    k, n, t = d["counts"], len(result.chars), len(truth["chars"])
+    assert d["truth"] == {"source": str(path) + ".truth.json", "characters": t}
+    assert k["truth_characters"] == t and k["correct"] + k["wrong"] == n and k["correct"] == sum(c["correct"] for c in d["characters"])
+    assert k["certified_correct"] == sum(c["certified"] and c["correct"] for c in d["characters"])
+    assert k["certified_correct"] + k["certified_wrong"] == k["certified"] and len(d["certified_wrong"]) == k["certified_wrong"]
+    assert all(w["certified"] and w["label"] != w["expected"] for w in d["certified_wrong"])
+    assert sum(c["expected"] != "" for c in d["characters"]) + k["missed"] == t and len(d["missed"]) == k["missed"]
+    assert d["accuracy"] == pytest.approx(k["correct"] / t) and d["accuracy"] >= 0.9
+    assert d["certified_correct_fraction"] == pytest.approx(k["certified_correct"] / t)
     with Image.open(tmp_path / "r.png") as im:
         assert im.size == (gray.shape[1], gray.shape[0]) and im.mode == "RGB"
         arr = np.asarray(im)
     green = (arr[..., 1] > 150) & (arr[..., 0] < 60)
     red = (arr[..., 0] > 200) & (arr[..., 1] < 60)
     assert green.any() == (result.certified_count > 0) and red.any() == (result.certified_count < len(result.chars))
+
+
+def _read(chars: str, certified: str) -> list:
+    """Characters read (labels, and "1" certified / "0" not per character) on one line."""
+    return [sc.ScanChar(char=c, box=[10.0 * i, 0.0, 10.0 * i + 8, 12.0], line=0, confidence=0.9, certified=f == "1",
+                        radius=0.05 if f == "1" else 0.0) for i, (c, f) in enumerate(zip(chars, certified))]
+
+
+def _result(chars, mode="text") -> sc.ScanResult:
+    return sc.ScanResult(page="p.png", mode=mode, eps_a=0.02, method="ibp", chars=chars, page_px=(100, 20))
+
+
+def test_truth_alignment_counts_correct_certified_and_certified_wrong():
+    from a5ocr.scan.result import compare_with_truth
+
+    # read B A D X C A F F against "BAD CAFE": an extra X (nothing there), the final E read as F
+    res = compare_with_truth(_result(_read("BADXCAFF", "11011110")), "BAD CAFE", "truth.txt")
+    assert [c.expected for c in res.chars] == ["B", "A", "D", "", "C", "A", "F", "E"]
+    d = res.to_dict()
+    assert d["counts"] == {"characters": 8, "certified": 6, "uncertified": 2, "lines": 1, "truth_characters": 7,
+                           "correct": 6, "wrong": 2, "certified_correct": 5, "certified_wrong": 1, "missed": 0}
+    assert d["truth"] == {"source": "truth.txt", "characters": 7} and d["missed"] == []
+    assert [(w["index"], w["label"], w["expected"]) for w in d["certified_wrong"]] == [(3, "X", "")]
+    assert (d["accuracy"], d["certified_correct_fraction"], d["certified_wrong_fraction"]) == (6 / 7, 5 / 7, 1 / 7)
+    assert d["certified_fraction"] == 6 / 8
+    # a true character nothing was read for is missed; a certified wrong read is listed
+    res = compare_with_truth(_result(_read("BED", "111")), "BA\nXD", "t")
+    d = res.to_dict()
+    assert [c.expected for c in res.chars] == ["B", "A", "D"]  # E read for the A; the X is missed
+    assert d["missed"] == [{"index": 2, "char": "X"}] and d["counts"]["missed"] == 1
+    assert d["counts"]["certified_wrong"] == 1 and d["certified_wrong"][0]["label"] == "E"
+
+
+def test_without_a_truth_correctness_is_null_and_pages_add_up():
+    from a5ocr.scan.result import compare_with_truth, overall
+
+    plain = _result(_read("BAD", "101")).to_dict()
+    assert plain["truth"] is None and plain["missed"] is None and plain["certified_wrong"] is None
+    assert plain["accuracy"] is None and plain["certified_correct_fraction"] is None
+    assert all(plain["counts"][k] is None for k in ("truth_characters", "correct", "wrong", "certified_correct", "certified_wrong", "missed"))
+    assert all(c["expected"] is None and c["correct"] is None for c in plain["characters"])
+    a = compare_with_truth(_result(_read("BAD", "111")), "BAD", "a")
+    b = compare_with_truth(_result(_read("CAFF", "0111")), "CAFE", "b")
+    both = overall([a, b])
+    assert both["counts"] == {"pages": 2, "characters": 7, "certified": 6, "uncertified": 1, "lines": 2, "truth_characters": 7,
+                              "correct": 6, "wrong": 1, "certified_correct": 5, "certified_wrong": 1, "missed": 0}
+    assert (both["accuracy"], both["certified_correct_fraction"], both["certified_fraction"]) == (6 / 7, 5 / 7, 6 / 7)
+    partly = overall([a, _result(_read("BAD", "111"))])  # one page without a truth: no overall correctness
+    assert partly["counts"]["characters"] == 6 and partly["counts"]["correct"] is None and partly["accuracy"] is None
+    # a sheet's truth is its layout
+    sheet = _result(_read("AB", "11"), mode="sheet")
+    for c, e in zip(sheet.chars, "AC"):
+        c.expected = e
+    d = sheet.to_dict()
+    assert d["truth"] == {"source": "sheet layout", "characters": 2} and d["counts"]["certified_wrong"] == 1
+
+
+def test_a_perfect_read_against_a_changed_truth_counts_exactly_the_change(reader, font):
+    from a5ocr.scan.result import compare_with_truth
+
+    gray, truth = render_text("BAD CAFE\nHEAD", font, RenderOptions(clean=True, size_pt=20.0, width_in=6.0, margin_in=0.4))
+    result = sc.scan_text(gray, _template_reader(reader), 0.02, "ibp")
+    assert result.text == truth["text"]
+    compare_with_truth(result, "BAD CAGE\nHEAD", "changed")  # the F (read index 5) is not what the truth says
+    k = result.counts()
+    assert [c.correct for c in result.chars] == [i != 5 for i in range(11)]
+    assert (k["correct"], k["wrong"], k["missed"]) == (10, 1, 0)
+    f = result.chars[5]
+    assert k["certified_wrong"] == int(f.certified) and k["certified_correct"] == result.certified_count - int(f.certified)
 
 
 def test_certificates_and_radii_are_sound(reader):
@@ -267,6 +346,7 @@ def test_scan_a_glyph_sheet_with_registration_marks(tmp_path, run):
     d = res.to_dict()
     assert res.mode == "sheet" and len(res.chars) == len(CHARS) and d["accuracy"] >= 0.75
     assert [c.expected for c in res.chars] == list(CHARS)
+    assert d["truth"]["source"] == "sheet layout" and d["counts"]["correct"] == sum(c.char == c.expected for c in res.chars)
     layout = json.loads((tmp_path / "sheet.layout.json").read_text())
     for c, b in zip(res.chars, layout["boxes"]):
         assert _iou(c.box, b["box_px"]) > 0.8  # a 1-degree rotation at most
@@ -304,9 +384,21 @@ def test_gray_rgba_16bit_palette_tiff_read_alike(tmp_path, run, font):
     for name, tol in (("rgba.png", 1 / 255 + 1e-6), ("g16.png", 1e-4), ("pal.png", 1 / 255 + 1e-6), ("page.tif", 1e-6), ("rgb.jpg", 0.2)):
         got = pg.read_page(tmp_path / name)
         assert got.shape == base.shape and float(np.abs(got - base).max()) <= tol, name
-    want = sc.scan(path, run, method="ibp").text
+    first = sc.scan(path, run, method="ibp")
+    want = first.text
     for name in ("rgba.png", "g16.png"):
-        assert sc.scan(tmp_path / name, run, method="ibp").text == want
+        other = sc.scan(tmp_path / name, run, method="ibp")
+        assert other.text == want
+        assert other.to_dict()["truth"] is None and other.counts()["correct"] is None  # no truth beside: not guessed
+    # the same truth as a text file gives the same figures as render-text's JSON found beside the page
+    (tmp_path / "truth.txt").write_text("BAD\n CAFE\n", encoding="utf-8")
+    by_text = sc.scan(tmp_path / "g16.png", run, method="ibp", truth=tmp_path / "truth.txt")
+    assert by_text.truth["source"] == str(tmp_path / "truth.txt") and by_text.counts() == first.counts()
+    with pytest.raises(sc.ScanError, match="--truth .* not found"):
+        sc.scan(tmp_path / "g16.png", run, truth=tmp_path / "none.txt")
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(sc.ScanError, match="not an a5ocr ground truth"):
+        sc.scan(tmp_path / "g16.png", run, truth=tmp_path / "bad.json")
 
 
 def _bomb_png(path, width=50_000, height=50_000):
@@ -379,6 +471,8 @@ def test_cli_render_text_and_scan(tmp_path, run, font):
     d = json.loads((tmp_path / "o.json").read_text())
     assert r.exit_code == (0 if d["counts"]["uncertified"] == 0 else 1), r.output
     assert (tmp_path / "o.png").is_file() and "characters" in r.output
+    assert d["truth"]["source"] == str(page) + ".truth.json" and "read correctly" in r.output
+    assert f"certified but wrong {d['counts']['certified_wrong']}" in r.output
     # nothing is certified at a huge budget: --require-certified fails, without it the scan succeeds
     r = runner.invoke(app, args + ["--eps-a", "0.9", "--require-certified"])
     assert r.exit_code == 1 and json.loads((tmp_path / "o.json").read_text())["counts"]["certified"] == 0
@@ -387,7 +481,7 @@ def test_cli_render_text_and_scan(tmp_path, run, font):
     assert isinstance(r.exception, sc.ScanError) and "--json must end in .json" in str(r.exception)
 
 
-def test_console_script_bad_input_is_one_line_exit_2(tmp_path, run):
+def test_console_script_bad_input_is_one_line_exit_2(tmp_path, run, a5ocr_main):
     import subprocess
     import sys
 
@@ -395,3 +489,5 @@ def test_console_script_bad_input_is_one_line_exit_2(tmp_path, run):
     r = subprocess.run([sys.executable, "-m", "a5ocr.cli.app", "scan", str(tmp_path / "x.png"), "--run", str(run)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "not an image" in r.stderr and "Traceback" not in r.stderr
+    code, out, err = a5ocr_main("scan", tmp_path / "x.png", "--run", run, "--threads", "0")
+    assert code == 2 and err.strip() == "error: --threads must be at least 1" and not out

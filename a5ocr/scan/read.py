@@ -28,6 +28,12 @@ Glyph sheets from ``a5ocr export --sheet`` (a ``<sheet>.layout.json`` beside the
 ``layout=``) are read from their known boxes through the registration marks (``sheet``).
 The result, its JSON and its overlay: ``result``.
 
+**Truth** (``load_truth_text``): a running-text page is compared with its true text (``result``:
+correct, certified and correct, certified but wrong, missed) when ``truth=`` names a file (a
+ground truth JSON of ``a5ocr render-text``, or a UTF-8 text file), or else when the page has
+render-text's ``<page>.truth.json`` beside it; without either, the correctness figures are null.
+A glyph sheet's truth is its layout.
+
 Bad input raises ``ScanError`` (a ``ValueError``) with a one-line message.
 """
 
@@ -37,11 +43,12 @@ from pathlib import Path
 
 import numpy as np
 
-from a5ocr.errors import PageError, ScanError
+from a5ocr.errors import PageError, RenderError, ScanError
 from a5ocr.scan.certify import check_options
 from a5ocr.scan.page import read_page
 from a5ocr.scan.reader import load_reader
-from a5ocr.scan.result import ScanResult, check_json_path, check_overlay_path, write_json, write_overlay
+from a5ocr.scan.render_text import load_truth, truth_path
+from a5ocr.scan.result import ScanResult, check_json_path, check_overlay_path, compare_with_truth, write_json, write_overlay
 from a5ocr.scan.sheet import find_layout, scan_sheet
 from a5ocr.scan.text import scan_text
 
@@ -54,26 +61,55 @@ def load_page(path: Path | str) -> np.ndarray:
         raise ScanError(str(err)) from None
 
 
+def load_truth_text(page: Path | str, truth: Path | str | None = None) -> tuple[str, str] | None:
+    """The page's true text and where it came from (the module doc), or None when none is given
+    and render-text's truth is not beside the page; ``ScanError`` for an unreadable file."""
+    if truth is None:
+        beside = truth_path(page)
+        if not beside.is_file():
+            return None
+        truth = beside
+    path = Path(truth)
+    if not path.is_file():
+        raise ScanError(f"--truth {path} not found")
+    if path.suffix.lower() == ".json":
+        try:
+            return load_truth(path)["text"], str(path)
+        except RenderError as err:
+            raise ScanError(str(err)) from None
+    try:
+        return path.read_text(encoding="utf-8"), str(path)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ScanError(f"cannot read --truth {path} as UTF-8 text: {err}") from None
+
+
 def scan(page: Path | str, run_dir: Path | str, eps_a: float | None = None, method: str = "crown-ibp",
-         layout: Path | str | None = None, classifier: Path | str | None = None, sheet_page: int = 1) -> ScanResult:
+         layout: Path | str | None = None, classifier: Path | str | None = None, sheet_page: int = 1,
+         truth: Path | str | None = None) -> ScanResult:
     """Read a page file: a glyph sheet when it has a layout (beside it or ``layout``), else running
-    text. ``eps_a`` defaults to the run's (0.1 when unknown); ``sheet_page`` is 1-based."""
+    text, compared with its truth (``truth``, or render-text's beside the page: the module doc).
+    ``eps_a`` defaults to the run's (0.1 when unknown); ``sheet_page`` is 1-based."""
     reader = load_reader(run_dir, classifier)
     eps = float(eps_a) if eps_a is not None else (reader.eps_a_design or 0.1)
     check_options(eps, method)
     if not (isinstance(sheet_page, int) and sheet_page >= 1):
         raise ScanError(f"--sheet-page must be a page number >= 1, got {sheet_page!r}")
     lay = find_layout(page, layout)
+    if lay is not None and truth is not None:
+        raise ScanError("--truth does not apply to a glyph sheet: its layout gives every box's character")
+    known = None if lay is not None else load_truth_text(page, truth)
     gray = load_page(page)
     name = Path(page).name
     if lay is not None:
         return scan_sheet(gray, lay, reader, eps, method, name, sheet_page - 1)
-    return scan_text(gray, reader, eps, method, name)
+    result = scan_text(gray, reader, eps, method, name)
+    return result if known is None else compare_with_truth(result, *known)
 
 
 def scan_and_write(page: Path | str, run_dir: Path | str, eps_a: float | None = None, method: str = "crown-ibp",
                    layout: Path | str | None = None, classifier: Path | str | None = None, sheet_page: int = 1,
-                   json_out: Path | str | None = None, overlay: Path | str | None = None) -> ScanResult:
+                   json_out: Path | str | None = None, overlay: Path | str | None = None,
+                   truth: Path | str | None = None) -> ScanResult:
     """``scan`` with its outputs (``a5ocr scan``): the output paths and ``layout`` are checked
     before the work, then the result is written as JSON (``json_out``) and as an overlay of the page."""
     if json_out is not None:
@@ -82,7 +118,8 @@ def scan_and_write(page: Path | str, run_dir: Path | str, eps_a: float | None = 
         check_overlay_path(Path(overlay))
     if layout is not None and not Path(layout).is_file():
         raise ScanError(f"sheet layout not found: {layout}")
-    result = scan(page, run_dir, eps_a=eps_a, method=method, layout=layout, classifier=classifier, sheet_page=sheet_page)
+    result = scan(page, run_dir, eps_a=eps_a, method=method, layout=layout, classifier=classifier, sheet_page=sheet_page,
+                  truth=truth)
     if json_out is not None:
         write_json(result, json_out)
     if overlay is not None:

@@ -1,8 +1,19 @@
 """The result of reading a page: one ``ScanChar`` per character (label, box, confidence,
-certificate, radius), the ``ScanResult`` of the page, and its outputs (JSON, overlay image)."""
+certificate, radius), the ``ScanResult`` of the page, and its outputs (JSON, overlay image).
+
+**Truth.** When the page's true text is known (a glyph sheet's layout, or a text page's truth:
+``a5ocr render-text``'s ``page.png.truth.json``, or a text file), each character read carries
+its ``expected`` character and the result counts what a user needs: characters read, correct,
+certified, certified *and correct*, and certified but wrong (the worst case: a proof of a wrong
+answer), each one listed. A text page is aligned to its truth without white space
+(``align_to_truth``): a character read where the truth has none is wrong (expected ``""``); a
+true character nothing was read for is *missed*. Without a truth every one of these is null:
+nothing is guessed. Fractions of correctness are over the true characters.
+"""
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +28,9 @@ from a5ocr.scan.certify import certify_canvases
 from a5ocr.scan.page import to_u8, write_image
 from a5ocr.scan.reader import Reader
 
-SCAN_FORMAT = "a5ocr-scan-1"
+SCAN_FORMAT = "a5ocr-scan-2"  # 2: truth, correctness counts, expected/correct always present
 OVERLAY_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+TRUTH_COUNTS = ("truth_characters", "correct", "wrong", "certified_correct", "certified_wrong", "missed")  # None without a truth
 
 
 @dataclass
@@ -34,16 +46,17 @@ class ScanChar:
     space_before: bool = False
     second: str = ""
     second_confidence: float = 0.0
-    expected: str | None = None  # sheets: the character printed in that box
+    expected: str | None = None  # the true character here; "" nothing there; None: no truth known
+
+    @property
+    def correct(self) -> bool | None:
+        return None if self.expected is None else self.expected == self.char
 
     def to_dict(self) -> dict:
-        d = {"label": self.char, "box": [round(v, 2) for v in self.box], "line": self.line,
-             "confidence": round(self.confidence, 6), "certified": bool(self.certified), "radius": round(self.radius, 6),
-             "runner_up": self.second, "runner_up_confidence": round(self.second_confidence, 6)}
-        if self.expected is not None:
-            d["expected"] = self.expected
-            d["correct"] = self.expected == self.char
-        return d
+        return {"label": self.char, "box": [round(v, 2) for v in self.box], "line": self.line,
+                "confidence": round(self.confidence, 6), "certified": bool(self.certified), "radius": round(self.radius, 6),
+                "runner_up": self.second, "runner_up_confidence": round(self.second_confidence, 6),
+                "expected": self.expected, "correct": self.correct}
 
 
 @dataclass
@@ -57,6 +70,7 @@ class ScanResult:
     chars: list[ScanChar]
     page_px: tuple[int, int]
     info: dict = field(default_factory=dict)
+    truth: dict | None = None  # {"source", "characters", "missed"} (``compare_with_truth``); sheets: from the layout
 
     @property
     def text(self) -> str:
@@ -78,22 +92,93 @@ class ScanResult:
     def certified_fraction(self) -> float | None:
         return self.certified_count / len(self.chars) if self.chars else None
 
+    def truth_known(self) -> dict | None:
+        """The truth this page was compared with, or None; a sheet's from its layout."""
+        if self.truth is not None:
+            return self.truth
+        if self.mode == "sheet" and self.chars and all(c.expected is not None for c in self.chars):
+            return {"source": "sheet layout", "characters": len(self.chars), "missed": []}
+        return None
+
+    def counts(self) -> dict:
+        """Characters read, certified, and (with a truth, else None) correct, certified and correct,
+        certified but wrong, missed, and the number of true characters."""
+        n, k = len(self.chars), self.certified_count
+        out = {"characters": n, "certified": k, "uncertified": n - k, "lines": len({c.line for c in self.chars})}
+        truth = self.truth_known()
+        if truth is None:
+            return {**out, **{key: None for key in TRUTH_COUNTS}}
+        correct = sum(bool(c.correct) for c in self.chars)
+        cert_correct = sum(bool(c.correct) and c.certified for c in self.chars)
+        return {**out, "truth_characters": truth["characters"], "correct": correct, "wrong": n - correct,
+                "certified_correct": cert_correct, "certified_wrong": k - cert_correct, "missed": len(truth["missed"])}
+
     def to_dict(self) -> dict:
-        n = len(self.chars)
+        counts = self.counts()
+        truth = self.truth_known()
         d = {
             "format": SCAN_FORMAT, "page": self.page, "mode": self.mode, "page_px": list(self.page_px),
-            "eps_a": self.eps_a, "method": self.method, "text": self.text,
-            "counts": {"characters": n, "certified": self.certified_count, "uncertified": n - self.certified_count,
-                       "lines": len({c.line for c in self.chars})},
-            "certified_fraction": self.certified_fraction,
+            "eps_a": self.eps_a, "method": self.method, "text": self.text, "counts": counts,
+            "certified_fraction": self.certified_fraction, **fractions(counts),
+            "truth": None if truth is None else {"source": truth["source"], "characters": truth["characters"]},
+            "certified_wrong": None if truth is None else
+            [{"index": i, **c.to_dict()} for i, c in enumerate(self.chars) if c.certified and not c.correct],
+            "missed": None if truth is None else truth["missed"],
             "radius_cap": radius_cap(self.eps_a),
         }
-        if any(c.expected is not None for c in self.chars):
-            d["accuracy"] = sum(c.expected == c.char for c in self.chars) / n if n else None
         d.update(self.info)
         d["units"] = "box = [x0, y0, x1, y1] in pixels of the page as read (y down); radius = certified L-inf radius of the normalised character image (at the cap: at least that)"
         d["characters"] = [c.to_dict() for c in self.chars]
         return d
+
+
+def fractions(counts: dict) -> dict:
+    """``accuracy`` (correct), ``certified_correct_fraction`` and ``certified_wrong_fraction``: over
+    the true characters; None without a truth (or with no true character)."""
+    t = counts["truth_characters"]
+    if not t:
+        return {"accuracy": None, "certified_correct_fraction": None, "certified_wrong_fraction": None}
+    return {"accuracy": counts["correct"] / t, "certified_correct_fraction": counts["certified_correct"] / t,
+            "certified_wrong_fraction": counts["certified_wrong"] / t}
+
+
+def overall(results: list[ScanResult]) -> dict:
+    """Several pages together: their counts summed, with the fractions; the correctness counts
+    (``TRUTH_COUNTS``) are None unless every page has a truth."""
+    pages = [r.counts() for r in results]
+    total = {"pages": len(pages), **{key: sum(p[key] for p in pages) for key in ("characters", "certified", "uncertified", "lines")}}
+    known = bool(pages) and all(p["truth_characters"] is not None for p in pages)
+    total.update({key: sum(p[key] for p in pages) if known else None for key in TRUTH_COUNTS})
+    frac = total["certified"] / total["characters"] if total["characters"] else None
+    return {"counts": total, "certified_fraction": frac, **fractions(total)}
+
+
+def align_to_truth(chars: list[ScanChar], truth_text: str) -> list[dict]:
+    """Set each character's ``expected`` from ``truth_text`` (white space dropped on both sides);
+    return the true characters no character read is aligned to (``{"index", "char"}``, index
+    among the true non-space characters).
+
+    The alignment is difflib's (the standard library's longest-matching-blocks alignment, no
+    dependency): matched runs pair one to one; in a replaced run the characters pair in order,
+    the surplus read ones get expected ``""`` (nothing there) and the surplus true ones are missed."""
+    want = [c for c in truth_text if not c.isspace()]
+    got = [c.char for c in chars]
+    missed: list[dict] = []
+    for _tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=got, b=want, autojunk=False).get_opcodes():
+        pairs = min(i2 - i1, j2 - j1)
+        for k in range(pairs):
+            chars[i1 + k].expected = want[j1 + k]
+        for i in range(i1 + pairs, i2):
+            chars[i].expected = ""
+        missed += [{"index": j, "char": want[j]} for j in range(j1 + pairs, j2)]
+    return missed
+
+
+def compare_with_truth(result: ScanResult, truth_text: str, source: str) -> ScanResult:
+    """``result`` with every character's ``expected`` and its ``truth`` (``align_to_truth``), in place."""
+    missed = align_to_truth(result.chars, truth_text)
+    result.truth = {"source": source, "characters": sum(not c.isspace() for c in truth_text), "missed": missed}
+    return result
 
 
 def scan_chars(reader: Reader, probs: np.ndarray, x: torch.Tensor, eps_a: float, method: str, boxes, lines, spaces,
