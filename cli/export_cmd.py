@@ -1,4 +1,5 @@
-"""``a5ocr export``: printable sheet, comparison figure, PNGs and an installable font from a design run.
+"""``a5ocr export``: printable sheet, comparison figure, PNGs and an installable font from a design run;
+for other verifiers, its classifier as ONNX and its evaluation samples as VNNLIB properties.
 
 Registered in ``cli/app.py``; bad input raises ``a5ocr.export.ExportError`` (one line, exit 2).
 """
@@ -6,11 +7,17 @@ Registered in ``cli/app.py``; bad input raises ``a5ocr.export.ExportError`` (one
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from a5ocr.errors import ExportError
+
+if TYPE_CHECKING:
+    from a5ocr.runs import Run
 
 
 def export(
@@ -24,25 +31,32 @@ def export(
     paper: str = typer.Option("a4", help="Paper size of the sheet: a4 (210x297 mm) or letter (215.9x279.4 mm)."),
     upsample: str = typer.Option("nearest", help="Sheet upsampling of the design pixels: nearest (each design pixel a uniform square) or bilinear."),
     outline: str = typer.Option("auto", help="Font outlines: auto (pixels for --ink binary designs, contour for gray), contour (0.5 iso-line of the bilinear design), pixels (exact pixel edges of ink > 0.5), halftone (one dot of area = ink per pixel)."),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="The run's classifier, its input normalisation included, as an ONNX file (.onnx; opset 17, input [batch, 3, R, R] in [0, 1], output logits)."),
+    vnnlib: Optional[Path] = typer.Option(None, "--vnnlib", help="A new folder for a VNN-COMP benchmark of the first --samples evaluation samples: onnx/classifier.onnx, vnnlib/sample_*.vnnlib, instances.csv, manifest.json (our verdicts)."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="With --vnnlib: how many evaluation samples (the first N of `a5ocr evaluate`'s draw) get a property."),
+    samples_per_char: int = typer.Option(100, "--samples-per-char", help="With --vnnlib: acquisitions per character of the evaluation the samples come from (as `a5ocr evaluate`'s)."),
+    seed: Optional[int] = typer.Option(None, help="With --vnnlib: seed of the evaluation's acquisitions; default: the run's evaluation seed (as `a5ocr evaluate`'s)."),
+    eps_a: Optional[float] = typer.Option(None, "--eps-a", help="With --vnnlib: the L-inf budget of the input boxes, in (0, 1); default: the run's eps_a."),
+    original: bool = typer.Option(False, "--original", help="With --vnnlib: samples of the unmodified font glyphs (as `a5ocr evaluate --original`)."),
+    timeout: float = typer.Option(60.0, help="With --vnnlib: the per-instance timeout (seconds) written in instances.csv."),
+    threads: Optional[int] = typer.Option(None, help="Torch CPU threads for --vnnlib's certificates (default: torch's choice)."),
 ) -> None:
-    """Export a design run: printable sheet, font, PNGs and/or comparison figure."""
-    from a5ocr import export as ex  # local: keep a5ocr --help fast (torch, fontTools, matplotlib)
+    """Export a design run: printable sheet, font, PNGs, comparison figure; ONNX classifier and VNNLIB properties."""
+    from a5ocr import export as ex  # local: keep a5ocr --help fast (torch, fontTools, matplotlib, onnx)
     from a5ocr.runs import load_design  # local: keep a5ocr --help fast (torch)
+    from a5ocr.runtime import set_threads  # local: keep a5ocr --help fast (torch)
 
-    if sheet is None and font is None and png_dir is None and figure is None:
-        raise ex.ExportError("nothing to export: give at least one of --sheet, --font, --png-dir, --figure")
+    set_threads(threads, ExportError)
+    design_outputs = (sheet, font, png_dir, figure)
+    if all(v is None for v in (*design_outputs, onnx, vnnlib)):
+        raise ExportError("nothing to export: give at least one of --sheet, --font, --png-dir, --figure, --onnx, --vnnlib")
     # Check every option and path before writing anything.
-    if sheet is not None:
-        ex.sheet_layout(1, glyph_mm, dpi, paper)
-        ex.check_output(sheet, (".pdf", ".png"), "--sheet")
-    if font is not None:
-        ex.check_output(font, (".ttf", ".otf"), "--font")
-    if figure is not None:
-        ex.check_output(figure, (".png",), "--figure")
-    if png_dir is not None and not png_dir.parent.is_dir():
-        raise ex.ExportError(f"cannot write PNGs into {png_dir}: folder {png_dir.parent} does not exist")
+    _check_design_outputs(sheet, font, png_dir, figure, glyph_mm=glyph_mm, dpi=dpi, paper=paper)
+    run = _check_interchange(run_dir, onnx, vnnlib, samples=samples, samples_per_char=samples_per_char,
+                             eps_a=eps_a, timeout=timeout)
     design = load_design(run_dir)
-    ex.resolve_outline_method(design, outline)
+    if any(v is not None for v in design_outputs):
+        ex.resolve_outline_method(design, outline)
 
     table = Table(title=f"{design.family} A5: {len(design.chars)} glyphs from {run_dir}")
     table.add_column("written")
@@ -61,4 +75,62 @@ def export(
     if figure is not None:
         ex.comparison_figure(run_dir, figure)
         table.add_row(str(figure), "comparison figure: robust / original / difference")
+    if run is not None:
+        _write_interchange(run, table, onnx, vnnlib, samples=samples, samples_per_char=samples_per_char, seed=seed,
+                           eps_a=eps_a, original=original, timeout=timeout)
     Console().print(table)
+
+
+def _check_design_outputs(sheet: Optional[Path], font: Optional[Path], png_dir: Optional[Path], figure: Optional[Path],
+                          *, glyph_mm: float, dpi: int, paper: str) -> None:
+    """The paths and options of the design's outputs (sheet, font, PNGs, figure)."""
+    from a5ocr import export as ex  # local: keep a5ocr --help fast (torch, fontTools, matplotlib, onnx)
+
+    if sheet is not None:
+        ex.sheet_layout(1, glyph_mm, dpi, paper)
+        ex.check_output(sheet, (".pdf", ".png"), "--sheet")
+    if font is not None:
+        ex.check_output(font, (".ttf", ".otf"), "--font")
+    if figure is not None:
+        ex.check_output(figure, (".png",), "--figure")
+    if png_dir is not None and not png_dir.parent.is_dir():
+        raise ExportError(f"cannot write PNGs into {png_dir}: folder {png_dir.parent} does not exist")
+
+
+def _check_interchange(run_dir: Path, onnx: Optional[Path], vnnlib: Optional[Path], *, samples: Optional[int],
+                       samples_per_char: int, eps_a: Optional[float], timeout: float) -> "Run | None":
+    """The run with its classifier when --onnx or --vnnlib asks for it (None otherwise), every
+    option of those two checked."""
+    from a5ocr import export as ex  # local: keep a5ocr --help fast (torch, fontTools, matplotlib, onnx)
+
+    if vnnlib is None:
+        if samples is not None:
+            raise ExportError("--samples needs --vnnlib DIR")
+    elif samples is None:
+        raise ExportError("--vnnlib needs --samples N (how many evaluation samples get a property)")
+    if onnx is not None:
+        ex.check_output(onnx, (".onnx",), "--onnx")
+    if onnx is None and vnnlib is None:
+        return None
+    run = ex.load_run(run_dir)
+    if vnnlib is not None:
+        ex.check_vnnlib_options(run, vnnlib, samples=samples, samples_per_char=samples_per_char,
+                                eps_a=run.eps_a if eps_a is None else eps_a, timeout=timeout)
+    return run
+
+
+def _write_interchange(run: "Run", table: Table, onnx: Optional[Path], vnnlib: Optional[Path], **vnnlib_options) -> None:
+    """The ONNX file and the VNNLIB benchmark, each a row of ``table``."""
+    from a5ocr import export as ex  # local: keep a5ocr --help fast (torch, fontTools, matplotlib, onnx)
+
+    info = None
+    if onnx is not None:
+        info = ex.export_run_onnx(run, onnx)
+        table.add_row(str(onnx), escape(f"ONNX classifier, opset {info['opset']}, input [batch, 3, {run.resolution}, "
+                                        f"{run.resolution}], onnxruntime = torch to {info['max_abs_diff']:.1e}"))
+    if vnnlib is not None:
+        man = ex.export_vnnlib(run, vnnlib, onnx_info=info, **vnnlib_options)
+        n = man["settings"]["samples"]
+        counts = ", ".join(f"{name} {k}/{n}" for name, k in man["certified_counts"].items())
+        table.add_row(f"{vnnlib}/", f"VNN-COMP benchmark: {n} VNNLIB properties (eps_A {man['settings']['eps_a']:g}, "
+                                    f"seed {man['settings']['seed']}), instances.csv, manifest.json; certified by a5ocr: {counts}")
