@@ -29,8 +29,10 @@ def design(
     seed: int = typer.Option(0, help="Seed of the training draws; the same seed on the same machine gives the same result."),
     out: Optional[Path] = typer.Option(None, help="Run folder (default renders/<font>-<chars>-<eps>/)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out from its last checkpoint."),
-    steps: Optional[int] = typer.Option(None, help="Override the preset's stage-1 steps (the CROWN-IBP classifier)."),
-    design_steps: Optional[int] = typer.Option(None, help="Override the preset's A5 steps."),
+    steps: Optional[int] = typer.Option(None, help="Override the preset's stage-1 steps (the CROWN-IBP classifier); its eps warmup and ramp scale with them."),
+    design_steps: Optional[int] = typer.Option(None, help="Override the preset's A5 steps (its learning-rate decay points scale with them)."),
+    warmup: Optional[int] = typer.Option(None, help="Steps at eps 0 that start stage 1 (default: the preset's, scaled with --steps)."),
+    ramp: Optional[int] = typer.Option(None, help="Steps of stage 1 over which eps grows from 0 to eps_A after the warmup (default: the preset's, scaled with --steps); warmup + ramp must fit in --steps."),
     eval_samples: int = typer.Option(100, help="Fresh acquisitions per character for the final evaluation."),
     train_bounds: Optional[str] = typer.Option(None, help="Training bounds: mixed (the paper's f*CROWN-IBP + (1-f)*IBP) or a bound method (ibp, crown-ibp, ...); default from the preset."),
     crown_k: Optional[int] = typer.Option(None, help="CROWN-IBP (in mixed training) on the k hardest margins by IBP only, IBP on the rest (a few times cheaper, sound); default: every margin."),
@@ -45,7 +47,7 @@ def design(
         font=font, chars=chars, eps_a=eps_a, eps_d=eps_d, recipe=recipe,
         classifier=str(classifier) if classifier else None, preset=preset, resolution=resolution,
         ink=ink, device=device, seed=seed, out=str(out) if out else None,
-        stage1_steps=steps, stage2_steps=design_steps, samples_per_char=eval_samples, train_bounds=train_bounds,
+        stage1_steps=steps, stage2_steps=design_steps, warmup=warmup, ramp=ramp, samples_per_char=eval_samples, train_bounds=train_bounds,
         crown_k=crown_k,
     )
     with progress_bars() as progress:

@@ -64,8 +64,10 @@ def reproduce(
     check_attack: str = typer.Option("fast", "--check-attack", help="Attack on the certified check subset: fast or standard."),
     method: Optional[List[str]] = typer.Option(None, "--method", help="Certification methods of the cascade (repeatable); default ibp then crown-ibp. IBP alone is always reported."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default renders/table9-<font>/): one run folder per trained row, eval-<row>.json, table9.md, table9.json."),
-    steps: Optional[int] = typer.Option(None, help="Override the preset's stage-1 steps (classifier training)."),
-    design_steps: Optional[int] = typer.Option(None, help="Override the preset's A5 steps."),
+    steps: Optional[int] = typer.Option(None, help="Override the preset's stage-1 steps (classifier training); its eps warmup and ramp scale with them."),
+    design_steps: Optional[int] = typer.Option(None, help="Override the preset's A5 steps (its learning-rate decay points scale with them)."),
+    warmup: Optional[int] = typer.Option(None, help="Steps at eps 0 that start stage 1 (default: the preset's, scaled with --steps)."),
+    ramp: Optional[int] = typer.Option(None, help="Steps of stage 1 over which eps grows from 0 to eps_A after the warmup (default: the preset's, scaled with --steps); warmup + ramp must fit in --steps."),
     threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: torch's choice). On a shared machine 1 can be several times faster than 2."),
 ) -> None:
     """Reproduce the paper's Table 9: vanilla, CROWN-IBP, A5/P and A5/PC on one evaluation protocol."""
@@ -76,7 +78,7 @@ def reproduce(
         table=table, font=font, chars=chars, eps_a=eps_a, preset=preset, seed=seed, device=device,
         samples_per_char=samples_per_char, attack=attack, check_fraction=check_fraction,
         check_attack=check_attack, methods=tuple(method) if method else ("ibp", "crown-ibp"), out=str(out) if out else None,
-        stage1_steps=steps, stage2_steps=design_steps,
+        stage1_steps=steps, stage2_steps=design_steps, warmup=warmup, ramp=ramp,
     )
     cfg.check()
     set_threads(threads, EvaluateError)

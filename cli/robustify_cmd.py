@@ -33,7 +33,9 @@ def robustify(
     rc_steps: Optional[int] = typer.Option(None, "--rc-steps", help="Steps of the A5/RC fine-tuning stage (default from the preset)."),
     o_steps: Optional[int] = typer.Option(None, "--o-steps", help="RMSprop steps of A5/O per test image (default from the preset)."),
     o_lr: float = typer.Option(0.1, "--o-lr", help="RMSprop learning rate of A5/O."),
-    stage1_steps: Optional[int] = typer.Option(None, "--stage1-steps", help="Steps of the CROWN-IBP classifier trained when no classifier is given."),
+    stage1_steps: Optional[int] = typer.Option(None, "--stage1-steps", help="Steps of the CROWN-IBP classifier trained when no classifier is given; its eps warmup and ramp scale with them."),
+    warmup: Optional[int] = typer.Option(None, help="Steps at eps 0 that start stage 1 (default: the preset's, scaled with --stage1-steps)."),
+    ramp: Optional[int] = typer.Option(None, help="Steps of stage 1 over which eps grows from 0 to eps_A after the warmup (default: the preset's, scaled with --stage1-steps); warmup + ramp must fit in --stage1-steps."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch size on a dataset (glyphs: every glyph, twice, per step)."),
     test_fraction: float = typer.Option(0.2, "--test-fraction", help="Share of a dataset held out for testing when it has no test split."),
     samples_per_char: int = typer.Option(100, "--samples-per-char", help="Glyphs: fresh acquisitions per character in the test set."),
@@ -57,6 +59,7 @@ def robustify(
         recipe=recipe, run=str(run) if run else None, data=str(data) if data else None, font=font, chars=chars,
         classifier=str(classifier) if classifier else None, robustifier=str(robustifier) if robustifier else None, eps_a=eps_a, eps_r=eps_r, eps_d=eps_d, preset=preset,
         resolution=resolution, r_steps=steps, rc_steps=rc_steps, o_steps=o_steps, o_lr=o_lr, stage1_steps=stage1_steps,
+        warmup=warmup, ramp=ramp,
         batch_size=batch_size, test_fraction=test_fraction, samples_per_char=samples_per_char, device=device, seed=seed,
         out=str(out) if out else None, train_bounds=train_bounds, crown_k=crown_k,
     )

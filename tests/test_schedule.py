@@ -1,5 +1,6 @@
 import pytest
 
+from a5ocr.training.config import PRESETS, scaled_schedule
 from a5ocr.training.schedule import EpsSchedule
 
 
@@ -22,3 +23,14 @@ def test_zero_eps_and_zero_ramp():
     # eps_max from its first step
     assert [EpsSchedule(0.2, 3, 0)(t) for t in range(5)] == [0.0, 0.0, 0.0, 0.2, 0.2]
     assert EpsSchedule(0.2, 0, 0)(0) == 0.2 and EpsSchedule(0.2, 0, 0).mixing(0) == 0.0
+
+
+def test_a_scaled_preset_schedule_fits_in_any_stage_length():
+    for preset in PRESETS.values():
+        base = preset["stage1_steps"]
+        assert scaled_schedule(preset, base) == (preset["warmup"], preset["ramp"])
+        for steps in range(1, 3 * base):
+            warmup, ramp = scaled_schedule(preset, steps)
+            assert 0 <= warmup <= ramp and warmup + ramp <= steps
+            s = EpsSchedule(0.1, warmup, ramp)
+            assert s(steps) == 0.1  # eps_A at the first step after stage 1

@@ -4,6 +4,9 @@ recipes and its presets.
 ``RobustifyConfig`` is a ``a5ocr.training.config.TrainingConfig`` (font and characters, budgets,
 the stage-1 classifier, the end-of-run evaluation, device, seed, run folder, acquisition) with
 the image-side fields on top; every field keeps the name old robustify ``config.json`` files use.
+Only stage 1 (the CROWN-IBP classifier) has an eps schedule, scaled to ``--stage1-steps`` as in
+design; A5/R and A5/RC run at eps_A^R from their first step and decay their learning rate at
+fractions of their length, so ``--steps`` and ``--rc-steps`` need no other change.
 """
 
 from __future__ import annotations
@@ -68,12 +71,14 @@ class RobustifyConfig(TrainingConfig):
         if not (self.o_lr > 0 and math.isfinite(self.o_lr)):
             raise RobustifyError(f"--o-lr must be positive, got {self.o_lr}")
         stage1 = DESIGN_PRESETS[self.preset]
-        cfg = self.with_preset({**{k: stage1[k] for k in STAGE1_PRESET_KEYS}, **PRESETS[self.preset]})
+        cfg = self.with_scaled_schedule(stage1)  # stage 1's warmup and ramp follow --stage1-steps
+        cfg = cfg.with_preset({**{k: stage1[k] for k in STAGE1_PRESET_KEYS}, **PRESETS[self.preset]})
         if cfg.eps_r is None:
             cfg = replace(cfg, eps_r=cfg.eps_a)
         cfg = cfg.with_eval_seed()
         cfg.check_resolution()
         cfg.check_at_least_one(("copies", "stage1_steps", "r_steps", "rc_steps", "batch_size", "width", "depth"))
+        cfg.check_schedule()
         if cfg.o_steps < 0:
             raise RobustifyError("--o-steps must be >= 0")
         return cfg.with_checked_bounds()

@@ -59,7 +59,8 @@ def run_robustify(cfg: RobustifyConfig, *, resume: bool = False, reporter=None) 
     trainer = Trainer(model, glyphs, data.acquisition, copies=cfg.copies, seed=cfg.seed, device=device,
                       robustifier=robustifier, batch=data.batch_source(cfg.batch_size, device),
                       num_classes=len(data.classes))
-    _train(trainer, _stages(cfg, legacy), folder, cfg, data, legacy, resume=resume, reporter=rep)
+    stages = robustify_stages(cfg, trains_classifier=legacy is None)
+    _train(trainer, stages, folder, cfg, data, legacy, resume=resume, reporter=rep)
     baseline, final = _test(trainer, folder, cfg, data, device, rep)
     summary = _summary(cfg, data, legacy, baseline, final, device, folder.elapsed())
     folder.write_summary(summary)
@@ -84,18 +85,22 @@ def _starting_robustifier(cfg: RobustifyConfig) -> tuple[Robustifier | None, Rob
     return None, cfg
 
 
-def _stages(cfg: RobustifyConfig, legacy: Legacy | None) -> list[StageSpec]:
-    """Stage 1 (CROWN-IBP classifier) when no C is given, then A5/R, then A5/RC."""
+def robustify_stages(cfg: RobustifyConfig, *, trains_classifier: bool) -> list[StageSpec]:
+    """Of a resolved config: stage 1 (CROWN-IBP classifier) when no C is given
+    (``trains_classifier``), then A5/R, then A5/RC."""
     stages = []
-    if legacy is None:
+    if trains_classifier:
         stages.append(make_stage("crown-ibp", cfg.stage1_steps, cfg.eps_a, warmup=cfg.warmup, ramp=cfg.ramp, lr=cfg.lr,
-                                 train_bounds=cfg.train_bounds, crown_k=cfg.crown_k))
+                                 train_bounds=cfg.train_bounds, crown_k=cfg.crown_k,
+                                 collapse_advice=cfg.stage1_collapse_advice()))
     if cfg.recipe == "r" or (cfg.recipe == "rc" and not cfg.robustifier):
         stages.append(make_stage("r", cfg.r_steps, cfg.eps_r, train_bounds=cfg.train_bounds, lr_robustifier=cfg.lr_robustifier,
                                  crown_k=cfg.crown_k))
     if cfg.recipe == "rc":
         stages.append(make_stage("rc", cfg.rc_steps, cfg.eps_r, lr=cfg.lr_rc, train_bounds=cfg.train_bounds,
-                                 lr_robustifier=cfg.lr_robustifier, crown_k=cfg.crown_k))
+                                 lr_robustifier=cfg.lr_robustifier, crown_k=cfg.crown_k,
+                                 collapse_advice="use a smaller --eps-r, or a classifier trained longer first "
+                                                 "(more --stage1-steps)"))
     return stages
 
 

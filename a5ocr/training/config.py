@@ -8,9 +8,16 @@ model. Each field has one name in both; the config record of ``config.json`` is 
 read back with ``from_dict`` (which maps the names old run folders used, ``runs.LEGACY_CONFIG_NAMES``).
 
 The checks are building blocks (``check_preset``, ``check_budget``, ``check_samples``,
-``with_preset``, ``with_eval_seed``, ``check_resolution``, ``check_at_least_one``,
-``with_checked_bounds``): each subclass's ``resolved()`` calls them in its own order and they
-raise the subclass's ``ERROR`` (one readable line).
+``with_scaled_schedule``, ``with_preset``, ``with_eval_seed``, ``check_resolution``,
+``check_at_least_one``, ``check_schedule``, ``with_checked_bounds``): each subclass's
+``resolved()`` calls them in its own order and they raise the subclass's ``ERROR`` (one
+readable line).
+
+Stage 1's eps schedule follows its length: a warmup or ramp the user does not give is the
+preset's, scaled by ``stage1_steps`` / the preset's ``stage1_steps`` (``scaled_schedule``; at
+the preset's own length exactly the preset's). The resolved values are what ``config.json``
+records, and ``check_schedule`` refuses, before anything trains, a schedule that does not reach
+eps_A within stage 1.
 """
 
 from __future__ import annotations
@@ -37,6 +44,16 @@ PRESETS: dict[str, dict] = {
 }
 # The stage-1 part of a preset: what every training run (design or robustify) fills from it.
 STAGE1_PRESET_KEYS = ("resolution", "arch", "copies", "stage1_steps", "warmup", "ramp", "train_bounds")
+
+
+def scaled_schedule(preset: dict, steps: int) -> tuple[int, int]:
+    """The preset's (warmup, ramp) for a stage 1 of ``steps`` steps, in proportion to the
+    preset's ``stage1_steps``: exactly the preset's at its own length.
+
+    Rounded down: floor(a) + floor(b) <= floor(a + b), so a preset whose warmup + ramp fits in
+    its stage 1 gives a scaled schedule that fits in ``steps`` (eps_A reached within stage 1)."""
+    base = preset["stage1_steps"]
+    return preset["warmup"] * steps // base, preset["ramp"] * steps // base
 
 
 def bounds_options_problem(train_bounds: str, certify_methods) -> str | None:
@@ -66,6 +83,7 @@ class TrainingConfig:
 
     ERROR: ClassVar[type[A5Error]] = A5Error  # what the checks raise
     SAMPLES_FLAG: ClassVar[str] = "--samples-per-char"  # the option that sets samples_per_char
+    STAGE1_FLAG: ClassVar[str] = "--stage1-steps"  # the option that sets stage1_steps
 
     font: str = "comic-neue"
     chars: str = "62"
@@ -119,6 +137,34 @@ class TrainingConfig:
     def check_samples(self) -> None:
         if self.samples_per_char < 1:
             raise self.ERROR(f"{self.SAMPLES_FLAG} must be at least 1")
+
+    def with_scaled_schedule(self, preset: dict):
+        """The config with ``warmup`` and ``ramp``, where unset, the preset's scaled to this run's
+        stage 1 (``scaled_schedule``); unchanged while ``stage1_steps`` is below 1 (refused later
+        by ``check_at_least_one``)."""
+        steps = self.stage1_steps if self.stage1_steps is not None else preset["stage1_steps"]
+        if steps < 1:
+            return self
+        warmup, ramp = scaled_schedule(preset, steps)
+        return replace(self, warmup=self.warmup if self.warmup is not None else warmup,
+                       ramp=self.ramp if self.ramp is not None else ramp)
+
+    def check_schedule(self) -> None:
+        """``warmup`` and ``ramp`` >= 0, and eps reaching eps_A within stage 1
+        (warmup + ramp <= stage1_steps): else the next stage, at full eps_A, would start from a
+        classifier that never trained at it."""
+        for name in ("warmup", "ramp"):
+            if getattr(self, name) < 0:
+                raise self.ERROR(f"--{name} must be at least 0, got {getattr(self, name)}")
+        if self.warmup + self.ramp > self.stage1_steps:
+            raise self.ERROR(
+                f"the eps schedule does not reach eps_A within stage 1: --warmup {self.warmup} + --ramp {self.ramp} "
+                f"= {self.warmup + self.ramp} steps > {self.STAGE1_FLAG} {self.stage1_steps}; give a shorter "
+                f"--warmup / --ramp or more {self.STAGE1_FLAG} (unset, --warmup and --ramp scale with {self.STAGE1_FLAG})")
+
+    def stage1_collapse_advice(self) -> str:
+        """What to change when stage 1 collapses the classifier (options of this run's command)."""
+        return f"use more {self.STAGE1_FLAG} or a longer --ramp, or a smaller --eps-a"
 
     def with_preset(self, values: dict):
         """The config with each ``None`` field among ``values``' keys set from ``values``."""

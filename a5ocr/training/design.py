@@ -41,23 +41,28 @@ class DesignConfig(TrainingConfig):
 
     ERROR: ClassVar[type] = DesignError
     SAMPLES_FLAG: ClassVar[str] = "--eval-samples"
+    STAGE1_FLAG: ClassVar[str] = "--steps"
 
     recipe: str = "pc"
     classifier_recipe: str = "crown-ibp"
     ink: str = "gray"
     stage2_steps: int | None = None
     lr_glyphs: float = 0.05
+
     def resolved(self) -> "DesignConfig":
-        """Fill preset defaults and check ranges; raises ``DesignError`` with a readable message."""
+        """Fill preset defaults (warmup and ramp scaled to ``stage1_steps``) and check ranges;
+        raises ``DesignError`` with a readable message."""
         self.check_preset(PRESETS)
         self.check_budget("eps_a")
         self.check_budget("eps_d", closed_top=True)
         self._check_recipe()
         self.check_samples()
-        cfg = self.with_preset(PRESETS[self.preset])
+        preset = PRESETS[self.preset]
+        cfg = self.with_scaled_schedule(preset).with_preset(preset)
         cfg.check_resolution()
         cfg = cfg.with_eval_seed()
         cfg.check_at_least_one(("copies", "stage1_steps", "stage2_steps"), as_flags=False)
+        cfg.check_schedule()
         return cfg.with_checked_bounds()
 
     def _check_recipe(self) -> None:
@@ -149,13 +154,22 @@ def _build_trainer(run: _Design) -> None:
     model = run.legacy if run.legacy is not None else models.build(cfg.arch, cfg.resolution, len(glyphs.chars))
     robust = RobustGlyphs(glyphs.images, cfg.eps_d, cfg.ink)
     run.trainer = Trainer(model, robust, run.acq, copies=cfg.copies, seed=cfg.seed, device=run.device)
-    run.stages = []
-    if run.legacy is None:
-        run.stages.append(make_stage(cfg.classifier_recipe, cfg.stage1_steps, cfg.eps_a, warmup=cfg.warmup, ramp=cfg.ramp,
-                                     lr=cfg.lr, train_bounds=cfg.train_bounds, crown_k=cfg.crown_k))
+    run.stages = design_stages(cfg, trains_classifier=run.legacy is None)
+
+
+def design_stages(cfg: DesignConfig, *, trains_classifier: bool) -> list[StageSpec]:
+    """The stages of a resolved design config: stage 1 (the classifier; not with a legacy one)
+    on the config's eps schedule, then the A5 stage (none for recipe ``none``) at eps_A."""
+    stages = []
+    if trains_classifier:
+        stages.append(make_stage(cfg.classifier_recipe, cfg.stage1_steps, cfg.eps_a, warmup=cfg.warmup, ramp=cfg.ramp,
+                                 lr=cfg.lr, train_bounds=cfg.train_bounds, crown_k=cfg.crown_k,
+                                 collapse_advice=cfg.stage1_collapse_advice()))
     if cfg.recipe != "none":
-        run.stages.append(make_stage(cfg.recipe, cfg.stage2_steps, cfg.eps_a, lr=cfg.lr, lr_glyphs=cfg.lr_glyphs,
-                                     train_bounds=cfg.train_bounds, crown_k=cfg.crown_k))
+        stages.append(make_stage(cfg.recipe, cfg.stage2_steps, cfg.eps_a, lr=cfg.lr, lr_glyphs=cfg.lr_glyphs,
+                                 train_bounds=cfg.train_bounds, crown_k=cfg.crown_k,
+                                 collapse_advice="train the classifier longer first (more --steps) or use a smaller --eps-a"))
+    return stages
 
 
 def _train(run: _Design, resume: bool, rep: Reporter) -> None:

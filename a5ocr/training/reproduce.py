@@ -62,6 +62,8 @@ class ReproduceConfig:
     out: str | None = None
     stage1_steps: int | None = None
     stage2_steps: int | None = None
+    warmup: int | None = None  # stage 1's eps schedule (default: the preset's, scaled to stage1_steps)
+    ramp: int | None = None
     design_eval_samples: int = 2  # the design runs' own end-of-run evaluation (every row is re-evaluated here)
     extra: dict = field(default_factory=dict)  # more DesignConfig fields (tests: certify_methods, ...)
 
@@ -92,7 +94,8 @@ class ReproduceReporter(Reporter):
 def _design_configs(cfg: ReproduceConfig, out: Path) -> dict[str, DesignConfig]:
     common = dict(
         font=cfg.font, chars=cfg.chars, eps_a=cfg.eps_a, preset=cfg.preset, seed=cfg.seed, device=cfg.device,
-        stage1_steps=cfg.stage1_steps, stage2_steps=cfg.stage2_steps, samples_per_char=cfg.design_eval_samples,
+        stage1_steps=cfg.stage1_steps, stage2_steps=cfg.stage2_steps, warmup=cfg.warmup, ramp=cfg.ramp,
+        samples_per_char=cfg.design_eval_samples,
         certify_methods=("ibp",), **cfg.extra,
     )
     baseline = out / "a5pc" / "baseline_classifier.safetensors"
@@ -202,9 +205,13 @@ def reproduce(cfg: ReproduceConfig, reporter: ReproduceReporter | None = None) -
     cfg.check()
     cfg = replace(cfg, methods=tuple(cfg.methods))
     t_start = time.monotonic()
-    out = RunFolder.open(Path(cfg.out) if cfg.out else default_out(cfg.font), EvaluateError).path
+    out = Path(cfg.out) if cfg.out else default_out(cfg.font)
+    dcfgs = _design_configs(cfg, out)
+    for d in dcfgs.values():  # every row's settings checked (DesignError) before a folder is made
+        d.resolved()
+    out = RunFolder.open(out, EvaluateError).path
     device = pick_device(cfg.device)
-    training = _train_rows(cfg, out, rep)
+    training = _train_rows(dcfgs, rep)
     rows, broken_total, violations = [], 0, []
     for key in ROWS:
         row, report = _table_row(key, cfg, out, device, training, rep)
@@ -218,11 +225,8 @@ def reproduce(cfg: ReproduceConfig, reporter: ReproduceReporter | None = None) -
     return record
 
 
-def _train_rows(cfg: ReproduceConfig, out: Path, rep: ReproduceReporter) -> dict[str, dict]:
-    """Every setting checked before anything trains (DesignError); then the three trained rows."""
-    dcfgs = _design_configs(cfg, out)
-    for d in dcfgs.values():
-        d.resolved()
+def _train_rows(dcfgs: dict[str, DesignConfig], rep: ReproduceReporter) -> dict[str, dict]:
+    """The three trained rows (their settings ``_design_configs``', checked already)."""
     # a5pc first: its stage 1 is the CROWN-IBP row and A5/P's classifier
     return {key: _train(key, dcfgs[key], rep) for key in ("a5pc", "a5p", "vanilla")}
 

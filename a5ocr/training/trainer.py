@@ -78,6 +78,8 @@ class StageSpec:
     train_bounds: str = "mixed"
     lr_robustifier: float = 1e-3
     crown_k: int | None = None  # relaxed bounds on the k hardest margins only (None: all)
+    # what the collapse error advises (the caller's options; the library's default names none)
+    collapse_advice: str = "use more steps or a longer eps ramp"
 
     @property
     def trains_classifier(self) -> bool:
@@ -251,7 +253,10 @@ class Trainer:
         """Run ``spec`` from ``self.step`` to ``spec.steps``; checkpoint every ``checkpoint_seconds``.
 
         Raises ``CollapseError`` when the classifier has collapsed to one class (every batch
-        since the last log predicted a single class), which a too-fast eps ramp causes.
+        since the last log predicted a single class), which a too-fast eps ramp causes; its
+        message ends with ``spec.collapse_advice``. The check's window (``log_every`` batches,
+        from step ``2 * log_every``) stays in steps whatever the stage's length: it is the
+        evidence of a collapse (that many constant batches in a row), not a point of the schedule.
         """
         last_ckpt = time.monotonic()
         window: list[dict] = []
@@ -270,7 +275,7 @@ class Trainer:
                 if spec.trains_classifier and k > 2 and constant and rec["eps"] > 0 and self.step >= 2 * log_every:
                     raise CollapseError(
                         f"the classifier collapsed to a constant at step {self.step} of {spec.recipe} "
-                        f"(clean error {summary['clean_error']:.1%}); use more steps or a longer eps ramp"
+                        f"(clean error {summary['clean_error']:.1%}); {spec.collapse_advice}"
                     )
             if on_checkpoint is not None and (time.monotonic() - last_ckpt >= checkpoint_seconds):
                 on_checkpoint()
@@ -297,10 +302,12 @@ def run_stages(trainer: Trainer, stages: list[StageSpec], *, reporter, on_log: C
 
 def make_stage(recipe: str, steps: int, eps_a: float, *, warmup: int = 0, ramp: int = 0, lr: float = 1e-3,
                lr_glyphs: float = 0.05, train_bounds: str = "mixed", lr_robustifier: float = 1e-3,
-               crown_k: int | None = None) -> StageSpec:
-    """A stage of ``recipe`` with an eps schedule to ``eps_a`` (vanilla: eps 0)."""
+               crown_k: int | None = None, collapse_advice: str | None = None) -> StageSpec:
+    """A stage of ``recipe`` with an eps schedule to ``eps_a`` (vanilla: eps 0); ``collapse_advice``
+    ends the collapse error (default: ``StageSpec``'s, which names no option)."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r} (one of: {', '.join(RECIPES)})")
     eps_max = 0.0 if recipe == "vanilla" else eps_a
+    advice = {} if collapse_advice is None else {"collapse_advice": collapse_advice}
     return StageSpec(recipe=recipe, steps=steps, schedule=EpsSchedule(eps_max, warmup, ramp), lr=lr, lr_glyphs=lr_glyphs,
-                     train_bounds=train_bounds, lr_robustifier=lr_robustifier, crown_k=crown_k)
+                     train_bounds=train_bounds, lr_robustifier=lr_robustifier, crown_k=crown_k, **advice)
