@@ -144,7 +144,8 @@ def test_an_old_format_design_folder_passes_the_resume_check(tmp_path):
     shutil.copytree(Path(__file__).parent / "fixtures" / "premove" / "design", old)
     assert "eval_samples" in json.loads((old / "config.json").read_text())["config"]
     same = DesignConfig(font="comic-neue", chars="AOo0", preset="tiny", eps_a=0.02, samples_per_char=10, device="cpu",
-                        seed=0, stage1_steps=150, stage2_steps=60, out=str(old)).resolved()
+                        seed=0, stage1_steps=150, stage2_steps=60, warmup=5, ramp=10, out=str(old),
+                        acquisition=json.loads((old / "config.json").read_text())["config"]["acquisition"]).resolved()
     folder = RunFolder(old, DesignError)
     folder.check_compatible(same.to_dict())
     assert folder.read_config()["samples_per_char"] == 10

@@ -24,7 +24,7 @@ from a5ocr.training.design import DesignConfig, run_design
 FIXTURE = Path(__file__).parent / "fixtures" / "premove"
 GOLDEN = json.loads((FIXTURE / "golden.json").read_text())
 DESIGN = dict(font="comic-neue", chars="AOo0", preset="tiny", eps_a=0.02, samples_per_char=10, device="cpu", seed=0,
-              stage1_steps=150, stage2_steps=60)
+              stage1_steps=150, stage2_steps=60, warmup=5, ramp=10)  # the fixture's schedule (--steps now scales it)
 ROBUSTIFY = dict(recipe="r", eps_a=0.02, eps_d=0.2, preset="tiny", r_steps=20, samples_per_char=10, device="cpu")
 # Defaults changed since (the camera's perspective rate 0.5 -> 0.99): the replays pin the old
 # settings from the fixture's own config.json, so they measure the code, not the new defaults.
