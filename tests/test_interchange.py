@@ -1,6 +1,6 @@
 """Certificates others can check: the classifier as ONNX (onnxruntime gives the torch logits) and
-one VNNLIB property per evaluation sample, read back by a small independent reader into exactly
-the box and the property our certificate is about; the benchmark folder, its manifest, the CLI
+one VNNLIB property per evaluation sample, read back by a small independent reader (and by the
+VNN-LIB project's parser) into exactly the box and the property our certificate is about; the benchmark folder, its manifest, the CLI
 and its bad input (one line, exit 2, nothing written)."""
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import vnnlib
+import vnnlib.parser
 
 from a5ocr import export as ex
 from a5ocr.acquisition import Acquisition
@@ -162,6 +164,34 @@ def test_each_vnnlib_file_reads_back_as_exactly_the_certificates_box_and_propert
         assert sorted(disjuncts) == [(j, label) for j in range(k) if j != label]
         clipped += int((hi == 1.0).sum() + (lo == 0.0).sum())
     assert clipped > 0  # the [0, 1] clipping is exercised (paper pixels near 1)
+
+
+def _read_with_the_vnnlib_package(path: Path) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """The same three things as read by the VNN-LIB project's own parser (``vnnlib`` 0.0.1: the
+    VNN-LIB 1.0 format of VNN-COMP; its 1.x releases read VNN-LIB 2.0), in strict mode."""
+    lower, upper, disjuncts = {}, {}, []
+    for cmd in vnnlib.parse_file(str(path), strict=True).commands:
+        if not isinstance(cmd, vnnlib.parser.Assert):
+            continue
+        fn, terms = cmd.term.function.value, cmd.term.terms
+        if fn in ("<=", ">="):
+            (upper if fn == "<=" else lower)[int(terms[0].value[2:])] = float(terms[1].value)
+            continue
+        assert fn == "or"
+        for conj in terms:
+            (ge,) = conj.terms
+            assert conj.function.value == "and" and ge.function.value == ">="
+            disjuncts.append((int(ge.terms[0].value[2:]), int(ge.terms[1].value[2:])))
+    n = len(lower)
+    return np.array([lower[i] for i in range(n)]), np.array([upper[i] for i in range(n)]), disjuncts
+
+
+def test_the_vnnlib_projects_parser_reads_the_same_box_and_property(bench):
+    for i in (0, N - 1):
+        path = bench / f"vnnlib/sample_{i:05d}.vnnlib"
+        lo, hi, disjuncts, _ = read_vnnlib(path.read_text())
+        lo2, hi2, disjuncts2 = _read_with_the_vnnlib_package(path)
+        assert np.array_equal(lo, lo2) and np.array_equal(hi, hi2) and disjuncts == disjuncts2
 
 
 def test_manifest_and_headers_carry_the_evaluations_verdicts(run, bench):
