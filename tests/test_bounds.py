@@ -875,3 +875,180 @@ def test_ibp_first_runs_the_relaxation_only_on_ibp_unproven_margins(monkeypatch)
     assert torch.equal(lb[0], ibp[0])  # proven by IBP: untouched
     # here the net is exact in the box (identity + ReLU on [0, 1]): CROWN-IBP is exact too
     assert torch.all(lb >= ibp)
+
+
+# ----------------------------------------------------------------------------------------
+# window-form ("patches") intermediate CROWN: the same bounds as the dense reference path
+
+from a5ocr.bounds import patches as bpatches  # noqa: E402
+
+
+@pytest.fixture
+def windows_always(monkeypatch):
+    """Force the window path wherever the layers allow it (these nets are too small for it to pay)."""
+    monkeypatch.setattr(bpatches, "WINDOW_SHARE", math.inf)
+
+
+def patch_net(seed: int, size: int = 9, widths=(3, 3, 2), bias: bool = True) -> tuple[nn.Module, tuple[int, ...]]:
+    """The paper net's geometry in small: Normalize, Conv k5 s2 p2, Conv k5 s2 p2, Conv k3 s2 p1 (+BN),
+    Linear, Linear (size: the input side, odd or even)."""
+    torch.manual_seed(seed)
+    a, b, c = widths
+    convs = [nn.Conv2d(2, a, 5, stride=2, padding=2, bias=bias), nn.Conv2d(a, b, 5, stride=2, padding=2),
+             nn.Conv2d(b, c, 3, stride=2, padding=1)]
+    shapes = bengine.BoundedSequential(nn.Sequential(*convs)).shapes((2, size, size))
+    net = nn.Sequential(
+        Normalize([0.4, 0.6], [0.5, 2.0], channels=2),
+        convs[0], nn.ReLU(), convs[1], nn.ReLU(), nn.Identity(), convs[2], nn.BatchNorm2d(c), nn.ReLU(),
+        nn.Flatten(), nn.Linear(math.prod(shapes[-1]), 6), nn.ReLU(), nn.Linear(6, 3),
+    )
+    return _init(net, seed, scale=1.5), (2, size, size)
+
+
+def _intermediate_both_paths(model, shape, xl, xu):
+    net = bengine.BoundedSequential(model)
+    shapes = net.shapes(shape)
+    c, r = (xl + xu) / 2, (xu - xl) / 2
+    boxes, pre = net.ibp_pass(c, r, net._fold_start())
+    box_ = boxes[net.exact_prefix]
+    taken = [k for k in pre if k > net.exact_prefix and not net._ibp_exact_at(k)
+             and bpatches.patch_plan(net.layers, net.exact_prefix, k, shapes) is not None]
+    fast = net.crown_intermediate(shapes, pre, box_, len(net.layers))
+    ref = net.crown_intermediate(shapes, pre, box_, len(net.layers), patches=False)
+    return pre, fast, ref, taken
+
+
+@pytest.mark.parametrize("size,eps,force", [(9, 0.1, True), (10, 0.05, True), (11, 0.2, True), (16, 0.05, True),
+                                            (19, 0.03, False), (20, 0.03, False)])
+def test_patch_intermediate_bounds_equal_the_dense_path(size, eps, force, monkeypatch):
+    if force:
+        monkeypatch.setattr(bpatches, "WINDOW_SHARE", math.inf)
+    model, shape = patch_net(size, size)
+    _, xl, xu = box(shape, size, eps, batch=3)
+    pre, fast, ref, taken = _intermediate_both_paths(model, shape, xl, xu)
+    assert taken  # the window path was used (for the second and third convs' outputs)
+    for k in ref:
+        assert torch.allclose(fast[k][0], ref[k][0], rtol=0, atol=1e-9), k
+        assert torch.allclose(fast[k][1], ref[k][1], rtol=0, atol=1e-9), k
+    tightened = [k for k in taken if bool((ref[k][0] > pre[k][0] + 1e-6).any())]
+    assert tightened  # CROWN did something there (the comparison is not between two IBP copies)
+
+
+def test_patch_path_chunked_and_without_bias_equals_the_dense_path(windows_always):
+    model, shape = patch_net(3, 12, widths=(4, 2, 3), bias=False)
+    _, xl, xu = box(shape, 3, 0.1, batch=2)
+    net = bengine.BoundedSequential(model)
+    shapes = net.shapes(shape)
+    c, r = (xl + xu) / 2, (xu - xl) / 2
+    boxes, pre = net.ibp_pass(c, r, net._fold_start())
+    ref = net.crown_intermediate(shapes, pre, boxes[1], len(net.layers), patches=False)
+    tiny = net.crown_intermediate(shapes, pre, boxes[1], len(net.layers), chunk_elements=1)  # one position a chunk
+    for k in ref:
+        assert torch.allclose(tiny[k][0], ref[k][0], rtol=0, atol=1e-9)
+        assert torch.allclose(tiny[k][1], ref[k][1], rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["crown", "alpha-crown"])
+def test_final_bounds_with_patches_equal_the_dense_path(method, windows_always):
+    model, shape = patch_net(5, 11)
+    _, xl, xu = box(shape, 5, 0.1, batch=3)
+    C = bounds.margin_spec(torch.tensor([0, 1, 2]), 3).to(D)
+    out = {}
+    for patches in (True, False):
+        out[patches] = bengine.bounds_for(model, xl, xu, C, method, bound_upper=True, alpha_steps=5,
+                                          crown_patches=patches)
+    for a, b in zip(out[True][:2], out[False][:2]):
+        assert torch.allclose(a, b, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_patch_path_sound_against_milp(seed, windows_always):
+    model, shape = patch_net(seed, [7, 8, 9][seed], widths=(2, 2, 2))
+    x, xl, xu = box(shape, seed, [0.02, 0.04, 0.03][seed])
+    labels = model(x).argmax(1)
+    lbs = {m: bounds.margin_lower_bounds(model, xl, xu, labels, m, alpha_steps=10).detach()
+           for m in ("ibp", "crown", "alpha-crown")}
+    for n in range(x.shape[0]):
+        for j in range(3):
+            if j == labels[n]:
+                continue
+            exact, _ = exact_margin_min(model, xl[n], xu[n], int(labels[n]), j)
+            for m, lb in lbs.items():
+                assert exact >= lb[n, j].item() - 1e-6, (m, exact, lb[n, j].item())
+    assert torch.all(lbs["alpha-crown"] >= lbs["crown"] - 1e-12)
+
+
+def test_patch_path_sound_by_sampling_and_pgd(windows_always):
+    model, shape = patch_net(2, 13)
+    x, xl, xu = box(shape, 2, 0.05, batch=2)
+    labels = model(x).argmax(1)
+    g = torch.Generator().manual_seed(1)
+    n = 4000
+    with torch.no_grad():
+        u = torch.rand((n,) + tuple(x.shape), generator=g, dtype=D)
+        u[: n // 2] = u[: n // 2].round()  # box vertices
+        ys = model((xl + (xu - xl) * u).reshape((-1,) + shape)).view(n, x.shape[0], -1)
+        margins = ys.gather(2, labels.view(1, -1, 1).expand(n, -1, 1)) - ys
+    for m in ("crown", "alpha-crown"):
+        lb = bounds.margin_lower_bounds(model, xl, xu, labels, m, alpha_steps=5).detach()
+        assert torch.all(margins >= lb - 1e-9), m
+        for j in range(3):
+            assert torch.all(_pgd_min_margin(model, xl, xu, labels, j) >= lb - 1e-9), m
+        lo, hi = bounds.compute_bounds(model, xl, xu, method=m, bound_upper=True, alpha_steps=5)
+        assert torch.all(ys >= lo - 1e-9) and torch.all(ys <= hi + 1e-9), m
+
+
+def test_patch_path_gradients_equal_the_dense_path(windows_always):
+    model, shape = patch_net(4, 10)
+    _, xl, xu = box(shape, 4, 0.05, batch=2)
+    C = bounds.margin_spec(torch.tensor([0, 2]), 3).to(D)
+    grads = {}
+    for patches in (True, False):
+        a, b = xl.clone().requires_grad_(True), xu.clone().requires_grad_(True)
+        model.zero_grad()
+        lb, _, _ = bengine.bounds_for(model, a, b, C, "crown", crown_patches=patches)
+        lb.sum().backward()
+        grads[patches] = [a.grad, b.grad] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    assert len(grads[True]) == len(grads[False]) > 2
+    for g1, g2 in zip(grads[True], grads[False]):
+        assert torch.allclose(g1, g2, rtol=0, atol=1e-9)
+
+
+def test_patch_bounds_gradcheck_at_fixed_relaxations(windows_always):
+    """With the ReLU relaxations fixed, the window bounds are smooth in the box and the weights."""
+    model, shape = patch_net(6, 9, widths=(2, 2, 2))
+    _, xl, xu = box(shape, 6, 0.1, batch=2)
+    net = bengine.BoundedSequential(model)
+    shapes = net.shapes(shape)
+    c, r = (xl + xu) / 2, (xu - xl) / 2
+    boxes, pre = net.ibp_pass(c, r, net._fold_start())
+    pre = {i: (l.detach(), u.detach()) for i, (l, u) in pre.items()}
+    k = 4  # the ReLU after the second conv: back through conv2, ReLU, conv1
+    assert bpatches.patch_plan(net.layers, 1, k, shapes) is not None
+    relax = {i: net.layers[i].relaxation(*pre[i]) for i in pre}
+    pos = torch.tensor([0, 2, 3])
+
+    def fn(c_, r_):
+        return bpatches.patch_bounds(net.layers, 1, k, shapes, relax.__getitem__, (c_, r_), pos)
+
+    c1, r1 = boxes[1]
+    c1, r1 = c1.detach().clone().requires_grad_(True), r1.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(fn, (c1, r1), eps=1e-6, atol=1e-6, fast_mode=True)
+    for layer in (model[1], model[3]):
+        w0 = layer.weight.detach().clone().requires_grad_(True)
+        assert torch.autograd.gradcheck(
+            lambda w: _with_weight(layer, "weight", w, lambda: fn(c1.detach(), r1.detach())), (w0,), eps=1e-6, atol=1e-6,
+            fast_mode=True)
+
+
+def test_window_geometry_by_hand():
+    """Windows of a k3 s2 p1 conv's outputs on a 5x5 input: position (i, j) covers rows 2i-1..2i+1."""
+    t = torch.arange(25, dtype=D).view(1, 1, 5, 5) + 1
+    win = bpatches.Window.start((3, 3), torch.arange(9)).through_conv((3, 3), (2, 2), (1, 1))
+    assert win.size == (3, 3) and win.stride == (2, 2) and win.offset == (1, 1)
+    w = win.gather(t)[0, :, 0]  # [9, 3, 3]
+    assert torch.equal(w[0], torch.tensor([[0, 0, 0], [0, 1, 2], [0, 6, 7]], dtype=D))
+    assert torch.equal(w[4], t[0, 0, 1:4, 1:4])
+    assert torch.equal(w[8], torch.tensor([[19, 20, 0], [24, 25, 0], [0, 0, 0]], dtype=D))
+    valid = win.valid((5, 5), D, "cpu")
+    assert valid.shape == (1, 9, 1, 1, 3, 3) and int(valid[0, 4].sum()) == 9 and int(valid[0, 0].sum()) == 4

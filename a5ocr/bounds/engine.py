@@ -17,6 +17,7 @@ from torch import nn
 
 from a5ocr.bounds.kernels import _MarginLinearIBP, concretize
 from a5ocr.bounds.layers import BoundLayer, BoundLinear, BoundReLU, ReLURelaxation, rule_for
+from a5ocr.bounds.patches import patch_intermediate, patch_plan
 
 Tensor = torch.Tensor
 
@@ -171,38 +172,59 @@ class BoundedSequential:
         box: tuple[Tensor, Tensor],
         stop: int,
         chunk_elements: int = _CHUNK_ELEMENTS,
+        patches: bool = True,
     ) -> dict[int, tuple[Tensor, Tensor]]:
         """Tighten IBP pre-activation bounds of every ReLU before ``stop`` by CROWN (in order).
 
         Only neurons that the current bounds call unstable (for some sample) are bounded by
         backward passes from their layer, in chunks of specifications; the result is the
-        intersection of the CROWN and IBP bounds. Returns a new dict {i: (l, u)} ([N, *shape]).
+        intersection of the CROWN and IBP bounds. With ``patches``, layers whose specs start at
+        a convolution go backward in window form (``a5ocr.bounds.patches``) where that is
+        smaller; ``patches=False`` is the dense reference path (the same bounds).
+        Returns a new dict {i: (l, u)} ([N, *shape]).
         """
         out = dict(pre)
         cache: dict[int, ReLURelaxation] = {}
+
+        def relax_for(i: int) -> ReLURelaxation:
+            if i not in cache:
+                cache[i] = self.layers[i].relaxation(*out[i])
+            return cache[i]
+
         for k in sorted(pre):
             if k >= stop or k <= self.exact_prefix or self._ibp_exact_at(k):
                 continue
             l, u = out[k]
             N = l.shape[0]
             lf, uf = l.reshape(N, -1), u.reshape(N, -1)
-            unstable = ((lf < 0) & (uf > 0)).any(0).nonzero().flatten()
-            if unstable.numel() == 0:
+            unstable = ((lf < 0) & (uf > 0)).any(0)
+            if not bool(unstable.any()):
                 continue
-            M = lf.shape[1]
-            widest = max(math.prod(s) for s in shapes[self.exact_prefix : k + 1])
-            m = max(1, chunk_elements // max(1, N * widest))
-            lnew, unew = lf.clone(), uf.clone()
-            for s in range(0, unstable.numel(), m):
-                idx = unstable[s : s + m]
-                eye = torch.zeros(idx.numel(), M, dtype=l.dtype, device=l.device)
-                eye[torch.arange(idx.numel(), device=l.device), idx] = 1.0
-                A = eye.view((1, idx.numel()) + tuple(shapes[k]))
-                lb, ub = self.backward_bound(k - 1, A, shapes, out, box, lower=True, upper=True, relax_cache=cache)
-                lnew[:, idx] = torch.maximum(lf[:, idx], lb)
-                unew[:, idx] = torch.minimum(uf[:, idx], ub)
+            if patches and patch_plan(self.layers, self.exact_prefix, k, shapes) is not None:
+                lnew, unew = patch_intermediate(self.layers, self.exact_prefix, k, shapes, relax_for, box, unstable,
+                                                lf, uf, chunk_elements)
+            else:
+                lnew, unew = self._crown_dense(k, shapes, out, box, unstable, cache, chunk_elements, lf, uf)
             out[k] = (lnew.view_as(l), unew.view_as(u))
         return out
+
+    def _crown_dense(self, k, shapes, pre, box, unstable, cache, chunk_elements, lf, uf):
+        """Dense CROWN bounds of the ``unstable`` neurons ([M] mask) at the input of ReLU k, in
+        chunks of one-hot specs [1, m, *shape]; the others keep (lf, uf) [N, M]."""
+        N, M = lf.shape
+        idx_all = unstable.nonzero().flatten()
+        widest = max(math.prod(s) for s in shapes[self.exact_prefix : k + 1])
+        m = max(1, chunk_elements // max(1, N * widest))
+        lnew, unew = lf.clone(), uf.clone()
+        for s in range(0, idx_all.numel(), m):
+            idx = idx_all[s : s + m]
+            eye = torch.zeros(idx.numel(), M, dtype=lf.dtype, device=lf.device)
+            eye[torch.arange(idx.numel(), device=lf.device), idx] = 1.0
+            A = eye.view((1, idx.numel()) + tuple(shapes[k]))
+            lb, ub = self.backward_bound(k - 1, A, shapes, pre, box, lower=True, upper=True, relax_cache=cache)
+            lnew[:, idx] = torch.maximum(lf[:, idx], lb)
+            unew[:, idx] = torch.minimum(uf[:, idx], ub)
+        return lnew, unew
 
 
 # ----------------------------------------------------------------------------------------
@@ -387,13 +409,15 @@ def bounds_for(
     alpha_lr: float = 0.1,
     ibp_too: bool = False,
     max_memory_gib: float = 6.0,
+    crown_patches: bool = True,
 ):
     """Core of ``compute_bounds``: returns (lb, ub or None, ibp_lb or None).
 
     ``margin`` = (labels [N], others [N, S]) gives the spec as margin rows e_label - e_j (then
     C must be None): the last Linear is folded by gathers. With ``ibp_too`` (any method but ibp)
     the IBP lower bound from the same IBP pass is also returned. ``max_memory_gib``: the final
-    CROWN pass runs in checkpointed chunks of samples when its estimated memory is larger."""
+    CROWN pass runs in checkpointed chunks of samples when its estimated memory is larger.
+    ``crown_patches=False``: intermediate CROWN bounds by the dense reference path only."""
     if method not in METHODS:
         raise ValueError(f"unknown bound method {method!r} (one of: {', '.join(METHODS)})")
     net, shapes, c, r = _prepare(model, x_lower, x_upper)
@@ -424,20 +448,22 @@ def bounds_for(
     if ibp_too:
         ibp_lb, _ = _ibp_final(net, boxes, spec, shapes, False, margin)
     lb, ub = relaxed_bounds(net, shapes, boxes, pre, spec, margin, method, bound_upper,
-                            alpha_steps=alpha_steps, alpha_lr=alpha_lr, max_memory_gib=max_memory_gib)
+                            alpha_steps=alpha_steps, alpha_lr=alpha_lr, max_memory_gib=max_memory_gib,
+                            crown_patches=crown_patches)
     return lb, ub, ibp_lb
 
 
 def relaxed_bounds(net: BoundedSequential, shapes, boxes, pre, spec, margin, method: str, bound_upper: bool = False, *,
-                   alpha_steps: int = 20, alpha_lr: float = 0.1, max_memory_gib: float = 6.0):
+                   alpha_steps: int = 20, alpha_lr: float = 0.1, max_memory_gib: float = 6.0,
+                   crown_patches: bool = True):
     """The linear-relaxation part of ``crown`` / ``crown-ibp`` / ``alpha-crown`` after the IBP pass.
 
     ``boxes, pre`` from ``net.ibp_pass(c, r, net._fold_start())``; ``spec`` a callable giving
-    C [N|1, S, *out]; ``margin`` as in ``bounds_for`` (or None). Returns (lb [N, S], ub or None)."""
+    C [N|1, S, *out]; ``margin`` and ``crown_patches`` as in ``bounds_for``. Returns (lb [N, S], ub or None)."""
     L = len(net.layers)
     box = boxes[net.exact_prefix]
     if method in ("crown", "alpha-crown"):
-        pre = net.crown_intermediate(shapes, pre, box, stop=L)
+        pre = net.crown_intermediate(shapes, pre, box, stop=L, patches=crown_patches)
     if method in ("crown-ibp", "crown"):
         return _crown_final(net, shapes, pre, box, spec, margin, bound_upper, max_memory_gib)
     if method != "alpha-crown":

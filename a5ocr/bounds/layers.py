@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from a5ocr.bounds.kernels import ReLURelaxation, _ReLUIBP, conv_adjoint, relu_lower_backward
+from a5ocr.bounds.patches import Window, window_dot
 from a5ocr.normalize import Normalize
 
 Tensor = torch.Tensor
@@ -46,6 +47,8 @@ class BoundLayer:
     box_exact: bool = False
     #: mixes neurons (not elementwise); an affine prefix with at most one such layer is IBP-exact
     mixing: bool = True
+    #: has window-form rules (``patch_window``, ``backward_patch``; see ``a5ocr.bounds.patches``)
+    patchable: bool = False
 
     def __init__(self, module: nn.Module):
         self.module = module
@@ -73,6 +76,20 @@ class BoundLayer:
         for A in (A_l, A_u):
             outs.append((None, 0.0) if A is None else self.backward_one(A, in_shape))
         return outs[0][0], outs[1][0], outs[0][1], outs[1][1]
+
+    def patch_window(self, win: Window) -> Window:
+        """Window-form specs: the windows at this layer's input given those at its output."""
+        return win
+
+    def backward_patch_one(self, A: Tensor, win: Window, in_shape) -> tuple[Tensor, Tensor | float]:
+        """Affine layers in window form: A [N|1, P, S, *out window] -> (A' on the input windows, bias [N|1, P, S])."""
+        raise NotImplementedError
+
+    def backward_patch(self, A_l, A_u, win: Window, in_shape, relax=None):
+        """``backward`` for window-form specs (``a5ocr.bounds.patches``): returns
+        (A_l', A_u', bias_l, bias_u, input windows). Affine layers apply the same map to both sides."""
+        outs = [(None, 0.0) if A is None else self.backward_patch_one(A, win, in_shape) for A in (A_l, A_u)]
+        return outs[0][0], outs[1][0], outs[0][1], outs[1][1], self.patch_window(win)
 
 
 # ----------------------------------------------------------------------------------------
@@ -123,6 +140,7 @@ class BoundConv2d(BoundLayer):
                     raise ValueError("Conv2d padding='same' with an even receptive field is not supported")
                 pad = tuple(t // 2 for t in tot)
         self.padding = tuple(pad)
+        self.patchable = module.groups == 1 and tuple(module.dilation) == (1, 1)
 
     def _conv(self, x, weight, bias):
         m = self.module
@@ -146,6 +164,21 @@ class BoundConv2d(BoundLayer):
         m = self.module
         return conv_adjoint(A, m.weight, m.bias, m.stride, self.padding, m.dilation, m.groups, in_shape[1:])
 
+    def patch_window(self, win):
+        return win.through_conv(self.module.kernel_size, self.module.stride, self.padding)
+
+    def backward_patch_one(self, A, win, in_shape):
+        """Each window by the convolution adjoint without padding (``conv_adjoint``, as the dense
+        rule); entries that land on the zero padding of the input are masked out (constants, not
+        neurons). The bias sums over the whole window: A is zero outside the grid."""
+        m = self.module
+        new = self.patch_window(win)
+        lead = tuple(A.shape[:3])
+        A5 = A.reshape((lead[0] * lead[1],) + tuple(A.shape[2:]))
+        out, bias = conv_adjoint(A5, m.weight, m.bias, m.stride, (0, 0), m.dilation, m.groups, new.size)
+        out = out.contiguous().view(lead + tuple(out.shape[2:])) * new.valid(in_shape[1:], A.dtype, A.device)
+        return out, (bias.view(lead) if torch.is_tensor(bias) else bias)
+
 
 class BoundChannelAffine(BoundLayer):
     """Per-channel affine y = x * scale[c] + shift[c]: ``Normalize`` and eval-mode ``BatchNorm2d``.
@@ -157,6 +190,7 @@ class BoundChannelAffine(BoundLayer):
     module_types = (Normalize, nn.BatchNorm2d)
     box_exact = True
     mixing = False
+    patchable = True
 
     def __init__(self, module):
         super().__init__(module)
@@ -202,6 +236,10 @@ class BoundChannelAffine(BoundLayer):
         red = tuple(range(3, A.dim()))
         bias = torch.matmul(A.sum(dim=red) if red else A, shift)
         return A_new, bias
+
+    def backward_patch_one(self, A, win, in_shape):
+        scale, shift = self.scale_shift()
+        return A * scale.view(-1, 1, 1), torch.matmul(A.sum(dim=(-2, -1)), shift)
 
 
 class BoundAvgPool2d(BoundLayer):
@@ -271,6 +309,7 @@ class BoundIdentity(BoundLayer):
     module_types = (nn.Identity,)
     box_exact = True
     mixing = False
+    patchable = True
 
     def out_shape(self, in_shape):
         return tuple(in_shape)
@@ -279,6 +318,9 @@ class BoundIdentity(BoundLayer):
         return c, r
 
     def backward_one(self, A, in_shape):
+        return A, 0.0
+
+    def backward_patch_one(self, A, win, in_shape):
         return A, 0.0
 
 
@@ -298,6 +340,7 @@ class BoundReLU(BoundLayer):
     affine = False
     box_exact = True
     mixing = False
+    patchable = True
 
     def out_shape(self, in_shape):
         return tuple(in_shape)
@@ -336,6 +379,24 @@ class BoundReLU(BoundLayer):
             neg_A, nb = relu_lower_backward(-A_u, relax)
             A_u2, b_u = -neg_A, -nb
         return A_l2, A_u2, b_l, b_u
+
+    def backward_patch(self, A_l, A_u, win, in_shape, relax: ReLURelaxation = None):
+        """Window form of ``backward``: the relaxation's windows, the same sign split.
+        (Intermediate bounds only: a lower slope per sample, not per spec.)"""
+        if relax is None or relax.lower_slope.shape[1] != 1:
+            raise ValueError("ReLU window backward needs its relaxation with one lower slope per sample")
+        d_l, d_u, b_u = (win.gather(t.squeeze(1)).unsqueeze(2) for t in
+                         (relax.lower_slope, relax.upper_slope, relax.upper_bias))
+        diff = d_u - d_l
+        A_l2 = A_u2 = None
+        b_l = b_u2 = 0.0
+        if A_l is not None:  # A' = A d_l + A- (d_u - d_l), bias = A- . b_u
+            neg = A_l.clamp(max=0)
+            A_l2, b_l = (A_l * d_l).addcmul_(neg, diff), window_dot(neg, b_u)
+        if A_u is not None:  # A' = A d_l + A+ (d_u - d_l), bias = A+ . b_u
+            pos = A_u.clamp(min=0)
+            A_u2, b_u2 = (A_u * d_l).addcmul_(pos, diff), window_dot(pos, b_u)
+        return A_l2, A_u2, b_l, b_u2, win
 
 
 # ----------------------------------------------------------------------------------------
