@@ -110,6 +110,8 @@ def _check_interchange(run_dir: Path, onnx: Optional[Path], vnnlib: Optional[Pat
         raise ExportError("--vnnlib needs --samples N (how many evaluation samples get a property)")
     if onnx is not None:
         ex.check_output(onnx, (".onnx",), "--onnx")
+        if vnnlib is not None and onnx.resolve().is_relative_to(vnnlib.resolve()):
+            raise ExportError(f"--onnx {onnx} is inside --vnnlib {vnnlib}, which gets its own onnx/classifier.onnx")
     if onnx is None and vnnlib is None:
         return None
     run = ex.load_run(run_dir)

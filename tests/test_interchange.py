@@ -297,6 +297,7 @@ def test_cli_writes_the_onnx_file_and_the_benchmark(run_dir, tmp_path, a5ocr_mai
     (["--vnnlib", "{t}/b", "--samples", "1", "--eps-a", "1.5"], "--eps-a"),
     (["--vnnlib", "{t}/b", "--samples", "1", "--timeout", "0"], "--timeout must be > 0"),
     (["--onnx", "{t}/c.pt"], "--onnx must end in .onnx"),
+    (["--onnx", "{t}/e/c.onnx", "--vnnlib", "{t}/e", "--samples", "1"], "is inside --vnnlib"),
     (["--onnx", "{t}/no/c.onnx"], "does not exist"),
     (["--onnx", "{t}/c.onnx", "--threads", "0"], "--threads must be at least 1"),
     (["--onnx", "{t}/c.onnx", "--vnnlib", "{t}/b", "--samples", "99", "--samples-per-char", "2"], "--samples must be"),
@@ -304,6 +305,7 @@ def test_cli_writes_the_onnx_file_and_the_benchmark(run_dir, tmp_path, a5ocr_mai
 def test_cli_bad_interchange_options_are_one_line_and_write_nothing(run_dir, tmp_path, a5ocr_main, args, message):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("x")
+    (tmp_path / "e").mkdir()  # an empty folder: a valid --vnnlib
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     code, out, err = a5ocr_main("export", run_dir, *[a.format(t=tmp_path) for a in args])
     assert code == 2
