@@ -10,6 +10,7 @@ import sys
 
 import typer
 
+from a5ocr.cli.certify_range_cmd import certify_range
 from a5ocr.cli.design_cmd import design
 from a5ocr.cli.evaluate_cmd import evaluate
 from a5ocr.cli.export_cmd import export
@@ -40,6 +41,7 @@ app.command()(export)
 app.command()(robustify)
 app.command()(scan)
 app.command(name="render-text")(render_text)
+app.command(name="certify-range")(certify_range)
 
 
 def main() -> None:
