@@ -47,6 +47,10 @@ STAGE_LABELS = {"crown-ibp": "stage 1: CROWN-IBP classifier", "p": "A5/P: glyphs
 
 
 def stage_label(name: str) -> str:
+    """The display label of a stage name (``StageSpec.display_name``): "crown-ibp:ibp", a
+    stage 1 trained with IBP bounds alone, reads "stage 1: IBP-trained classifier"."""
+    if name.startswith("crown-ibp:"):
+        return f"stage 1: {name.split(':', 1)[1].upper()}-trained classifier"
     return STAGE_LABELS.get(name, name)
 
 

@@ -71,6 +71,9 @@ def test_design_end_to_end_and_outputs(tmp_path):
     for key in ("recipe", "font", "chars", "eps_a", "eps_d", "resolution", "seed", "certify_method", "wall_seconds", "samples"):
         assert key in summary
     assert summary["samples"] == 20
+    # the tiny preset trains stage 1 with IBP alone, and says so (not "CROWN-IBP classifier")
+    assert summary["train_bounds"] == "ibp" and summary["crown_k"] is None
+    assert summary["stage1"] == "certified classifier trained with IBP bounds"
     for part in ("baseline", "final"):
         assert 0 <= summary[part]["clean_error"] <= summary[part]["certified_error"] <= 1
     cfg = json.loads((out / "config.json").read_text())
@@ -178,6 +181,9 @@ def test_crown_k_trains_with_pruned_mixed_bounds_and_is_recorded(tmp_path):
                        certify_methods=("ibp",))
     run_design(cfg)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["crown_k"] == 2
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["train_bounds"], summary["crown_k"]) == ("mixed", 2)
+    assert summary["stage1"] == "CROWN-IBP classifier (CROWN-IBP on the 2 hardest margins)"
     for bad in (0, -1, 2.5, True):
         with pytest.raises(DesignError, match="--crown-k"):
             replace(cfg, crown_k=bad).resolved()

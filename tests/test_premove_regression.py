@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from a5ocr.evaluation import evaluate_run
+from a5ocr.evaluation.attacks import suite
 from a5ocr.runs import load_run
 from a5ocr.models import load_classifier
 from a5ocr.robustify import RobustifyConfig, evaluate_robustify_run, load_robustifier, run_robustify
@@ -32,6 +33,15 @@ OLD_ACQUISITION = json.loads((FIXTURE / "design" / "config.json").read_text())["
 DESIGN["acquisition"] = ROBUSTIFY["acquisition"] = OLD_ACQUISITION
 # What names the machine, a folder or the clock: not part of the result.
 VOLATILE = {"wall_seconds", "seconds", "out", "font", "run", "data", "classifier", "classifier_before", "histogram"}
+# The standard attack as golden.json's code ran it, before FAB-T and Square joined it (issue 13).
+# The A5/R replay attacks 4 samples with it (the design replays only run the fast check); the
+# current suite breaks them with the same stages, and its per-stage counts add "fab-t": 0 and
+# "square": 0, keys the golden record does not have.
+PREMOVE_STANDARD = [
+    ("apgd-ce", "apgd", dict(loss="ce", steps=100, restarts=1)),
+    ("apgd-t", "apgd-t", dict(n_targets=9, steps=100, restarts=1)),
+    ("pgd-ce", "pgd", dict(loss="ce", steps=100, restarts=5)),
+]
 
 
 def _stable(d):
@@ -44,9 +54,14 @@ def _stable(d):
     return d
 
 
-def _same(now: dict, before: dict) -> None:
+# Summary keys added since the move (what trained the baseline classifier), absent from the golden files.
+ADDED = {"design": {"train_bounds", "crown_k", "stage1"}}
+
+
+def _same(now: dict, before: dict, added: set[str] = frozenset()) -> None:
     a, b = _stable(json.loads(json.dumps(now, default=str))), _stable(before)
-    assert a == b
+    assert added.isdisjoint(b) and added <= set(a)
+    assert {k: v for k, v in a.items() if k not in added} == b
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +94,7 @@ def test_an_old_robustify_run_folder_loads(tmp_path):
 
 def test_design_summary_is_unchanged_by_the_move(runs):
     _, design, _ = runs
-    _same(design, GOLDEN["design"])
+    _same(design, GOLDEN["design"], ADDED["design"])
 
 
 def test_robustify_summary_is_unchanged_by_the_move(runs):
@@ -87,9 +102,10 @@ def test_robustify_summary_is_unchanged_by_the_move(runs):
     _same(rob, GOLDEN["robustify"])
 
 
-def test_evaluate_reports_are_unchanged_by_the_move(runs):
+def test_evaluate_reports_are_unchanged_by_the_move(runs, monkeypatch):
     root, _, _ = runs
     _same(evaluate_run(load_run(root / "design"), samples_per_char=10, device="cpu").report(), GOLDEN["evaluate"])
+    monkeypatch.setitem(suite.STRENGTHS, "standard", PREMOVE_STANDARD)
     _same(evaluate_robustify_run(root / "robustify", samples_per_char=10, device="cpu").report(),
           GOLDEN["evaluate_robustify"])
 

@@ -170,10 +170,10 @@ def test_design_redirected_to_a_file_writes_progress_lines(piped_design):
     lines = log.splitlines()
     progress = [line for line in lines if STAMP.match(line)]
     body = [line[20:] for line in progress]
-    for stage in ("stage 1: CROWN-IBP classifier", "A5/PC: glyphs + classifier", "evaluate baseline", "evaluate final"):
+    for stage in ("stage 1: IBP-trained classifier", "A5/PC: glyphs + classifier", "evaluate baseline", "evaluate final"):
         assert any(b.startswith(f"start  {stage}") for b in body), (stage, log)
         assert any(b.startswith(f"done   {stage}") for b in body), (stage, log)
-    periodic = [b for b in body if b.startswith("stage 1: CROWN-IBP classifier  step ")]
+    periodic = [b for b in body if b.startswith("stage 1: IBP-trained classifier  step ")]
     assert periodic and all(k in periodic[0] for k in ("eps ", "loss ", "clean ", "cert ", "elapsed ", "ETA "))
     assert "\x1b" not in log  # no terminal control codes in the file
     assert "certified error" in log and "run folder:" in log  # the results beside the progress

@@ -36,6 +36,11 @@ def test_table9_tiny_rows_files_invariants_and_resume(tmp_path, a5ocr_main):
     assert rows["a5p"]["glyphs"] == rows["a5pc"]["glyphs"] == "robust"
     md = (out / "table9.md").read_text()
     assert "0.89% [100.00%]" in md and "0.73% [4.20%]" in md and "Machine:" in md
+    # the tiny preset's stage 1 is IBP-trained: its row and the protocol line say so
+    assert rows["crown-ibp"]["label"] == "certified classifier trained with IBP bounds"
+    assert [rows[k]["train_bounds"] for k in ROWS] == [None, "ibp", "ibp", "ibp"]
+    assert "CROWN-IBP classifier" not in md and "trained with IBP bounds (the paper: the CROWN-IBP/IBP mix)" in md
+    assert rec["protocol"]["stage1"]["perspective_p"] == 0.99 and rec["protocol"]["stage1"]["arch"] == "tiny"
 
     # resumable: nothing is trained or evaluated again
     t0 = time.monotonic()

@@ -158,3 +158,21 @@ def test_the_collapse_message_names_only_options_of_its_command():
                 assert named and named <= _help_options(command), (command, spec.recipe, message)
             checked.append((commands[0], spec.recipe))
     assert checked == [("design", "crown-ibp"), ("design", "pc"), ("robustify", "crown-ibp"), ("robustify", "rc")]
+
+
+def test_stage_names_say_which_bounds_trained_stage_1():
+    """A stage 1 trained with IBP alone is not shown as a CROWN-IBP classifier."""
+    from a5ocr.cli.progress import stage_label
+    from a5ocr.training.design import stage1_label
+    from a5ocr.training.trainer import bounds_label, make_stage
+
+    ibp = make_stage("crown-ibp", 100, 0.1, warmup=10, ramp=50, train_bounds="ibp")
+    mixed = make_stage("crown-ibp", 100, 0.1, warmup=10, ramp=50, train_bounds="mixed", crown_k=4)
+    assert (ibp.display_name, mixed.display_name) == ("crown-ibp:ibp", "crown-ibp")
+    assert stage_label(ibp.display_name) == "stage 1: IBP-trained classifier"
+    assert stage_label(mixed.display_name) == "stage 1: CROWN-IBP classifier"
+    assert make_stage("pc", 10, 0.1, train_bounds="ibp").display_name == "pc"
+    assert bounds_label("mixed", 4) == "CROWN-IBP/IBP mix, CROWN-IBP on the 4 hardest margins"
+    assert bounds_label("ibp", 4) == "IBP" and bounds_label("crown-ibp") == "CROWN-IBP"
+    assert stage1_label("crown-ibp", "mixed") == "CROWN-IBP classifier"
+    assert stage1_label("vanilla", "ibp") == "vanilla classifier"

@@ -30,7 +30,7 @@ from a5ocr.runio import atomic_path
 from a5ocr.runs import RunFolder, save_glyphs, slug
 from a5ocr.runtime import Reporter, pick_device
 from a5ocr.training.config import PRESETS, TrainingConfig
-from a5ocr.training.trainer import RobustGlyphs, StageSpec, Trainer, make_stage, run_stages
+from a5ocr.training.trainer import RobustGlyphs, StageSpec, Trainer, bounds_label, make_stage, run_stages
 
 
 @dataclass
@@ -226,6 +226,16 @@ def _write_artefacts(run: _Design, w_final: torch.Tensor) -> None:
     training_curves(folder.read_metrics(), folder / "curves.png")
 
 
+def stage1_label(classifier_recipe: str, train_bounds: str, crown_k: int | None = None) -> str:
+    """The stage-1 classifier in words: "CROWN-IBP classifier" only when trained with the
+    paper's CROWN-IBP/IBP mix; "IBP-trained certified classifier" (etc.) otherwise."""
+    if classifier_recipe == "vanilla":
+        return "vanilla classifier"
+    if train_bounds == "mixed":
+        return "CROWN-IBP classifier" + (f" (CROWN-IBP on the {crown_k} hardest margins)" if crown_k else "")
+    return f"certified classifier trained with {bounds_label(train_bounds, crown_k)} bounds"
+
+
 def _summary(run: _Design, baseline: dict, final: dict) -> dict:
     cfg, glyphs = run.cfg, run.glyphs
     return {
@@ -241,6 +251,10 @@ def _summary(run: _Design, baseline: dict, final: dict) -> dict:
         "seed": cfg.seed,
         "eval_seed": cfg.eval_seed,
         "certify_method": "+".join(cfg.certify_methods),
+        # what the baseline classifier was trained with (None: a legacy classifier was given)
+        "train_bounds": None if cfg.classifier else cfg.train_bounds,
+        "crown_k": None if cfg.classifier else cfg.crown_k,
+        "stage1": None if cfg.classifier else stage1_label(cfg.classifier_recipe, cfg.train_bounds, cfg.crown_k),
         "wall_seconds": round(run.folder.elapsed(), 1),
         "samples": cfg.samples_per_char * len(glyphs.chars),
         "device": str(run.device),

@@ -30,7 +30,8 @@ from a5ocr.evaluation import EvaluateError, Evaluation, check_options, evaluate_
 from a5ocr.runio import read_jsonl, write_json
 from a5ocr.runs import RunFolder, default_eval_seed, load_run, settings_diff, slug
 from a5ocr.runtime import Reporter, environment, pick_device
-from a5ocr.training.design import DesignConfig, run_design
+from a5ocr.training.design import DesignConfig, run_design, stage1_label
+from a5ocr.training.trainer import bounds_label
 
 # The published figures (reference.md, Table 9, eps_A = 0.1).
 PAPER_TABLE9: dict[str, dict] = {
@@ -140,6 +141,15 @@ def _stage1_seconds(run_dir: Path) -> float | None:
     return recs[-1].get("wall_seconds") if recs else None
 
 
+def _stage1_training(out: Path) -> dict:
+    """How the rows' certified classifier was trained (the A5/PC run's config.json): net,
+    camera perspective rate, training bounds and their label (``design.stage1_label``)."""
+    cfg = json.loads((out / "a5pc" / "config.json").read_text())["config"]
+    bounds, k = cfg.get("train_bounds"), cfg.get("crown_k")
+    return {"arch": cfg.get("arch"), "perspective_p": (cfg.get("acquisition") or {}).get("perspective_p"),
+            "train_bounds": bounds, "crown_k": k, "label": stage1_label("crown-ibp", bounds, k)}
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
@@ -195,7 +205,7 @@ def _plan(out: Path) -> dict[str, tuple[Path, Path | None, bool]]:
     }
 
 
-_TRAIN_NOTES = {"a5pc": "includes the CROWN-IBP stage 1", "a5p": "glyphs only; reuses the CROWN-IBP classifier",
+_TRAIN_NOTES = {"a5pc": "includes the certified stage 1", "a5p": "glyphs only; reuses the certified stage-1 classifier",
                 "vanilla": "plain cross-entropy classifier"}
 
 
@@ -227,7 +237,7 @@ def reproduce(cfg: ReproduceConfig, reporter: ReproduceReporter | None = None) -
 
 def _train_rows(dcfgs: dict[str, DesignConfig], rep: ReproduceReporter) -> dict[str, dict]:
     """The three trained rows (their settings ``_design_configs``', checked already)."""
-    # a5pc first: its stage 1 is the CROWN-IBP row and A5/P's classifier
+    # a5pc first: its stage 1 is the certified row and A5/P's classifier
     return {key: _train(key, dcfgs[key], rep) for key in ("a5pc", "a5p", "vanilla")}
 
 
@@ -247,9 +257,12 @@ def _table_row(key: str, cfg: ReproduceConfig, out: Path, device: torch.device, 
         note = _TRAIN_NOTES[key]
         if not t["trained_now"]:
             note += "; trained earlier (time from its summary.json)"
+    stage1 = _stage1_training(out)
     row = {
         "key": key,
-        "label": PAPER_TABLE9[key]["label"],
+        # the certified row is a "CROWN-IBP classifier" only when trained with the paper's mix
+        "label": stage1["label"] if key == "crown-ibp" else PAPER_TABLE9[key]["label"],
+        "train_bounds": None if key == "vanilla" else stage1["train_bounds"],
         "run": str(run_dir),
         "glyphs": "original" if original else "robust",
         "classifier": str(clf or run_dir / "classifier.safetensors"),
@@ -287,6 +300,7 @@ def _record(cfg: ReproduceConfig, out: Path, device: torch.device, training: dic
             "samples": first["samples"], "methods": list(cfg.methods), "cascade": True,
             "attacked": {k: attacked[k] for k in ("attack", "policy", "check_fraction", "check_attack")} if attacked else {"attack": "none"},
             "resolution": first.get("resolution"),
+            "stage1": _stage1_training(out),
         },
         "rows": rows,
         "broken_certificates": broken_total,
@@ -295,6 +309,17 @@ def _record(cfg: ReproduceConfig, out: Path, device: torch.device, training: dic
         "environment": env,
         "wall_seconds": round(time.monotonic() - t_start, 1),
     }
+
+
+def _training_line(protocol: dict) -> str:
+    """The net, camera and training bounds of the table, in one sentence (older records: empty)."""
+    s = protocol.get("stage1")
+    if not s:
+        return ""
+    mixed = s["train_bounds"] == "mixed"
+    bounds = ("the paper's " if mixed else "") + bounds_label(s["train_bounds"], s["crown_k"]) + " bounds"
+    return (f"Net `{s['arch']}`; camera perspective applied with p = {s['perspective_p']}; the certified classifier "
+            f"(rows 2-4) trained with {bounds}" + ("" if mixed else " (the paper: the CROWN-IBP/IBP mix)") + ".")
 
 
 def _pct(v: float | None) -> str:
@@ -312,6 +337,7 @@ def table_markdown(rec: dict) -> str:
         f"Preset `{rec['config']['preset']}` ({p.get('resolution')}x{p.get('resolution')}), training seed {rec['config']['seed']}. "
         f"Every row on the same {p['samples']} fresh acquisitions ({p['samples_per_char']} per character, eval seed {p['seed']}).",
         f"Certified error: IBP alone, and the sound cascade {' then '.join(p['methods'])} (a sample counts as certified when any method proves it), float64.",
+        _training_line(p),
         f"Attack: `{att['attack']}`" + (f" on every uncertified sample, `{att['check_attack']}` on a random {att['check_fraction']:.0%} of the certified ones (soundness check; the others count as not broken, as their certificate proves)." if att["attack"] != "none" else "."),
         "",
         "| recipe | clean error | attack error | certified error (IBP) | certified error (cascade) | paper: clean [certified] | train s | eval s |",

@@ -90,8 +90,26 @@ class StageSpec:
         return self.recipe in ("p", "pc")
 
     @property
+    def display_name(self) -> str:
+        """The stage's name for progress displays: the recipe, except that a certified stage 1
+        ("crown-ibp") trained with other bounds than the paper's mix says which
+        ("crown-ibp:ibp": an IBP-trained classifier, not a CROWN-IBP one)."""
+        if self.recipe == "crown-ibp" and self.train_bounds != "mixed":
+            return f"crown-ibp:{self.train_bounds}"
+        return self.recipe
+
+    @property
     def uses_robustifier(self) -> bool:
         return self.recipe in ("r", "rc")
+
+
+def bounds_label(train_bounds: str, crown_k: int | None = None) -> str:
+    """Training bounds in words, for tables: "IBP", "CROWN-IBP/IBP mix" (the paper's), with
+    the pruning when set ("CROWN-IBP/IBP mix, CROWN-IBP on the 4 hardest margins")."""
+    name = "CROWN-IBP/IBP mix" if train_bounds == "mixed" else train_bounds.upper().replace("ALPHA", "alpha")
+    if crown_k is not None and train_bounds != "ibp":
+        name += f", CROWN-IBP on the {crown_k} hardest margins"
+    return name
 
 
 def lr_factor(step: int, steps: int, milestones: tuple[float, ...]) -> float:
@@ -290,7 +308,7 @@ def run_stages(trainer: Trainer, stages: list[StageSpec], *, reporter, on_log: C
     checkpoint after every stage (and every ``checkpoint_seconds`` within one)."""
     while trainer.stage_index < len(stages):
         spec = stages[trainer.stage_index]
-        reporter.stage(spec.recipe, spec.steps, trainer.step)
+        reporter.stage(spec.display_name, spec.steps, trainer.step)
         trainer.run_stage(spec, on_log=on_log, on_checkpoint=on_checkpoint, checkpoint_seconds=checkpoint_seconds)
         if after_stage is not None:
             after_stage(trainer.stage_index, spec)
