@@ -16,6 +16,11 @@ torch.cuda.max_memory_allocated (CUDA).
     PYTHONPATH=. python benchmarks/bounds.py [--max-res 64] [--repeats 5] [--device cuda]
     PYTHONPATH=. python benchmarks/bounds.py --batch 124 --res 32,64 --kinds plain,ibp,rl-ibp,rl-k61,rl-k16,rl-k8,rl-k4
 
+``--crown``: instead, full CROWN and alpha-CROWN certification bounds (no gradients) on the paper
+net at ``--crown-res`` (32) with ``--crown-batch`` (8) samples, intermediate bounds by the window
+(patches) path and by the dense reference path, measured alternately in this one process
+(median of ``--repeats``), with the largest difference between the two paths' bounds.
+
 ``--tightness RUN_DIR``: instead of timing, the tightness of ``robust_margins`` (IBP, full
 CROWN-IBP, CROWN-IBP on the k hardest margins) on the run's classifier and robust glyphs over
 fresh acquisitions: mean worst-case cross-entropy and certified fraction (all margins > 0).
@@ -179,6 +184,42 @@ def tightness(run_dir: str, samples_per_char: int, seed: int, ks: list[int], bat
               f"{100 * (c == c_full).float().mean().item():.2f}% |")
 
 
+def crown_paths(res: int, batch: int, repeats: int, eps: float, alpha_steps: int) -> None:
+    """Full CROWN / alpha-CROWN margin bounds, window (patches) vs dense intermediate path, alternately."""
+    torch.manual_seed(0)
+    net = paper_net(res).eval()
+    x = torch.rand(batch, 3, res, res)
+    labels = torch.arange(batch) % 62
+    xl, xu = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+    print(f"# full CROWN paths: paper net {res}px, batch {batch}, 61 margin specs, eps {eps:.4f}, no gradients, "
+          f"alpha-crown {alpha_steps} steps; load average at start: {_loadavg()}")
+    rows = []
+    with torch.no_grad():
+        bounds.margin_lower_bounds(net, xl[:1], xu[:1], labels[:1], "crown")  # warm-up (small)
+        for method in ("crown", "alpha-crown"):
+            times = {True: [], False: []}
+            out = {}
+            for _ in range(repeats):
+                for patches in (True, False):
+                    t = time.perf_counter()
+                    out[patches] = bounds.margin_lower_bounds(net, xl, xu, labels, method, alpha_steps=alpha_steps,
+                                                              crown_patches=patches)
+                    times[patches].append(time.perf_counter() - t)
+            diff = (out[True] - out[False]).abs().max().item()
+            med = {p: statistics.median(v) for p, v in times.items()}
+            print(f"  measured {method}: windows {med[True]:.2f} s, dense {med[False]:.2f} s, max |diff| {diff:.2e} "
+                  f"(load {_loadavg()})", flush=True)
+            rows.append((method, med, diff))
+    print()
+    print("| res | batch | method | intermediate path | s (median) | x dense | max abs diff of the bounds |")
+    print("|---:|---:|---|---|---:|---:|---:|")
+    for method, med, diff in rows:
+        for patches, name in ((True, "windows (patches)"), (False, "dense (reference)")):
+            print(f"| {res} | {batch} | {method} | {name} | {med[patches]:.2f} | {med[patches] / med[False]:.2f} | "
+                  f"{diff if patches else 0.0:.1e} |")
+    print(f"# repeats {repeats} per path, alternating; load average at end: {_loadavg()}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--max-res", type=int, default=128, choices=(32, 64, 128))
@@ -196,10 +237,18 @@ def main() -> None:
     ap.add_argument("--samples-per-char", type=int, default=20, help="--tightness: acquisitions per glyph")
     ap.add_argument("--seed", type=int, default=424_242, help="--tightness: acquisition seed")
     ap.add_argument("--ks", default="16,8,4", help="--tightness: pruned k values")
+    ap.add_argument("--crown", action="store_true", help="time full CROWN / alpha-CROWN, window vs dense path")
+    ap.add_argument("--crown-res", type=int, default=32, choices=(32, 64, 128), help="--crown: resolution")
+    ap.add_argument("--crown-batch", type=int, default=8, help="--crown: samples")
+    ap.add_argument("--alpha-steps", type=int, default=20, help="--crown: alpha-CROWN steps")
     args = ap.parse_args()
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.crown:
+        print(f"# machine: {machine('cpu')}; date {_dt.date.today().isoformat()}")
+        crown_paths(args.crown_res, args.crown_batch, args.repeats, args.eps, args.alpha_steps)
+        return
     if args.tightness:
         print(f"# machine: {machine('cpu')}; date {_dt.date.today().isoformat()}")
         eps = None if "--eps" not in sys.argv else args.eps

@@ -1046,9 +1046,9 @@ def test_window_geometry_by_hand():
     t = torch.arange(25, dtype=D).view(1, 1, 5, 5) + 1
     win = bpatches.Window.start((3, 3), torch.arange(9)).through_conv((3, 3), (2, 2), (1, 1))
     assert win.size == (3, 3) and win.stride == (2, 2) and win.offset == (1, 1)
-    w = win.gather(t)[0, :, 0]  # [9, 3, 3]
+    w = win.gather(t)[0, :, :, :, 0]  # [9, 3, 3] (channels last)
     assert torch.equal(w[0], torch.tensor([[0, 0, 0], [0, 1, 2], [0, 6, 7]], dtype=D))
     assert torch.equal(w[4], t[0, 0, 1:4, 1:4])
     assert torch.equal(w[8], torch.tensor([[19, 20, 0], [24, 25, 0], [0, 0, 0]], dtype=D))
     valid = win.valid((5, 5), D, "cpu")
-    assert valid.shape == (1, 9, 1, 1, 3, 3) and int(valid[0, 4].sum()) == 9 and int(valid[0, 0].sum()) == 4
+    assert valid.shape == (1, 9, 1, 3, 3, 1) and int(valid[0, 4].sum()) == 9 and int(valid[0, 0].sum()) == 4

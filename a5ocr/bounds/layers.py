@@ -82,7 +82,7 @@ class BoundLayer:
         return win
 
     def backward_patch_one(self, A: Tensor, win: Window, in_shape) -> tuple[Tensor, Tensor | float]:
-        """Affine layers in window form: A [N|1, P, S, *out window] -> (A' on the input windows, bias [N|1, P, S])."""
+        """Affine layers in window form: A [N|1, P, S, kh, kw, C] -> (A' on the input windows, bias [N|1, P, S])."""
         raise NotImplementedError
 
     def backward_patch(self, A_l, A_u, win: Window, in_shape, relax=None):
@@ -174,9 +174,11 @@ class BoundConv2d(BoundLayer):
         m = self.module
         new = self.patch_window(win)
         lead = tuple(A.shape[:3])
-        A5 = A.reshape((lead[0] * lead[1],) + tuple(A.shape[2:]))
+        # [N|1, P, S, kh, kw, C] -> the channels-last view [N*P, S, C, kh, kw] (no copy)
+        A5 = A.reshape((lead[0] * lead[1],) + tuple(A.shape[2:])).permute(0, 1, 4, 2, 3)
         out, bias = conv_adjoint(A5, m.weight, m.bias, m.stride, (0, 0), m.dilation, m.groups, new.size)
-        out = out.contiguous().view(lead + tuple(out.shape[2:])) * new.valid(in_shape[1:], A.dtype, A.device)
+        out = out.permute(0, 1, 3, 4, 2).reshape(lead + tuple(new.size) + (out.shape[2],))
+        out = out * new.valid(in_shape[1:], A.dtype, A.device)
         return out, (bias.view(lead) if torch.is_tensor(bias) else bias)
 
 
@@ -239,7 +241,7 @@ class BoundChannelAffine(BoundLayer):
 
     def backward_patch_one(self, A, win, in_shape):
         scale, shift = self.scale_shift()
-        return A * scale.view(-1, 1, 1), torch.matmul(A.sum(dim=(-2, -1)), shift)
+        return A * scale, torch.matmul(A.sum(dim=(-3, -2)), shift)
 
 
 class BoundAvgPool2d(BoundLayer):

@@ -7,9 +7,10 @@ carried as its windows (as auto_LiRPA's "patches" mode), which is several times 
 early, wide layers of a strided convnet. Same relaxations, same bounds as the dense path (up to
 the order of floating-point sums).
 
-Layout of a window-form spec tensor: A [N|1, P, S, C, kh, kw] for P start positions (a chunk
-of the start layer's Ho*Wo positions), S = the start layer's channels; ``Window`` holds the
-geometry. Entries of a window outside its layer's grid (zero padding of a convolution) are
+Layout of a window-form spec tensor: A [N|1, P, S, kh, kw, C] for P start positions (a chunk
+of the start layer's Ho*Wo positions), S = the start layer's channels, channels last (so that a
+permuted view is the channels-last [N*P*S, C, kh, kw] batch the convolution kernels take without
+copies); ``Window`` holds the geometry. Entries of a window outside its layer's grid (zero padding of a convolution) are
 kept at zero: they are constants, not neurons or box variables.
 
 The layer rules (``layers``) own their window steps (``patch_window``, ``backward_patch``);
@@ -63,7 +64,7 @@ class Window:
         )
 
     def gather(self, t: Tensor) -> Tensor:
-        """The windows of a map t [N, C, H, W] (zeros outside the grid) -> [N, P, C, kh, kw]."""
+        """The windows of a map t [N, C, H, W] (zeros outside the grid) -> [N, P, kh, kw, C]."""
         N, C, H, W = t.shape
         (sy, sx), (oy, ox), (kh, kw) = self.stride, self.offset, self.size
         Ho, Wo = self.out_hw
@@ -71,17 +72,17 @@ class Window:
         pad_r = max(0, (Wo - 1) * sx - ox + kw - W)
         tp = F.pad(t, (ox, pad_r, oy, pad_b))
         win = tp.unfold(2, kh, sy).unfold(3, kw, sx)[:, :, :Ho, :Wo]  # [N, C, Ho, Wo, kh, kw]
-        win = win.permute(0, 2, 3, 1, 4, 5).reshape(N, Ho * Wo, C, kh, kw)
+        win = win.permute(0, 2, 3, 4, 5, 1).reshape(N, Ho * Wo, kh, kw, C)
         return win.index_select(1, self.pos)
 
     def valid(self, hw, dtype, device) -> Tensor:
-        """1 inside the grid ``hw``, 0 on padding: [1, P, 1, 1, kh, kw]."""
+        """1 inside the grid ``hw``, 0 on padding: [1, P, 1, kh, kw, 1]."""
         ones = torch.ones((1, 1) + tuple(hw), dtype=dtype, device=device)
         return self.gather(ones).unsqueeze(2)
 
 
 def window_dot(A: Tensor, v: Tensor) -> Tensor:
-    """sum over (C, kh, kw) of A * v: A [N|1, P, S, C, kh, kw], v [N, P, 1, C, kh, kw] -> [N, P, S]."""
+    """sum over (kh, kw, C) of A * v: A [N|1, P, S, kh, kw, C], v [N, P, 1, kh, kw, C] -> [N, P, S]."""
     N, P = v.shape[:2]
     S = A.shape[2]
     if A.shape[0] == 1 and N > 1:  # one A for all samples: a batch of products over positions
@@ -136,7 +137,7 @@ def patch_bounds(
     """
     S = shapes[k][0]
     c, r = box
-    eye = torch.eye(S, dtype=c.dtype, device=c.device).view(1, 1, S, S, 1, 1)
+    eye = torch.eye(S, dtype=c.dtype, device=c.device).view(1, 1, S, 1, 1, S)
     A_l = A_u = eye
     b_l: Tensor | float = 0.0
     b_u: Tensor | float = 0.0
