@@ -63,6 +63,10 @@ class RunError(A5Error):
     """A run folder that is missing, incomplete or corrupt (or a classifier that does not fit it)."""
 
 
+class CertifyRangeError(A5Error):
+    """A user error of ``a5ocr certify-range`` (bad option, missing or corrupt run)."""
+
+
 def check_in_unit_interval(value: float, flag: str, error: type[A5Error] = A5Error, *, closed_top: bool = False) -> None:
     """The one range check of a budget (eps_A, eps_D, ...): ``value`` in (0, 1), or (0, 1] with
     ``closed_top``; otherwise ``error("<flag> must be in (0, 1), got <value>")``. NaN and inf fail."""

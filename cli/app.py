@@ -50,7 +50,8 @@ def main() -> None:
         code = app(standalone_mode=False)  # returns the code of a typer.Exit raised inside
         sys.exit(code or 0)
     except A5Error as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        # soft_wrap: one line however long (a path in the message must not fold it at 80 columns)
+        console.print(f"[bold red]error:[/] {_escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: the last checkpoint is intact; run again with --resume to continue")
@@ -61,11 +62,21 @@ def main() -> None:
         console.print("aborted")
         sys.exit(1)
     except Exception as err:
-        # Usage errors of the (vendored) click layer: they know how to show themselves.
-        if hasattr(err, "show") and hasattr(err, "exit_code"):
-            err.show()
+        # Usage errors of the (vendored) click layer (a bad option value, a missing argument):
+        # one line too, naming the command's --help.
+        if hasattr(err, "format_message") and hasattr(err, "exit_code"):
+            ctx = getattr(err, "ctx", None)
+            where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+            console.print(f"[bold red]error:[/] {_escape(err.format_message())}{where}", highlight=False, soft_wrap=True)
             sys.exit(2)
         raise
+
+
+def _escape(text: str) -> str:
+    """``text`` with rich markup brackets escaped and its lines joined (one line)."""
+    from rich.markup import escape  # local: only on the error path
+
+    return escape(" ".join(text.split()))
 
 
 if __name__ == "__main__":

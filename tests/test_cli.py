@@ -56,3 +56,23 @@ def test_design_command_runs_and_writes_summary(tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s["chars"] == "AOo0" and s["samples"] == 12
     assert "certified error" in r.stdout
+
+
+def test_errors_are_one_line_however_long_and_for_usage_errors_too(tmp_path):
+    """The real console script in a narrow terminal: a long A5Error message (a long path) and a
+    click usage error (an option value that is no integer) each print one line, exit 2; the
+    module form ``python -m a5ocr.cli`` is the same command line."""
+    import os
+
+    env = {**os.environ, "COLUMNS": "40"}
+    deep = tmp_path / ("a-long-folder-name-" * 6) / "font.ttf"
+    for argv, needle in (
+        (["design", "--font", str(deep)], str(deep)),
+        (["design", "--threads", "x"], "--threads"),
+        (["design", "--font", "[red]x[/red].ttf"], "[red]x[/red].ttf"),  # markup in user input is shown as typed
+    ):
+        for cmd in ([os.path.join(os.path.dirname(sys.executable), "a5ocr")], [sys.executable, "-m", "a5ocr.cli"]):
+            p = subprocess.run(cmd + argv, capture_output=True, text=True, env=env, timeout=120)
+            lines = [line for line in p.stderr.splitlines() if line.strip()]
+            assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (cmd, argv, p.stderr)
+            assert needle in lines[0], (argv, lines)

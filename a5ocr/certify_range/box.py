@@ -15,14 +15,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from a5ocr.errors import A5Error
+from a5ocr.errors import A5Error, CertifyRangeError
 
 DIMS = ("angle_deg", "shift_x_px", "shift_y_px", "scale")
 ANGLE, SHIFT_X, SHIFT_Y, SCALE = range(4)
-
-
-class CertifyRangeError(A5Error):
-    """A user error of ``a5ocr certify-range`` (bad option, missing or corrupt run)."""
 
 
 @dataclass(frozen=True)
