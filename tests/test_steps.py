@@ -176,3 +176,14 @@ def test_stage_names_say_which_bounds_trained_stage_1():
     assert bounds_label("ibp", 4) == "IBP" and bounds_label("crown-ibp") == "CROWN-IBP"
     assert stage1_label("crown-ibp", "mixed") == "CROWN-IBP classifier"
     assert stage1_label("vanilla", "ibp") == "vanilla classifier"
+
+
+def test_logged_certified_error_is_the_mean_over_the_steps_that_certified():
+    """A log window that starts at eps 0 (certified error NaN on those steps) still reports the
+    certified error of its other steps, not NaN ("cert -" in the progress line)."""
+    import math
+
+    from a5ocr.training.trainer import _mean
+
+    assert _mean([float("nan"), 0.5, 0.3]) == 0.4
+    assert math.isnan(_mean([float("nan")] * 3)) and _mean([1.0, 2.0]) == 1.5

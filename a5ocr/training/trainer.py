@@ -24,6 +24,7 @@ paper's sigmoid parameterisation dw = eps_D (2 sigmoid(z) - 1), w_rob = clamp(w 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,13 @@ def bounds_label(train_bounds: str, crown_k: int | None = None) -> str:
     if crown_k is not None and train_bounds != "ibp":
         name += f", CROWN-IBP on the {crown_k} hardest margins"
     return name
+
+
+def _mean(values) -> float:
+    """Mean of the finite values (a window's certified error is NaN on its steps at eps 0: the
+    mean is over the steps that certified); NaN when there are none."""
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
 
 
 def lr_factor(step: int, steps: int, milestones: tuple[float, ...]) -> float:
@@ -283,7 +291,7 @@ class Trainer:
             rec = self.train_step(spec)
             window.append(rec)
             if self.step % log_every == 0 or self.step == spec.steps:
-                summary = {key: sum(r[key] for r in window) / len(window) for key in ("loss", "clean_error", "certified_error")}
+                summary = {key: _mean(r[key] for r in window) for key in ("loss", "clean_error", "certified_error")}
                 constant = all(r["distinct_predictions"] == 1 for r in window)
                 rec = {**rec, **summary, "stage": spec.recipe}
                 window.clear()
