@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
+
+from a5ocr.acquisition import Acquisition
+from a5ocr.evaluation import acquisitions
+from a5ocr.evaluation.certify import certify_cascade
+from a5ocr.runs import load_run
 
 from a5ocr.evaluation.attacks import (
     AttackResult,
@@ -14,6 +21,7 @@ from a5ocr.evaluation.attacks import (
     attack,
     dlr_loss,
     dlr_targeted_loss,
+    fab_targeted,
     pgd,
     square,
     square_p,
@@ -34,18 +42,22 @@ def _linf(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _all_attacks(model, x, y, eps, seed=0):
-    """Every attack entry point, fast settings: name -> x_adv."""
+    """Every attack entry point, fast settings: name -> x_adv (Square only on images)."""
     k = model(x[:1]).shape[1]
     tgt = (y + 1) % k
-    return {
+    out = {
         "pgd": pgd(model, x, y, eps, steps=10, restarts=2, generator=_gen(seed)),
         "pgd-dlr": pgd(model, x, y, eps, steps=10, loss="dlr", generator=_gen(seed)),
         "apgd-ce": apgd(model, x, y, eps, steps=15, restarts=2, generator=_gen(seed)),
         "apgd-dlr": apgd(model, x, y, eps, loss="dlr", steps=15, generator=_gen(seed)),
         "apgd-dlr-t": apgd(model, x, y, eps, loss="dlr-targeted", target_class=tgt, steps=15, generator=_gen(seed)),
         "apgd-t": apgd_targeted(model, x, y, eps, n_targets=3, steps=15, generator=_gen(seed)),
+        "fab-t": fab_targeted(model, x, y, eps, n_targets=3, steps=20, generator=_gen(seed)),
         "attack": attack(model, x, y, eps, strength="fast", generator=_gen(seed)).x_adv,
     }
+    if x.dim() == 4:
+        out["square"] = square(model, x, y, eps, queries=500, generator=_gen(seed))
+    return out
 
 
 # ----------------------------------------------------------------------- fixtures
@@ -156,13 +168,15 @@ def test_linear_minimal_eps(seed):
         assert torch.all(dev * d.abs() <= 0.02 * margin + 1e-5), name
     res = attack(model, x, y, eps_star * 1.02, strength="standard", generator=_gen(seed))
     assert res.success.all() and res.per_attack["apgd-ce"] == 1
+    assert list(res.per_attack) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square", "pgd-ce"]
 
     below = _all_attacks(model, x, y, eps_star * 0.98, seed=seed)
     for name, xa in below.items():
         assert not _wrong(model, xa, y).any(), name
         assert _linf(xa, x).item() <= eps_star * 0.98 + 1e-6
-    res = attack(model, x, y, eps_star * 0.98, strength="fast", generator=_gen(seed))
-    assert not res.success.any() and sum(res.per_attack.values()) == 0
+    for strength in ("fast", "standard") if seed == 0 else ("fast",):  # standard: every stage runs (slow)
+        res = attack(model, x, y, eps_star * 0.98, strength=strength, generator=_gen(seed))
+        assert not res.success.any() and sum(res.per_attack.values()) == 0
 
 
 @pytest.mark.parametrize("delta", [-0.01, 0.01])
@@ -408,3 +422,133 @@ def test_square_linear_minimal_eps(seed):
     y = torch.zeros(1, dtype=torch.long)
     assert _wrong(model, square(model, x, y, eps_star * 1.02, queries=500, generator=_gen(seed)), y).all()
     assert not _wrong(model, square(model, x, y, eps_star * 0.98, queries=500, generator=_gen(seed)), y).any()
+
+
+# ----------------------------------------------------------------------- FAB-T (minimum norm)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fab_finds_the_minimum_norm_point(seed):
+    """FAB is a minimum-norm attack: given a budget far above eps*, its point lies just beyond
+    the boundary (within 2% of eps*), where PGD's goes to the full budget."""
+    model, x, _, _, eps_star, _ = _linear_problem(seed)
+    y = torch.zeros(1, dtype=torch.long)
+    xa = fab_targeted(model, x, y, 1.0)
+    assert _wrong(model, xa, y).all()
+    assert eps_star <= _linf(xa, x).item() <= 1.02 * eps_star
+    assert _linf(pgd(model, x, y, 1.0, steps=10), x).item() > 2 * eps_star
+
+
+def _two_targets() -> tuple[nn.Module, torch.Tensor]:
+    """3 linear classes on 12 inputs, x = 0.5 of class 0 (logit 0): class 1 is the top target
+    (logit -0.5) but far (L-inf distance 0.5 / ||w1||_1 = 0.2, on inputs 0-5 only); class 2
+    is second (logit -1) but near (1 / ||w2||_1 = 0.1, on inputs 6-11 only)."""
+    g = _gen(9)
+    w = torch.zeros(3, 12)
+    w[1, :6] = torch.where(torch.rand(6, generator=g) < 0.5, -1.0, 1.0) * 2.5 / 6
+    w[2, 6:] = torch.where(torch.rand(6, generator=g) < 0.5, -1.0, 1.0) * 10 / 6
+    x = torch.full((1, 3, 2, 2), 0.5)
+    lin = nn.Linear(12, 3)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+        lin.bias.copy_(torch.tensor([0.0, -0.5, -1.0]) - w @ x.flatten())
+    return nn.Sequential(nn.Flatten(), lin).eval(), x
+
+
+def test_fab_targets_in_order_of_the_clean_logits():
+    """With one target FAB-T only reaches class 1 (distance 0.2); the second target finds the
+    nearer class 2 (0.1). Exact distances of a linear model."""
+    model, x = _two_targets()
+    y = torch.zeros(1, dtype=torch.long)
+    assert model(x).argmax(1).item() == 0
+    far = fab_targeted(model, x, y, 1.0, n_targets=1, steps=20)
+    assert model(far).argmax(1).item() == 1 and 0.2 <= _linf(far, x).item() <= 0.204
+    assert torch.equal(fab_targeted(model, x, y, 0.15, n_targets=1, steps=20), x)  # class 1 out of reach
+    near = fab_targeted(model, x, y, 0.15, n_targets=2, steps=20)
+    assert model(near).argmax(1).item() == 2 and 0.1 <= _linf(near, x).item() <= 0.102
+    assert torch.equal(fab_targeted(model, x, y, 0.098, n_targets=9, steps=20), x)  # nothing below 0.1
+
+
+def test_fab_projects_its_point_onto_the_budget():
+    """FAB stops a little beyond the boundary (0.5% here); projected onto a budget between the
+    boundary and FAB's distance the point still counts, re-evaluated there."""
+    model, x, _, _, eps_star, _ = _linear_problem(0)
+    y = torch.zeros(1, dtype=torch.long)
+    d_fab = _linf(fab_targeted(model, x, y, 1.0), x).item()
+    eps = 0.5 * (eps_star + d_fab)
+    assert eps_star < eps < d_fab
+    xa = fab_targeted(model, x, y, eps)
+    assert _wrong(model, xa, y).all() and _linf(xa, x).item() <= eps + 1e-6
+
+
+def test_fab_leaves_global_rng_and_is_deterministic(tiny):
+    """torchattacks reseeds torch's global generator: fab_targeted restores it; FAB-T draws
+    nothing, so two calls agree whatever the generator."""
+    net, x, y = tiny
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = fab_targeted(net, x[:20], y[:20], 0.07, n_targets=2, steps=20, generator=_gen(1))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a, fab_targeted(net, x[:20], y[:20], 0.07, n_targets=2, steps=20, generator=_gen(2)))
+    assert _wrong(net, a, y[:20]).any()
+    e = torch.linspace(0.0, 0.1, 20)  # per-sample budgets
+    b = fab_targeted(net, x[:20], y[:20], e, n_targets=2, steps=20)
+    assert torch.all(_linf(b, x[:20]) <= e + 1e-6) and torch.equal(b[0], x[0])
+
+
+# ----------------------------------------------------------------------- the standard suite
+def test_standard_suite_breaks_a_gradient_masked_net_with_square(tiny):
+    """On quantised inputs the gradient stages break nothing; the standard suite still breaks
+    the undefended net, through its Square stage."""
+    net, x, y = tiny
+    q = _Quantised(net).eval()
+    res = attack(q, x[:10], y[:10], 0.1, strength="standard", generator=_gen(0))
+    assert list(res.per_attack) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square", "pgd-ce"]
+    assert res.error >= 0.8 and res.per_attack["square"] >= 0.8 * 10
+    assert res.per_attack["apgd-ce"] + res.per_attack["apgd-t"] + res.per_attack["fab-t"] <= 1
+    assert torch.equal(res.success, _wrong(q, res.x_adv, y[:10]))
+
+
+# ----------------------------------------------------------------------- against the certificates
+TRAINED_RUN = Path(__file__).parent / "fixtures" / "premove" / "design"
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """The classifier of a tiny design run trained by the library (fixtures/premove/design:
+    "AOo0", 16x16, A5/PC) and 40 fresh acquisitions of its robust glyphs."""
+    run = load_run(TRAINED_RUN)
+    acq = Acquisition(run.resolution, run.acquisition)
+    x, y = next(acquisitions(run.robust, acq, 10, seed=123))
+    return run.model.eval(), x, y
+
+
+def _certified(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """The IBP then CROWN-IBP cascade certificates [n] (False where misclassified)."""
+    correct = ~_wrong(model, x, y)
+    return certify_cascade(model, x, y, correct, eps, ("ibp", "crown-ibp"), True)[-1]
+
+
+@pytest.mark.parametrize("eps", [0.04, 0.08])
+def test_attack_error_never_exceeds_certified_error_on_a_trained_run(trained, eps):
+    """Every correct sample attacked, certified ones included: none is certified and broken, so
+    attack error <= certified error; the attack breaks more than the clean errors (not vacuous)."""
+    model, x, y = trained
+    cert = _certified(model, x, y, eps)
+    res = attack(model, x, y, eps, strength="fast", generator=_gen(0))
+    assert not (cert & res.success).any()
+    assert res.success.sum() <= (~cert).sum()  # attack error <= certified error, in counts
+    assert cert.any() and res.success.sum() > res.per_attack["clean"] > 0
+
+
+def test_standard_suite_never_exceeds_certified_error_on_a_trained_run(trained):
+    """The same with the standard suite, on a few samples (certified ones run every stage, 5000
+    Square queries included): 2 certified, 3 correct uncertified, 1 misclassified."""
+    model, x, y = trained
+    eps = 0.06
+    cert = _certified(model, x, y, eps)
+    wrong = _wrong(model, x, y)
+    pick = torch.cat([cert.nonzero()[:2], (~cert & ~wrong).nonzero()[:3], wrong.nonzero()[:1]]).flatten()
+    assert pick.numel() == 6
+    res = attack(model, x[pick], y[pick], eps, strength="standard", generator=_gen(0))
+    assert not (cert[pick] & res.success).any()
+    assert res.success.sum() <= (~cert[pick]).sum()
+    assert res.per_attack["clean"] == 1 and res.success[2:].sum() >= 2

@@ -7,7 +7,8 @@ when the model's argmax at the returned point differs from its label.
 Everything here is a pure function of its arguments:
 
 * the model is only called (forward + gradient w.r.t. the *input*, via
-  ``torch.autograd.grad``; ``square`` uses forwards only, under ``torch.no_grad()``);
+  ``torch.autograd.grad``, or for ``fab_targeted`` a backward pass through a view of the model
+  with its parameters detached; ``square`` uses forwards only, under ``torch.no_grad()``);
   its parameters, their ``.grad`` and its train/eval mode are left untouched (the caller
   puts it in eval mode);
 * every random draw comes from a ``torch.Generator``; when none is given a fresh one
@@ -18,10 +19,13 @@ Attacks
 ``pgd``            L-inf PGD with random start and sign gradient (Madry et al. 2018); ``pgd_attack``.
 ``apgd``           Auto-PGD (Croce & Hein, ICML 2020) with CE, DLR or targeted-DLR loss; ``apgd_attack``.
 ``apgd_targeted``  APGD with targeted DLR against the top non-true classes; ``apgd_attack``.
+``fab_targeted``   FAB-T (Croce & Hein, ICML 2020), the targeted minimum-norm boundary attack of
+                   AutoAttack, through torchattacks; a point counts only within eps; ``fab``.
 ``square``         Square attack (Andriushchenko et al., ECCV 2020), gradient-free random
-                   search with the margin loss; ``square`` (not in ``attack`` yet).
-``attack``         The evaluation ensemble: APGD-CE, APGD-T, PGD-CE run as a cascade
-                   on the samples not broken yet (as AutoAttack does); ``suite``.
+                   search with the margin loss; ``square``.
+``attack``         The evaluation ensemble: "standard" is AutoAttack's standard suite (APGD-CE,
+                   APGD-T, FAB-T, Square) then PGD-CE restarts, "fast" APGD-CE, APGD-T, PGD-CE,
+                   run as a cascade on the samples not broken yet (as AutoAttack does); ``suite``.
 
 The losses are in ``losses``, the threat model shared by all (budgets, projection, random
 start, input gradient) in ``linf``.
@@ -32,6 +36,7 @@ Shapes: ``x`` is [B, ...] (typically [B, C, H, W]) in [0, 1]; ``labels`` is a Lo
 """
 
 from a5ocr.evaluation.attacks.apgd_attack import apgd, apgd_checkpoints, apgd_targeted
+from a5ocr.evaluation.attacks.fab import fab_targeted
 from a5ocr.evaluation.attacks.losses import ce_loss, dlr_loss, dlr_targeted_loss, margin_loss
 from a5ocr.evaluation.attacks.pgd_attack import pgd
 from a5ocr.evaluation.attacks.square import square, square_p
@@ -46,6 +51,7 @@ __all__ = [
     "ce_loss",
     "dlr_loss",
     "dlr_targeted_loss",
+    "fab_targeted",
     "margin_loss",
     "pgd",
     "square",

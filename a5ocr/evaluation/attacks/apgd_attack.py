@@ -18,6 +18,7 @@ from a5ocr.evaluation.attacks.linf import (
     predict,
     project,
     random_in_ball,
+    top_targets,
 )
 from a5ocr.evaluation.attacks.losses import LossFn, get_loss
 
@@ -171,15 +172,6 @@ def apgd(
     return out
 
 
-def _top_targets(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, n_targets: int) -> torch.Tensor:
-    """[B, n] the non-true classes with the highest clean logits, decreasing."""
-    with torch.no_grad():
-        logits = model(x)
-    logits = logits.scatter(1, labels[:, None], float("-inf"))
-    n = min(n_targets, logits.shape[1] - 1)
-    return logits.topk(n, dim=1).indices
-
-
 def apgd_targeted(
     model: nn.Module,
     x: torch.Tensor,
@@ -203,7 +195,7 @@ def apgd_targeted(
     out = x.clone()
     if x.shape[0] == 0:
         return out
-    targets = _top_targets(model, x, labels, n_targets)
+    targets = top_targets(model, x, labels, n_targets)
     done = predict(model, x) != labels
     for j in range(targets.shape[1]):
         idx = (~done).nonzero().squeeze(1)

@@ -1,6 +1,7 @@
 """The L-inf threat model shared by the attacks: per-sample budgets, the projection onto the
 eps ball ∩ [0, 1], random starts from a ``torch.Generator``, the input gradient of a loss,
-predictions, and the checks of inputs and of the returned points."""
+predictions, the target classes of the targeted attacks, and the checks of inputs and of the
+returned points."""
 
 from __future__ import annotations
 
@@ -70,6 +71,15 @@ def loss_grad(
 def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The model's class of each sample of x [B, ...]: [B]."""
     return model(x).argmax(dim=1)
+
+
+def top_targets(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, n_targets: int) -> torch.Tensor:
+    """[B, n] the non-true classes with the highest clean logits, decreasing."""
+    with torch.no_grad():
+        logits = model(x)
+    logits = logits.scatter(1, labels[:, None], float("-inf"))
+    n = min(n_targets, logits.shape[1] - 1)
+    return logits.topk(n, dim=1).indices
 
 
 def check_budget(x_adv: torch.Tensor, x: torch.Tensor, eps: torch.Tensor) -> None:

@@ -1,5 +1,6 @@
-"""The evaluation ensemble ``attack``: APGD-CE, APGD-T, PGD-CE run as a cascade on the samples
-not broken yet (as AutoAttack does), in chunks, with the honest re-evaluation of the points."""
+"""The evaluation ensemble ``attack``: AutoAttack's standard suite (APGD-CE, APGD-T, FAB-T,
+Square) then PGD-CE restarts, run as a cascade on the samples not broken yet (as AutoAttack does),
+in chunks, with the honest re-evaluation of the points."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import torch
 from torch import nn
 
 from a5ocr.evaluation.attacks.apgd_attack import apgd, apgd_targeted
+from a5ocr.evaluation.attacks.fab import fab_targeted
 from a5ocr.evaluation.attacks.linf import as_eps, check_budget, check_inputs, default_generator, predict, project
 from a5ocr.evaluation.attacks.pgd_attack import pgd
+from a5ocr.evaluation.attacks.square import square
 
 
 @dataclass
@@ -35,7 +38,10 @@ class AttackResult:
         return float(self.success.float().mean()) if self.success.numel() else 0.0
 
 
-# stage name -> (kind, kwargs)
+# kind -> attack: each is called as f(model, x, labels, eps [b], generator=..., **kwargs)
+KINDS = {"apgd": apgd, "apgd-t": apgd_targeted, "fab-t": fab_targeted, "square": square, "pgd": pgd}
+
+# strength -> stages (name, kind, kwargs), run in this order
 STRENGTHS: dict[str, list[tuple[str, str, dict]]] = {
     "fast": [
         ("apgd-ce", "apgd", dict(loss="ce", steps=50, restarts=1)),
@@ -45,6 +51,8 @@ STRENGTHS: dict[str, list[tuple[str, str, dict]]] = {
     "standard": [
         ("apgd-ce", "apgd", dict(loss="ce", steps=100, restarts=1)),
         ("apgd-t", "apgd-t", dict(n_targets=9, steps=100, restarts=1)),
+        ("fab-t", "fab-t", dict(n_targets=9, steps=100)),
+        ("square", "square", dict(queries=5000)),
         ("pgd-ce", "pgd", dict(loss="ce", steps=100, restarts=5)),
     ],
 }
@@ -60,16 +68,18 @@ def attack(
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
 ) -> AttackResult:
-    """Evaluation ensemble, cascaded like AutoAttack: APGD-CE, then APGD-T (targeted DLR
-    on the top non-true classes), then PGD-CE with restarts, each run only on the samples
+    """Evaluation ensemble, cascaded like AutoAttack: each stage runs only on the samples
     that are correctly classified and not broken by an earlier stage.
 
-    strength "standard": APGD-CE 100 steps; APGD-T 9 targets x 100 steps; PGD-CE
-    100 steps x 5 restarts.  "fast": APGD-CE 50; APGD-T 3 x 50; PGD-CE 20 x 1.
+    strength "standard", AutoAttack's standard suite then PGD: APGD-CE 100 steps; APGD-T
+    (targeted DLR) 9 targets x 100 steps; FAB-T 9 targets x 100 iterations (a point counts
+    only within eps); Square 5000 queries (gradient-free); PGD-CE 100 steps x 5 restarts.
+    "fast": APGD-CE 50; APGD-T 3 x 50; PGD-CE 20 x 1.
 
     Args:
         model: logits model, in the mode the caller wants (eval); not modified.
-        x: [B, ...] in [0, 1]; labels [B]; eps float or [B] (L-inf on x).
+        x: [B, ...] in [0, 1] ([B, C, H, W] for "standard": Square needs images);
+            labels [B]; eps float or [B] (L-inf on x).
         generator: source of all random draws (default: seeded with 0).
         batch_size: process the batch in chunks of this size (None: all at once).
     Returns:
@@ -125,14 +135,7 @@ def _attack_chunk(
         if idx.numel() == 0:
             break
         xs, ys, es = x[idx], labels[idx], e[idx].reshape(-1)
-        if kind == "apgd":
-            xa = apgd(model, xs, ys, es, generator=gen, **kw)
-        elif kind == "apgd-t":
-            xa = apgd_targeted(model, xs, ys, es, generator=gen, **kw)
-        elif kind == "pgd":
-            xa = pgd(model, xs, ys, es, generator=gen, **kw)
-        else:  # pragma: no cover
-            raise AssertionError(kind)
+        xa = KINDS[kind](model, xs, ys, es, generator=gen, **kw)
         check_budget(xa, xs, es)
         ok = predict(model, xa) != ys
         if i == 1:
