@@ -1036,9 +1036,8 @@ def test_patch_bounds_gradcheck_at_fixed_relaxations(windows_always):
     assert torch.autograd.gradcheck(fn, (c1, r1), eps=1e-6, atol=1e-6, fast_mode=True)
     for layer in (model[1], model[3]):
         w0 = layer.weight.detach().clone().requires_grad_(True)
-        assert torch.autograd.gradcheck(
-            lambda w: _with_weight(layer, "weight", w, lambda: fn(c1.detach(), r1.detach())), (w0,), eps=1e-6, atol=1e-6,
-            fast_mode=True)
+        with_w = lambda w: _with_weight(layer, "weight", w, lambda: fn(c1.detach(), r1.detach()))  # noqa: E731
+        assert torch.autograd.gradcheck(with_w, (w0,), eps=1e-6, atol=1e-6, fast_mode=True)
 
 
 def test_window_geometry_by_hand():

@@ -10,11 +10,13 @@ the order of floating-point sums).
 Layout of a window-form spec tensor: A [N|1, P, S, kh, kw, C] for P start positions (a chunk
 of the start layer's Ho*Wo positions), S = the start layer's channels, channels last (so that a
 permuted view is the channels-last [N*P*S, C, kh, kw] batch the convolution kernels take without
-copies); ``Window`` holds the geometry. Entries of a window outside its layer's grid (zero padding of a convolution) are
-kept at zero: they are constants, not neurons or box variables.
+copies); ``Window`` holds the geometry. Entries of a window outside its layer's grid (the zero
+padding of a convolution) are kept at zero: they are constants, not neurons or box variables.
 
 The layer rules (``layers``) own their window steps (``patch_window``, ``backward_patch``);
-this module holds the geometry, the driver (``patch_bounds``) and the concretization.
+this module holds the geometry, the driver (``patch_bounds``, ``patch_intermediate``) and the
+concretization. Hand-written as the rest of the engine (auto_LiRPA, whose patches mode this
+follows, does not import on torch 2).
 """
 
 from __future__ import annotations
