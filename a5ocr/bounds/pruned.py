@@ -38,6 +38,7 @@ def pruned_margin_bounds(
     alpha_steps: int = 20,
     alpha_lr: float = 0.1,
     max_memory_gib: float = 6.0,
+    crown_patches: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Lower bounds of the margins y_label - y_j, j in others [N, S], from one shared IBP pass.
 
@@ -62,6 +63,6 @@ def pruned_margin_bounds(
     chosen = (labels, others.gather(1, pos))
     lb, _ = relaxed_bounds(
         net, shapes, boxes, pre, lambda: _dense_margin_spec(chosen[0], chosen[1], K, dtype), chosen, method,
-        alpha_steps=alpha_steps, alpha_lr=alpha_lr, max_memory_gib=max_memory_gib,
+        alpha_steps=alpha_steps, alpha_lr=alpha_lr, max_memory_gib=max_memory_gib, crown_patches=crown_patches,
     )
     return lb, pos, ibp_lb

@@ -1,8 +1,8 @@
 """Certificates of the characters read (``a5ocr scan``, step 6).
 
 Each character's label is the classifier's answer; it is certified when the sound float64 bound
-(``a5ocr.evaluation.certify_batch``; IBP first, then CROWN-IBP on the rest with
-``method="crown-ibp"``) proves that no change of L-inf size eps_A of its normalised image
+(``a5ocr.evaluation.certify_batch``; IBP first, then, with ``method="crown-ibp"``, CROWN-IBP
+on the margins IBP left unproven of the rest) proves that no change of L-inf size eps_A of its normalised image
 changes that answer. Its radius is the largest such size, found by the evaluation stage's
 ``certified_radius`` (IBP bisection up to ``radius_cap(eps_A)`` = min(1, max(0.5, 2 eps_A)), each
 step a float64 proof; at least eps_A where certified). The certificate is about the classifier's
@@ -50,7 +50,7 @@ def certify_canvases(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tens
     cert = certify_batch(model, x, labels, eps_a, "ibp")
     if method == "crown-ibp" and (~cert).any():
         rest = torch.nonzero(~cert).flatten()
-        cert[rest] = certify_batch(model, x[rest], labels[rest], eps_a, "crown-ibp")
+        cert[rest] = certify_batch(model, x[rest], labels[rest], eps_a, "crown-ibp", ibp_first=True)
     everyone = torch.ones(n, dtype=torch.bool)  # each input is "correct" for the label it was read as
     radius = certified_radius(model, x, labels, cert, everyone, eps_a, steps=radius_steps, cap=cap)
     return cert.numpy(), radius.numpy()
