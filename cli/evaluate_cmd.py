@@ -85,7 +85,7 @@ def evaluate(
     eps_a: Optional[float] = typer.Option(None, "--eps-a", help="Attack budget (L-inf on the acquired image) in (0, 1); default: the run's eps_a."),
     method: Optional[List[str]] = typer.Option(None, "--method", help="Certification method: ibp, crown-ibp, crown, alpha-crown; repeatable. Default: ibp then crown-ibp. IBP always runs first and is reported alone."),
     cascade: bool = typer.Option(True, "--cascade/--no-cascade", help="Cascade: each later method only on the samples the earlier ones left uncertified (same certified set, far cheaper)."),
-    attack: str = typer.Option("standard", help="Empirical attack: standard (APGD-CE + APGD-T + PGD, AutoAttack-like), fast, or none."),
+    attack: str = typer.Option("standard", help="Empirical attack: standard (AutoAttack's suite: APGD-CE, APGD-T, FAB-T, Square; then PGD restarts), fast, or none."),
     check_fraction: float = typer.Option(0.1, "--check-fraction", help="Fraction of the certified samples also attacked (seeded), as a soundness cross-check; uncertified correct samples are always attacked."),
     check_attack: str = typer.Option("fast", "--check-attack", help="Attack used on the certified check subset: fast (default; a robust sample runs every stage, so standard costs ~7x), standard."),
     attack_all: bool = typer.Option(False, "--attack-all", help="Attack every correctly classified sample, certified or not."),

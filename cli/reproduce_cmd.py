@@ -59,7 +59,7 @@ def reproduce(
     seed: int = typer.Option(0, help="Training seed of every row; the evaluation seed is seed + 1000003, the same for all rows."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     samples_per_char: int = typer.Option(100, "--samples-per-char", help="Fresh acquisitions per character in the evaluation of every row."),
-    attack: str = typer.Option("standard", help="Empirical attack: standard (APGD-CE + APGD-T + PGD), fast, or none."),
+    attack: str = typer.Option("standard", help="Empirical attack: standard (AutoAttack's suite: APGD-CE, APGD-T, FAB-T, Square; then PGD restarts), fast, or none."),
     check_fraction: float = typer.Option(0.1, "--check-fraction", help="Fraction of the certified samples also attacked, as a soundness cross-check."),
     check_attack: str = typer.Option("fast", "--check-attack", help="Attack on the certified check subset: fast or standard."),
     method: Optional[List[str]] = typer.Option(None, "--method", help="Certification methods of the cascade (repeatable); default ibp then crown-ibp. IBP alone is always reported."),
