@@ -77,8 +77,9 @@ def test_light_evaluate_is_the_full_protocol_with_the_attack_off(pc_run):
                    methods=("crown-ibp",), chunk=512, on_chunk=lambda d, t: calls.append((d, t)))
     assert list(res.certified) == ["crown-ibp"] and res.attacked is None
     assert calls == [(512, 1200), (1024, 1200), (1200, 1200)]
+    # the same chunking: the draws depend on the seed and the chunk size
     full = evaluate_full(run.model, run.robust, run.chars, acq, eps_a=run.eps_a, samples_per_char=300, seed=3,
-                         methods=("ibp", "crown-ibp"), cascade=False, attack="none", radius_steps=0)
+                         methods=("ibp", "crown-ibp"), cascade=False, attack="none", radius_steps=0, chunk=512)
     assert torch.equal(res.certified["crown-ibp"], full.result.certified["crown-ibp"])
     assert torch.equal(res.correct, full.result.correct) and torch.equal(res.labels, full.result.labels)
 

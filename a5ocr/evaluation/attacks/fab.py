@@ -25,7 +25,6 @@ from __future__ import annotations
 from itertools import chain
 
 import torch
-import torchattacks
 from torch import nn
 
 from a5ocr.evaluation.attacks.linf import as_eps, check_budget, check_inputs, predict, project, top_targets
@@ -50,6 +49,8 @@ def _fab_to(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, target: tor
             alpha_max: float, eta: float, beta: float) -> torch.Tensor:
     """torchattacks' targeted FAB on x [b, ...] (all correctly classified) towards ``target`` [b]:
     per sample the closest misclassified point it found, at any distance (x where none)."""
+    import torchattacks  # local: it imports torchvision (1.4 s), which only FAB-T needs
+
     atk = torchattacks.FAB(
         _InputGradOnly(model, x.device), norm="Linf", eps=1.0, steps=steps, n_restarts=1,
         alpha_max=alpha_max, eta=eta, beta=beta, seed=0,
