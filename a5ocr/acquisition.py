@@ -13,7 +13,7 @@ resampled once (bilinear, fill 0 = paper);
 7. colour jitter (brightness, contrast, saturation, hue); 8. clamp to [0, 1].
 
 Pixel sizes (padding, kernel, sigma) are given at 128x128 and scaled to the resolution.
-Functional core: ``sample_params`` and ``apply``; ``Acquisition`` is the ``nn.Module`` wrapper.
+Functional core: ``sample_params``, ``affine`` (steps 1-7 before the clamp) and ``apply``; ``Acquisition`` is the ``nn.Module`` wrapper.
 """
 
 from __future__ import annotations
@@ -137,19 +137,19 @@ def homography(params: dict[str, torch.Tensor], resolution: int) -> torch.Tensor
     return persp @ rot3 @ shift
 
 
-def apply(w: torch.Tensor, params: dict[str, torch.Tensor], cfg: AcquisitionConfig) -> torch.Tensor:
-    """Acquire glyphs: w [n, R, R], [n, 1, R, R] (gray) or [n, 3, R, R] (colour) ink in [0,1]
-    -> x [n, 3, R, R] image in [0,1].
+def affine(w: torch.Tensor, params: dict[str, torch.Tensor], cfg: AcquisitionConfig) -> torch.Tensor:
+    """Steps 1-7 up to contrast, before any clamp: w [n, R, R] or [n, C, R, R] -> [n, 3, R, R].
 
-    Differentiable w.r.t. ``w``. ``params`` from ``sample_params`` with the same n and R.
-    """
+    For fixed ``params`` this is affine in ``w`` (warp with fixed bilinear weights, 1 - w' plus
+    fixed noise, blur, brightness, contrast's mean blend); ``apply`` is ``clamp(affine)`` for
+    gray glyphs (saturation and hue are identities there), so bounds over a set of prints
+    (``a5ocr.bounds.camera``) can pass through this map exactly and then through the clamp."""
     if w.dim() == 3:
         w = w.unsqueeze(1)
     n, _, r, _ = w.shape
     h = homography(params, r).to(w.dtype)
     warped = kornia.geometry.transform.warp_perspective(w, h, (r, r), mode="bilinear", padding_mode="zeros", align_corners=True)
     x = 1.0 - warped + params["noise_std"].view(n, 1, 1, 1).to(w.dtype) * params["noise"].to(w.dtype)
-    gray = x.shape[1] == 1
     x = x.expand(n, 3, r, r)
     sigma = params["blur_sigma"].to(w.dtype).view(n, 1).expand(n, 2)
     x = kornia.filters.gaussian_blur2d(x, (cfg.blur_kernel, cfg.blur_kernel), sigma, border_type="reflect")
@@ -157,7 +157,17 @@ def apply(w: torch.Tensor, params: dict[str, torch.Tensor], cfg: AcquisitionConf
     x = x * params["brightness"].view(n, 1, 1, 1).to(w.dtype)
     gray_mean = kornia.color.rgb_to_grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
     c = params["contrast"].view(n, 1, 1, 1).to(w.dtype)
-    x = (c * x + (1 - c) * gray_mean).clamp(0.0, 1.0)
+    return c * x + (1 - c) * gray_mean
+
+
+def apply(w: torch.Tensor, params: dict[str, torch.Tensor], cfg: AcquisitionConfig) -> torch.Tensor:
+    """Acquire glyphs: w [n, R, R], [n, 1, R, R] (gray) or [n, 3, R, R] (colour) ink in [0,1]
+    -> x [n, 3, R, R] image in [0,1].
+
+    Differentiable w.r.t. ``w``. ``params`` from ``sample_params`` with the same n and R.
+    """
+    gray = w.dim() == 3 or w.shape[1] == 1
+    x = affine(w, params, cfg).clamp(0.0, 1.0)
     # Saturation and hue jitter are exact identities on gray images (all three channels equal,
     # as every step above keeps them for a one-channel glyph); they cost 3x the rest of the
     # pipeline, so they run only for colour glyphs. tests/test_acquisition.py checks the identity.
