@@ -1,0 +1,119 @@
+import math
+
+import pytest
+import torch
+
+from a5ocr.acquisition import sensor_integrate
+from a5ocr.glyphs import rasterize
+from a5ocr.training.losses import defended
+from a5ocr.training.parameterisation import Parameterisation
+
+ALL = [Parameterisation(), Parameterisation("coarse", 2), Parameterisation("coarse", 4),
+       Parameterisation("coarse", 4, "bilinear"), Parameterisation("coarse", 8, tv=0.1)]
+
+
+def _print_glyphs(scale: int = 4) -> torch.Tensor:
+    """Real glyphs at print scale (16 px sensor): exact 0 (paper) and 1 (ink) pixels and edges."""
+    return rasterize("comic-neue", "AgQ8", 16, print_scale=scale).images
+
+
+@pytest.mark.parametrize("p", ALL, ids=lambda p: f"{p.kind}{p.factor}{p.mode}")
+def test_the_change_is_bounded_by_eps_d_for_any_z(p):
+    w = _print_glyphs()
+    assert (w == 0).any() and (w == 1).any()
+    g = torch.Generator().manual_seed(0)
+    for eps in (0.05, 0.5, 1.0):
+        for spread in (1.0, 30.0):  # moderate and saturating z (bicubic overshoot included)
+            z = spread * torch.randn(p.z_shape(w.shape), generator=g)
+            out = p.glyphs(w, z, eps)
+            assert out.min() >= 0 and out.max() <= 1
+            assert (out - w).abs().max() <= eps + 1e-6
+            if spread > 1:  # and the bound is reached, not met by doing nothing
+                assert (out - w).abs().max() > 0.9 * eps
+
+
+@pytest.mark.parametrize("p", ALL, ids=lambda p: f"{p.kind}{p.factor}{p.mode}")
+def test_zero_z_changes_nothing(p):
+    w = _print_glyphs()
+    assert torch.equal(p.glyphs(w, p.init(w.shape), 0.5), w)
+    assert p.penalty(w, p.init(w.shape), 0.5) == 0
+
+
+def test_pixel_is_the_papers_change_and_coarse_factor_1_agrees():
+    w = _print_glyphs(1)
+    z = 3 * torch.randn(w.shape, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(Parameterisation().glyphs(w, z, 0.3), defended(w, z, 0.3))
+    assert torch.allclose(Parameterisation("coarse", 1).glyphs(w, z, 0.3), defended(w, z, 0.3), atol=1e-6)
+
+
+def test_bilinear_coarse_change_moves_at_most_eps_over_2_factor_per_print_pixel():
+    """With bilinear upsampling a step of one print pixel moves up(z) by at most max |dz| / f
+    between neighbouring cells, and the squash eps (2 sigmoid - 1) has slope <= eps / 2: so
+    |dw(i+1) - dw(i)| <= eps / 2 * max |dz| / f (no clamp at w = 0.5, eps < 0.5). Per-pixel z
+    of the same spread breaks that bound: the check can fail."""
+    f, eps, n = 4, 0.4, 64
+    w = torch.full((3, n, n), 0.5)
+    g = torch.Generator().manual_seed(2)
+    p = Parameterisation("coarse", f, "bilinear")
+    z = 0.5 * torch.randn(p.z_shape(w.shape), generator=g)  # small: the bound stays below the change's range
+    dw = p.change(w, z, eps)
+    for dim in (-1, -2):
+        step = dw.diff(dim=dim).abs().max()
+        bound = eps / 2 * z.diff(dim=dim).abs().max() / f
+        assert step <= bound + 1e-6
+    speckle = Parameterisation().change(w, 0.5 * torch.randn(w.shape, generator=g), eps)
+    assert speckle.diff(dim=-1).abs().max() > eps / 2 * z.diff(dim=-1).abs().max() / f
+
+
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
+def test_a_coarse_change_survives_the_sensor_while_pixel_speckle_averages_away(mode):
+    """What 'printable' buys: the sensor (S x S area integration) keeps a coarse dw nearly whole
+    (its energy ratio through the box filter near 1), while per-pixel speckle of the same
+    amplitude loses most of it (independent pixels: about 1/S of the norm survives) and has
+    several times the total variation."""
+    s, eps = 4, 0.5
+    w = torch.full((8, 16 * s, 16 * s), 0.5)
+    g = torch.Generator().manual_seed(3)
+    coarse = Parameterisation("coarse", s, mode)
+    dw_c = coarse.change(w, 2 * torch.randn(coarse.z_shape(w.shape), generator=g), eps)
+    dw_p = Parameterisation().change(w, 2 * torch.randn(w.shape, generator=g), eps)
+
+    def kept(dw):  # the norm seen by the sensor, per print pixel, relative to the print's
+        return (sensor_integrate(dw[:, None], s).norm() * s / dw.norm()).item()
+
+    assert kept(dw_c) > 0.75 and kept(dw_p) < 1.5 / s
+    tv = lambda dw: (dw.diff(dim=-1).abs().mean() + dw.diff(dim=-2).abs().mean()).item()  # noqa: E731
+    assert tv(dw_c) < tv(dw_p) / 3
+
+
+def test_penalty_is_the_weighted_mean_total_variation_and_descends():
+    w = _print_glyphs()
+    p = Parameterisation("coarse", 4, tv=0.25)
+    z = torch.randn(p.z_shape(w.shape), generator=torch.Generator().manual_seed(4)).requires_grad_()
+    dw = p.change(w, z, 0.5)
+    by_hand = 0.25 * (dw.diff(dim=-1).abs().mean(dim=(-2, -1)) + dw.diff(dim=-2).abs().mean(dim=(-2, -1))).mean()
+    assert torch.allclose(p.penalty(w, z, 0.5), by_hand, atol=1e-7)
+    # descending the penalty alone smooths the change (on mid-gray glyphs, where no clamp acts)
+    gray = torch.full_like(w, 0.5)
+    before = p.penalty(gray, z, 0.5).item()
+    opt = torch.optim.Adam([z], lr=0.1)
+    for _ in range(30):
+        opt.zero_grad()
+        p.penalty(gray, z, 0.5).backward()
+        assert z.grad.abs().sum() > 0
+        opt.step()
+    assert p.penalty(gray, z, 0.5).item() < 0.5 * before
+
+
+def test_shapes_records_and_bad_settings():
+    p = Parameterisation("coarse", 4)
+    assert p.z_shape((62, 128, 128)) == (62, 32, 32) and p.init((2, 8, 8)).shape == (2, 2, 2)
+    assert Parameterisation.from_dict(p.to_dict()) == p and Parameterisation.from_dict(None) == Parameterisation()
+    with pytest.raises(ValueError, match="do not divide"):
+        p.z_shape((2, 30, 30))
+    with pytest.raises(ValueError, match="expected"):
+        p.glyphs(torch.zeros(2, 8, 8), torch.zeros(2, 8, 8), 0.5)
+    for bad in (dict(kind="outline"), dict(kind="coarse", factor=0), dict(kind="coarse", factor=2.0),
+                dict(factor=2), dict(kind="coarse", factor=2, mode="nearest"), dict(tv=-1.0), dict(tv=math.nan)):
+        with pytest.raises(ValueError):
+            Parameterisation(**bad)
