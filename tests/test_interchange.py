@@ -132,7 +132,10 @@ def test_onnx_model_gives_the_torch_logits_to_1e5_at_any_batch_size(run, bench):
     assert proto.opset_import[0].version >= 17 and man["onnx"]["opset"] == proto.opset_import[0].version
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, R, R]  # batch axis dynamic
-    assert proto.graph.node[0].op_type == "Sub"  # the normalisation is inside the model
+    first = proto.graph.node[0]  # the normalisation is inside the model, as a 1x1 Conv
+    assert first.op_type == "Conv" and [a.ints for a in first.attribute if a.name == "kernel_shape"] == [[1, 1]]
+    # only layer ops that verifiers with a small ONNX reader take (Marabou 2.0 refuses Sub/Div/Mul)
+    assert {n.op_type for n in proto.graph.node} <= {"Conv", "Relu", "Reshape", "Flatten", "Gemm", "AveragePool"}
     meta = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(meta["a5ocr.chars"]) == CHARS and meta["a5ocr.resolution"] == str(R)
     assert meta["a5ocr.classifier_sha256"] == man["classifier_sha256"]
@@ -147,6 +150,27 @@ def test_onnx_model_gives_the_torch_logits_to_1e5_at_any_batch_size(run, bench):
     z = torch.rand(4, 3, R, R, generator=torch.Generator().manual_seed(3)) * 3 - 1
     with torch.no_grad():
         np.testing.assert_allclose(ex.onnx_logits(path, z.numpy()), run.model(z).numpy(), rtol=0, atol=1e-5)
+
+
+def test_onnx_check_scales_with_the_logits_and_still_refuses_a_wrong_export(tmp_path, monkeypatch):
+    from a5ocr.normalize import Normalize  # local: only this test builds its own net
+    from a5ocr.export import onnx_model  # local: the module whose check is patched
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(Normalize(0.5, 0.25), torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    with torch.no_grad():
+        net[2].weight.mul_(1000.0)  # logits of order 1e3: float32 rounding alone is ~1e-4 absolute
+    info = ex.export_onnx(net, tmp_path / "big.onnx", resolution=8, chars="abcd")
+    probe = torch.rand(3, 3, 8, 8)
+    with torch.no_grad():
+        scale = float(net(probe).abs().max())
+    assert scale > 100 and info["max_abs_diff"] <= 1e-5 * max(1.0, scale) * 10
+    np.testing.assert_allclose(ex.onnx_logits(tmp_path / "big.onnx", probe.numpy()), net(probe).detach().numpy(),
+                               rtol=2e-6, atol=1e-5)
+    real = onnx_model.onnx_logits
+    monkeypatch.setattr(onnx_model, "onnx_logits", lambda *a: real(*a) * (1 + 1e-3))  # a 0.1 % wrong model
+    with pytest.raises(ExportError, match="disagrees with torch"):
+        ex.export_onnx(net, tmp_path / "wrong.onnx", resolution=8, chars="abcd")
+    assert not (tmp_path / "wrong.onnx").exists()
 
 
 # ------------------------------------------------------------------ VNNLIB
