@@ -18,6 +18,14 @@ Entry points (shapes: B samples, K classes, S specs):
 * ``ibp_first_margin_lower_bounds(model, x_lower, x_upper, labels, method) -> [B, K]``: the
   certification cascade per margin (IBP everywhere, <method> only where IBP fails)
 * ``worst_case_logits(margins) -> -margins``, ``worst_case_cross_entropy(margins, labels=None)``
+
+Through the camera (``a5ocr.bounds.camera``: the print attack ||dw||_inf <= eps_print on the
+glyph w [B, *glyph], with the image attack eps_a, for B fixed acquisitions ``params``):
+
+* ``camera_margin_lower_bounds(model, w, params, cfg, labels, eps_print, eps_a, method, f=None,
+  k=None, sound=False) -> [B, K]`` (training: differentiable; ``sound``: float64)
+* ``certify_print(model, w, params, cfg, labels, eps_print, eps_a, method, ibp_first=False) -> BoolTensor [B]``
+* ``camera_net(model, params, cfg, glyph_shape, image_attack)``, ``print_box(w, eps_print, eps_a, image_shape)``
 """
 
 from a5ocr.bounds.api import (
@@ -30,6 +38,7 @@ from a5ocr.bounds.api import (
     robust_loss,
     robust_margins,
 )
+from a5ocr.bounds.camera import CameraAffine, camera_margin_lower_bounds, camera_net, certify_print, print_box
 from a5ocr.bounds.engine import METHODS, BoundedSequential
 from a5ocr.bounds.layers import LAYER_RULES, BoundLayer, BoundReLU, ReLURelaxation, rule_for
 from a5ocr.bounds.loss import worst_case_cross_entropy, worst_case_logits
@@ -39,14 +48,19 @@ __all__ = [
     "BoundedSequential",
     "BoundLayer",
     "BoundReLU",
+    "CameraAffine",
     "LAYER_RULES",
     "ReLURelaxation",
+    "camera_margin_lower_bounds",
+    "camera_net",
     "certify",
+    "certify_print",
     "compute_bounds",
     "ibp_first_margin_lower_bounds",
     "margin_lower_bounds",
     "margin_spec",
     "mixed_margin_lower_bounds",
+    "print_box",
     "robust_loss",
     "robust_margins",
     "rule_for",

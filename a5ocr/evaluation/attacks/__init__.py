@@ -27,6 +27,10 @@ Attacks
                    APGD-T, FAB-T, Square) then PGD-CE restarts, "fast" APGD-CE, APGD-T, PGD-CE,
                    run as a cascade on the samples not broken yet (as AutoAttack does); ``suite``.
 
+``print_attack``   The physical attack on the print (||dw||_inf <= eps_print on the glyph, with the
+                   image attack eps_a), by PGD through the differentiable camera with each
+                   sample's own parameters; ``print_attack``.
+
 The losses are in ``losses``, the threat model shared by all (budgets, projection, random
 start, input gradient) in ``linf``.
 
@@ -39,11 +43,13 @@ from a5ocr.evaluation.attacks.apgd_attack import apgd, apgd_checkpoints, apgd_ta
 from a5ocr.evaluation.attacks.fab import fab_targeted
 from a5ocr.evaluation.attacks.losses import ce_loss, dlr_loss, dlr_targeted_loss, margin_loss
 from a5ocr.evaluation.attacks.pgd_attack import pgd
+from a5ocr.evaluation.attacks.print_attack import PrintAttackResult, pgd_print, print_attack
 from a5ocr.evaluation.attacks.square import square, square_p
 from a5ocr.evaluation.attacks.suite import AttackResult, attack
 
 __all__ = [
     "AttackResult",
+    "PrintAttackResult",
     "apgd",
     "apgd_checkpoints",
     "apgd_targeted",
@@ -54,6 +60,8 @@ __all__ = [
     "fab_targeted",
     "margin_loss",
     "pgd",
+    "pgd_print",
+    "print_attack",
     "square",
     "square_p",
 ]
