@@ -113,6 +113,11 @@ def test_shapes_records_and_bad_settings():
         p.z_shape((2, 30, 30))
     with pytest.raises(ValueError, match="expected"):
         p.glyphs(torch.zeros(2, 8, 8), torch.zeros(2, 8, 8), 0.5)
+    assert Parameterisation.parse("coarse:4") == p and Parameterisation.parse("pixel", 0.1) == Parameterisation(tv=0.1)
+    assert Parameterisation.parse("coarse:2:bilinear") == Parameterisation("coarse", 2, "bilinear")
+    for text in ("coarse", "coarse:x", "pixel:2", "coarse:2:nearest", "speckle", "coarse:0"):
+        with pytest.raises(ValueError):
+            Parameterisation.parse(text)
     for bad in (dict(kind="outline"), dict(kind="coarse", factor=0), dict(kind="coarse", factor=2.0),
                 dict(factor=2), dict(kind="coarse", factor=2, mode="nearest"), dict(tv=-1.0), dict(tv=math.nan)):
         with pytest.raises(ValueError):

@@ -69,6 +69,17 @@ class Parameterisation:
         """The inverse of ``to_dict``; None or {} (a run before parameterisations) is the paper's."""
         return cls(**(d or {}))
 
+    @classmethod
+    def parse(cls, text: str, tv: float = 0.0) -> "Parameterisation":
+        """An option's text: ``pixel``, ``coarse:F`` or ``coarse:F:MODE`` (MODE bicubic or
+        bilinear), with total-variation weight ``tv``; ValueError (one line) on anything else."""
+        kind, *rest = text.strip().split(":")
+        if kind == "pixel" and not rest:
+            return cls(tv=tv)
+        if kind != "coarse" or not 1 <= len(rest) <= 2 or not rest[0].isdigit():
+            raise ValueError(f"the glyph change is pixel, coarse:F or coarse:F:MODE (F an integer), got {text!r}")
+        return cls("coarse", int(rest[0]), *rest[1:], tv=tv)
+
     def z_shape(self, shape: tuple[int, ...] | torch.Size) -> tuple[int, ...]:
         """The shape of z for glyphs of ``shape`` [..., N, N]; ValueError unless ``factor`` divides N."""
         *lead, h, w = shape
