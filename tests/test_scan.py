@@ -93,7 +93,7 @@ def test_render_text_wraps_and_refuses_missing_glyphs(tmp_path, font):
     gray, truth = render_text("ABC " * 40, "comic-neue", RenderOptions(width_in=4.0, margin_in=0.5, clean=True))
     assert len(truth["lines"]) > 2 and all(line for line in truth["lines"])
     with pytest.raises(RenderError, match="no glyph"):
-        render_text("BAD xyz", font)
+        render_text("BAD \u4e2d\u6587", font)  # CJK: in neither the source font nor its export
     with pytest.raises(RenderError, match="empty"):
         render_text("   ", "comic-neue")
     with pytest.raises(sc.ScanError, match="font not found"):

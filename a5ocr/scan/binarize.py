@@ -6,8 +6,12 @@ class's interior (its 1-px erosion). Coverage ``c = (paper - gray) / (paper - in
 [0, 1] (1 = full ink); the ink mask is ``c >= 0.5`` (smoothed). A page whose two classes differ
 by less than 0.15 in gray has no text (no levels).
 
+Otsu's threshold is scikit-image's; smoothing, erosion and labelling are scipy.ndimage's.
+
 **Skew**: the angle in [-3, 3] degrees that maximises the sum of squares of the ink's projection
-profile on the rotated vertical axis (a 0.1-degree scan, refined to 0.01 degree).
+profile on the rotated vertical axis (a 0.1-degree scan, refined to 0.01 degree). Our own code:
+neither scikit-image nor OpenCV has a projection-profile deskew (their Hough transforms find
+lines, not the skew of text lines), and this one is 30 lines over the ink pixels.
 """
 
 from __future__ import annotations
@@ -17,23 +21,14 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from skimage.filters import threshold_otsu
 
 MAX_SKEW_DEG = 3.0
 
 
 def otsu_threshold(gray: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of values in [0, 1]."""
-    hist, edges = np.histogram(np.clip(gray, 0.0, 1.0), bins=bins, range=(0.0, 1.0))
-    hist = hist.astype(np.float64)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centres)
-    mt = m0[-1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = (mt * w0 / w0[-1] - m0) ** 2 / (w0 * w1)
-    between[~np.isfinite(between)] = -1.0
-    return float(edges[int(np.argmax(between)) + 1])
+    """Otsu's threshold of values in [0, 1] (scikit-image's, on the clipped page)."""
+    return float(threshold_otsu(np.clip(gray, 0.0, 1.0), nbins=bins))
 
 
 @dataclass
