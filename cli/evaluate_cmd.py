@@ -40,7 +40,8 @@ def what_of(rep: dict) -> str:
 def print_report(rep: dict, console: Console, weakest: int = 10) -> None:
     """The overall figures and the weakest glyphs as rich tables."""
     cert = rep["certified_error"]
-    title = (f"{rep.get('run', '')}  {what_of(rep)}  eps_A {rep['eps_a']:g}  "
+    printed = f"eps_print {rep['eps_print']:g}  " if rep.get("eps_print") else ""
+    title = (f"{rep.get('run', '')}  {what_of(rep)}  {printed}eps_A {rep['eps_a']:g}  "
              f"{rep['samples']} acquisitions (seed {rep['seed']})")
     t = Table(title=title)
     t.add_column("figure")
@@ -82,7 +83,8 @@ def evaluate(
     classifier: Optional[Path] = typer.Option(None, help="Another classifier file to evaluate on the run's glyphs (e.g. RUN/baseline_classifier.safetensors); default RUN/classifier.safetensors."),
     samples_per_char: int = typer.Option(100, "--samples-per-char", help="Fresh random acquisitions per character."),
     seed: Optional[int] = typer.Option(None, help="Seed of the acquisitions (and of the attack); default: the run's evaluation seed, distinct from its training seed."),
-    eps_a: Optional[float] = typer.Option(None, "--eps-a", help="Attack budget (L-inf on the acquired image) in (0, 1); default: the run's eps_a."),
+    eps_a: Optional[float] = typer.Option(None, "--eps-a", help="Attack budget (L-inf on the acquired image) in (0, 1); default: the run's eps_a (0 with --eps-print)."),
+    eps_print: float = typer.Option(0.0, "--eps-print", help="Physical attack on the print: L-inf change of the glyph's ink in [0, 1), certified jointly with --eps-a through each acquisition's camera; 0 (default): the image attack alone. Design runs only; no certified radius."),
     method: Optional[List[str]] = typer.Option(None, "--method", help="Certification method: ibp, crown-ibp, crown, alpha-crown; repeatable. Default: ibp then crown-ibp. IBP always runs first and is reported alone."),
     cascade: bool = typer.Option(True, "--cascade/--no-cascade", help="Cascade: each later method only on the samples the earlier ones left uncertified (same certified set, far cheaper)."),
     attack: str = typer.Option("standard", help="Empirical attack: standard (AutoAttack's suite: APGD-CE, APGD-T, FAB-T, Square; then PGD restarts), fast, or none."),
@@ -102,7 +104,8 @@ def evaluate(
 
     set_threads(threads, EvaluateError)
     methods = check_options(eps_a=eps_a, methods=tuple(method) if method else ("ibp", "crown-ibp"), attack=attack,
-                            check_fraction=check_fraction, check_attack=check_attack, samples_per_char=samples_per_char, radius_steps=radius_steps)
+                            check_fraction=check_fraction, check_attack=check_attack, samples_per_char=samples_per_char,
+                            radius_steps=radius_steps, eps_print=eps_print)
     if json_out is not None and not json_out.parent.is_dir():
         raise EvaluateError(f"cannot write --json {json_out}: folder {json_out.parent} does not exist")
     if weakest < 0:
@@ -111,6 +114,8 @@ def evaluate(
     options = dict(original=original, device=dev, eps_a=eps_a, seed=seed, samples_per_char=samples_per_char,
                    methods=methods, cascade=cascade, attack=attack, check_fraction=check_fraction,
                    check_attack=check_attack, attack_all=attack_all, radius_steps=radius_steps)
+    if eps_print > 0:
+        options["eps_print"] = eps_print
     err_console = Console(stderr=True)
     ev = _evaluate_with_progress(run_dir, classifier, options, err_console)
     rep = ev.report(weakest=max(weakest, 10))
@@ -135,6 +140,8 @@ def _evaluate_with_progress(run_dir: Path, classifier: Optional[Path], options: 
     image_side = is_robustify_run(run_dir)
     if image_side and classifier is not None:
         raise EvaluateError("--classifier does not apply to a robustify run (use --original for the classifier before A5)")
+    if image_side and options.get("eps_print"):
+        raise EvaluateError("--eps-print needs a design run (printed glyphs); a robustify run has images only")
     run = None if image_side else load_run(run_dir, classifier)
     labels = {"certify": "certify + radius", "attack": f"attack ({options['attack']})",
               "check": f"check certified ({options['check_attack']})"}

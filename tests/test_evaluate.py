@@ -169,6 +169,8 @@ def test_bad_options_raise_evaluate_error(pc_run):
         ("corrupt-classifier", "not a readable"),
         ("eps", "--eps-a must be in (0, 1)"),
         ("method", "unknown certification method"),
+        ("eps-print", "--eps-print must be in [0, 1)"),
+        ("eps-print-negative", "--eps-print must be in [0, 1)"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(case, needle, pc_run, tmp_path, a5ocr_main):
@@ -184,7 +186,8 @@ def test_bad_input_is_one_line_exit_2(case, needle, pc_run, tmp_path, a5ocr_main
         (run / "classifier.safetensors").write_bytes(b"garbage" * 10)
     else:
         run = pc_run
-        extra = ["--eps-a", "1.5"] if case == "eps" else ["--method", "milp"]
+        extra = {"eps": ["--eps-a", "1.5"], "method": ["--method", "milp"], "eps-print": ["--eps-print", "1.5"],
+                 "eps-print-negative": ["--eps-print=-0.1"]}[case]
     code, out, err = a5ocr_main("evaluate", run, *extra, "--samples-per-char", "1", "--attack", "none")
     assert code == 2, err
     assert needle in " ".join(err.split()) and "Traceback" not in err
@@ -196,3 +199,59 @@ def test_real_console_script_missing_run(tmp_path):
     r = subprocess.run([sys.executable, "-m", "a5ocr.cli.app", "evaluate", str(tmp_path / "nope")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "run folder not found" in r.stderr and "Traceback" not in r.stderr
+
+
+# ----------------------------------------------------------------------------- --eps-print
+PRINT = ["--samples-per-char", "4", "--attack", "fast", "--check-fraction", "1", "--device", "cpu"]
+
+
+def test_eps_print_zero_is_todays_evaluation(pc_run, tmp_path, a5ocr_main):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert a5ocr_main("evaluate", pc_run, *PRINT, "--json", a)[0] == 0
+    assert a5ocr_main("evaluate", pc_run, *PRINT, "--eps-print", "0", "--json", b)[0] == 0
+    ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+    ra.pop("seconds"), rb.pop("seconds")
+    assert ra == rb and "eps_print" not in ra
+
+
+def test_eps_print_certified_and_attacked_through_the_cli(pc_run, tmp_path, a5ocr_main):
+    """--eps-print alone (eps_A 0), then jointly with --eps-a: every figure consistent, no
+    certified sample broken by the print attack (all of them attacked), certificates shrink as
+    the threat grows, and the certificates are those of ``bounds.certify_print``."""
+    reps = {}
+    for name, extra in (("print", ["--eps-print", "0.05"]), ("joint", ["--eps-print", "0.05", "--eps-a", "0.02"])):
+        js = tmp_path / f"{name}.json"
+        code, out, err = a5ocr_main("evaluate", pc_run, *PRINT, *extra, "--json", js)
+        assert code == 0, err
+        assert "eps_print 0.05" in " ".join(out.split())
+        reps[name] = rep = json.loads(js.read_text())
+        assert rep["eps_print"] == 0.05 and "threat" in rep and "radius" not in rep
+        assert rep["consistency"] == {"ok": True, "violations": []} and rep["broken_certificates"] == 0
+        assert rep["attacked"]["certified_not_attacked"] == 0
+        for cert in rep["certified_error"].values():
+            assert rep["clean_error"] <= rep["attack_error"] <= cert
+    assert reps["print"]["eps_a"] == 0 and reps["joint"]["eps_a"] == 0.02
+    assert reps["print"]["certified_error"]["best"] < 1  # some samples certified: a test that can tell
+    assert reps["joint"]["certified_error"]["best"] >= reps["print"]["certified_error"]["best"]
+    # the same acquisitions and certificates as the library call on them
+    run = load_run(pc_run)
+    x, labels, batch = next(acquisitions(run.robust, Acquisition(run.resolution, run.acquisition), 4, run.eval_seed,
+                                         with_params=True))
+    cfg = Acquisition(run.resolution, run.acquisition).cfg
+    ok = bounds.certify_print(run.model, batch.w, batch.params, cfg, labels, 0.05, 0.0, "ibp")
+    ok &= run.model(x).argmax(1) == labels
+    assert reps["print"]["certified_error"]["ibp"] == pytest.approx(1 - ok.double().mean().item(), abs=1e-12)
+
+
+def test_a_broken_print_certificate_is_detected_and_saved(vanilla_run, tmp_path, monkeypatch, a5ocr_main):
+    # An unsound print certifier: everything "certified". The print attack must expose it.
+    monkeypatch.setattr(bounds, "certify_print", lambda model, w, p, cfg, labels, *a, **kw: torch.ones(labels.shape[0], dtype=torch.bool))
+    js = tmp_path / "e.json"
+    code, out, err = a5ocr_main("evaluate", vanilla_run, "--original", "--eps-print", "0.3", "--samples-per-char", "3",
+                                "--attack", "fast", "--check-fraction", "1", "--device", "cpu", "--json", js)
+    assert code == 3, err
+    assert "broken certificate" in err
+    t = load_file(str(tmp_path / "broken_certificates.safetensors"))
+    assert {"x", "x_adv", "w", "w_adv", "dx", "labels", "margins_adv", "margins_lower_ibp"} <= set(t)
+    assert (t["w_adv"] - t["w"]).abs().max() <= 0.3 + 1e-6 and t["dx"].abs().max() == 0
+    assert json.loads(js.read_text())["broken_certificates"] == t["x"].shape[0] > 0

@@ -1,20 +1,72 @@
 """Sound certificates of acquired images and the certified radius.
 
 ``certify_batch`` proves (float64) that a sample keeps its class over ||dx||_inf <= eps;
-``certify_cascade`` runs several methods as a cascade (entries named by ``cascade_names``);
+``certify_cascade`` runs several methods as a cascade (entries named by ``cascade_names``), over
+the image box or, with a ``PrintThreat``'s prover, over the print box and the image box jointly
+(``bounds.certify_print``; the samples then carry their glyph and camera parameters, a ``PrintBatch``);
 ``certified_radius`` is THE certified-radius implementation (float32 IBP bisection, each
 radius proven in float64), searched up to ``radius_cap``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
 from a5ocr import bounds
+from a5ocr.acquisition import AcquisitionConfig
+from a5ocr.bounds.camera import take_params
 from a5ocr.training.losses import attack_box
+
+# prove(index [m] or None (all), method, ibp_first) -> certificates of the samples ``index``
+Prover = Callable[[torch.Tensor, str, bool], torch.Tensor]
+
+
+@dataclass
+class PrintBatch:
+    """Samples of the print threat: glyphs w [n, R, R] as printed and their acquisitions' params."""
+
+    w: torch.Tensor
+    params: dict[str, torch.Tensor]
+
+    def sub(self, index: torch.Tensor | slice) -> "PrintBatch":
+        if isinstance(index, slice):
+            index = torch.arange(self.w.shape[0], device=self.w.device)[index]
+        return PrintBatch(self.w[index.to(self.w.device)], take_params(self.params, index))
+
+    def to(self, device) -> "PrintBatch":
+        return PrintBatch(self.w.to(device), {k: v.to(device) for k, v in self.params.items()})
+
+    @staticmethod
+    def cat(parts: list["PrintBatch"]) -> "PrintBatch":
+        return PrintBatch(torch.cat([p.w for p in parts]), {k: torch.cat([p.params[k] for p in parts]) for k in parts[0].params})
+
+
+@dataclass(frozen=True)
+class PrintThreat:
+    """The physical threat: the print w + dw, ||dw||_inf <= eps_print (ink clipped to [0, 1]),
+    through the sample's camera (``camera``: the scaled acquisition config), then the image
+    attack ||dx||_inf <= eps_a (0: none)."""
+
+    eps_print: float
+    eps_a: float
+    camera: AcquisitionConfig
+
+    def prover(self, model: nn.Module, batch: PrintBatch, labels: torch.Tensor) -> Prover:
+        def prove(index: torch.Tensor | None, method: str, ibp_first: bool) -> torch.Tensor:
+            sub, ys = (batch, labels) if index is None else (batch.sub(index), labels[index])
+            return bounds.certify_print(model, sub.w, sub.params, self.camera, ys, self.eps_print, self.eps_a, method,
+                                        ibp_first=ibp_first)
+        return prove
+
+    def record(self) -> dict:
+        return {"eps_print": self.eps_print, "threat": (
+            "the print w + dw, ||dw||_inf <= eps_print (ink clipped to [0, 1]), through each sample's fixed camera "
+            "parameters, then the image x + dx, ||dx||_inf <= eps_a, clipped to [0, 1]; certified jointly through "
+            "the camera's affine map (a5ocr.bounds.camera)")}
 
 
 def certify_batch(
@@ -49,7 +101,7 @@ def cascade_names(methods: tuple[str, ...], cascade: bool = True) -> list[str]:
 
 def certify_cascade(
     model: nn.Module, x: torch.Tensor, labels: torch.Tensor, correct: torch.Tensor, eps: float,
-    methods: tuple[str, ...], cascade: bool,
+    methods: tuple[str, ...], cascade: bool, prove: Prover | None = None,
 ) -> list[torch.Tensor]:
     """Certificates [n] of each entry of ``cascade_names(methods, cascade)``; False where not ``correct``.
 
@@ -61,18 +113,23 @@ def certify_cascade(
     bound is sound, so the cascade certifies every sample that any full run certifies (and
     those whose margins the methods prove only between them), at the cost of the cheap first
     method plus the tight ones on a few margins of a few samples. Without ``cascade``, every
-    method runs on every sample and each entry is that method alone.
+    method runs on every sample and each entry is that method alone. ``prove`` (e.g.
+    ``PrintThreat.prover``) replaces the image box of radius eps around x.
     """
+    if prove is None:
+        def prove(index, method, ibp_first):
+            xs, ys = (x, labels) if index is None else (x[index], labels[index])
+            return certify_batch(model, xs, ys, eps, method, ibp_first=ibp_first)
     out = []
     so_far = torch.zeros_like(correct)
     for i, m in enumerate(methods):
         if cascade and i:
             todo = torch.nonzero(correct & ~so_far).flatten()
             if todo.numel():
-                so_far[todo] = certify_batch(model, x[todo], labels[todo], eps, m, ibp_first=True)
+                so_far[todo] = prove(todo, m, True)
             cert = so_far.clone()
         else:
-            cert = certify_batch(model, x, labels, eps, m) & correct
+            cert = prove(None, m, False) & correct
             so_far = so_far | cert
         out.append(cert)
     return out

@@ -243,6 +243,28 @@ def broken_record(
     return rec
 
 
+def print_broken_record(
+    model: nn.Module, batch, w_adv: torch.Tensor, dx: torch.Tensor, x: torch.Tensor, x_adv: torch.Tensor,
+    labels: torch.Tensor, index: torch.Tensor, threat, methods: tuple[str, ...],
+) -> dict[str, torch.Tensor]:
+    """``broken_record`` of the print threat: also the glyphs (w, w_adv), the image change dx, the
+    camera parameters and the joint margin lower bounds (``bounds.camera_margin_lower_bounds``)."""
+    rec = {"x": x.contiguous(), "x_adv": x_adv.contiguous(), "labels": labels.contiguous(), "index": index.contiguous(),
+           "w": batch.w.contiguous(), "w_adv": w_adv.contiguous(), "dx": dx.contiguous()}
+    rec.update({f"param_{k}": v.contiguous() for k, v in batch.params.items()})
+    with torch.no_grad():
+        logits = model(x_adv)
+        logits64 = copy.deepcopy(model).double()(x_adv.double())
+    y = labels.view(-1, 1)
+    rec["margins_adv"] = (logits.gather(1, y) - logits).contiguous()
+    rec["margins_adv_float64"] = (logits64.gather(1, y) - logits64).contiguous()
+    for m in methods:
+        lb = bounds.camera_margin_lower_bounds(model, batch.w, batch.params, threat.camera, labels, threat.eps_print,
+                                               threat.eps_a, m, sound=True)
+        rec[f"margins_lower_{m}"] = lb.contiguous()
+    return rec
+
+
 def save_broken(path: Path, ev: Evaluation, meta: dict) -> None:
     """Write the broken certificates of ``ev`` to a safetensors file (atomically)."""
     with atomic_path(path) as tmp:
