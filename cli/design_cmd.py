@@ -19,6 +19,7 @@ def design(
     font: str = typer.Option("comic-neue", help="A TTF/OTF path, or a shipped font: comic-neue, comic-neue-bold, dejavu-sans, dejavu-sans-mono, ocr-b."),
     chars: str = typer.Option("62", help="62 (A-Z a-z 0-9), 36, 26, 10, or an explicit string of characters."),
     eps_a: float = typer.Option(0.1, "--eps-a", help="Attack budget: L-inf size of any change to the scanned image, in (0, 1)."),
+    eps_print: float = typer.Option(0.0, "--eps-print", help="Also train the A5 stage against the physical attack on the print: L-inf change of the glyph's ink in [0, 1), jointly with --eps-a (0: the image attack alone)."),
     eps_d: float = typer.Option(0.5, "--eps-d", help="Glyph change budget: L-inf size of the defensive change of the ink, in (0, 1]."),
     recipe: str = typer.Option("pc", help="pc = A5/PC (glyphs and classifier trained together); p = A5/P (glyphs only, classifier fixed)."),
     classifier: Optional[Path] = typer.Option(None, help="Legacy classifier (safetensors from a5ocr) for A5/P; without it a CROWN-IBP classifier is trained first."),
@@ -44,7 +45,7 @@ def design(
 
     set_threads(threads, DesignError)
     cfg = DesignConfig(
-        font=font, chars=chars, eps_a=eps_a, eps_d=eps_d, recipe=recipe,
+        font=font, chars=chars, eps_a=eps_a, eps_d=eps_d, recipe=recipe, eps_print=eps_print,
         classifier=str(classifier) if classifier else None, preset=preset, resolution=resolution,
         ink=ink, device=device, seed=seed, out=str(out) if out else None,
         stage1_steps=steps, stage2_steps=design_steps, warmup=warmup, ramp=ramp, samples_per_char=eval_samples, train_bounds=train_bounds,
@@ -60,8 +61,12 @@ def _print_summary(summary: dict) -> None:
     table.add_column("")
     table.add_column("clean error", justify="right")
     table.add_column("certified error", justify="right")
+    printed = summary.get("eps_print") or 0
+    if printed:
+        table.add_column(f"certified error, + eps_print {printed:g}", justify="right")
     label = "A5/PC" if summary["recipe"] == "pc" else "A5/P"
     for name, key in (("classifier before A5 (original glyphs)", "baseline"), (f"{label} (robust glyphs)", "final")):
-        table.add_row(name, f"{summary[key]['clean_error']:.2%}", f"{summary[key]['certified_error']:.2%}")
+        row = [name, f"{summary[key]['clean_error']:.2%}", f"{summary[key]['certified_error']:.2%}"]
+        table.add_row(*row, *([f"{summary[key]['print']['certified_error']:.2%}"] if printed else []))
     out_console.print(table)
     out_console.print(f"run folder: {summary.get('out', '')}  ({summary['wall_seconds']:.0f} s)")

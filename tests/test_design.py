@@ -187,3 +187,59 @@ def test_crown_k_trains_with_pruned_mixed_bounds_and_is_recorded(tmp_path):
     for bad in (0, -1, 2.5, True):
         with pytest.raises(DesignError, match="--crown-k"):
             replace(cfg, crown_k=bad).resolved()
+
+
+# ----------------------------------------------------------------------------- --eps-print
+def test_the_print_loss_bounds_the_joint_threat():
+    """``a5_loss`` with a print box: the worst case of ``bounds.camera_margin_lower_bounds``,
+    never above the image-attack-only IBP bounds (the joint set contains the image box)."""
+    from a5ocr import bounds
+    from a5ocr.training.losses import PrintBox
+
+    g = rasterize("comic-neue", "AOo0", 16)
+    torch.manual_seed(0)
+    model = models.build("tiny", 16, 4)
+    acq = Acquisition(16)
+    labels = torch.arange(4).repeat(2)
+    w = g.images[labels]
+    x, params = acq(w, torch.Generator().manual_seed(3), return_params=True)
+    box = PrintBox(w, params, acq.cfg, 0.05)
+    loss, stats = a5_loss(model, x, labels, 0.05, 0.0, "ibp", printed=box)
+    ref = bounds.camera_margin_lower_bounds(model, w, params, acq.cfg, labels, 0.05, 0.05, "ibp")
+    assert torch.equal(stats["margins"], ref)
+    assert loss.item() == pytest.approx(bounds.worst_case_cross_entropy(ref, labels).item())
+    _, image_only = a5_loss(model, x, labels, 0.05, 0.0, "ibp")
+    assert torch.all(stats["margins"] <= image_only["margins"] + 1e-5)
+    assert torch.any(stats["margins"] < image_only["margins"] - 1e-3)
+
+
+def test_design_with_eps_print_through_the_cli(tmp_path, a5ocr_main):
+    out = tmp_path / "run"
+    args = ["design", "--preset", "tiny", "--chars", "AOo0", "--eps-a", "0.05", "--steps", "12", "--design-steps", "4",
+            "--eval-samples", "2", "--device", "cpu", "--out", out]
+    code, stdout, err = a5ocr_main(*args, "--eps-print", "0.05")
+    assert code == 0, err
+    assert "eps_print 0.05" in " ".join(stdout.split())
+    assert json.loads((out / "config.json").read_text())["config"]["eps_print"] == 0.05
+    s = json.loads((out / "summary.json").read_text())
+    assert s["eps_print"] == 0.05
+    for part in ("baseline", "final"):
+        p = s[part]["print"]
+        assert (p["eps_print"], p["eps_a"]) == (0.05, 0.05)
+        # the joint threat contains the image attack alone: never fewer certified errors
+        assert s[part]["clean_error"] == p["clean_error"] and p["certified_error"] >= s[part]["certified_error"]
+    # another eps_print does not resume this run; bad values are one line, exit 2, no folder
+    code, _, err = a5ocr_main(*args, "--eps-print", "0.1", "--resume")
+    assert code == 2 and "eps_print" in err
+    for bad in ("1.5", "-0.1", "nan"):
+        code, stdout, err = a5ocr_main(*args[:-1], tmp_path / f"bad{bad}", f"--eps-print={bad}")
+        assert code == 2 and "--eps-print must be in [0, 1)" in " ".join(err.split()) and err.count("error:") == 1
+        assert not (tmp_path / f"bad{bad}").exists()
+
+
+def test_an_image_attack_design_records_no_eps_print_and_an_old_config_loads():
+    cfg = DesignConfig(**TINY).resolved()
+    assert "eps_print" not in cfg.to_dict() and DesignConfig.from_dict(cfg.to_dict()).eps_print == 0
+    assert DesignConfig.from_dict(replace(cfg, eps_print=0.1).to_dict()).eps_print == 0.1
+    with pytest.raises(DesignError, match="recipe p or pc"):
+        replace(cfg, recipe="none", eps_print=0.1).resolved()

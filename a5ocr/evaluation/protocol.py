@@ -112,17 +112,19 @@ def evaluate(
     cascade: bool = True,
     chunk: int = 1024,
     on_chunk: Callable[[int, int], None] | None = None,
+    eps_print: float = 0.0,
 ) -> EvalResult:
     """Certificates of ``model`` on fresh acquisitions of ``glyphs`` [K, R, R]: ``evaluate_full``
     with the attack and the radius off, each chunk certified whole, ``methods`` in the order
     given (see ``certify_cascade``; IBP is not put first). ``on_chunk(done, total)`` reports
-    progress after each chunk. Returns the per-sample ``EvalResult`` (no attack).
+    progress after each chunk. ``eps_print`` > 0: the joint print threat (eps_a may be 0).
+    Returns the per-sample ``EvalResult`` (no attack).
     """
     on_progress = None if on_chunk is None else (lambda phase, done, total: on_chunk(done, total))
     ev = evaluate_full(
         model, glyphs, chars, acquisition, eps_a=eps_a, samples_per_char=samples_per_char, seed=seed,
         chunk=chunk, methods=tuple(methods), ibp_first=False, cascade=cascade, attack="none", radius_steps=0,
-        sub_batch=None, on_progress=on_progress,
+        sub_batch=None, on_progress=on_progress, eps_print=eps_print,
     )
     return ev.result
 

@@ -3,7 +3,11 @@
 Stages: (1) unless a legacy classifier is given, a CROWN-IBP classifier is trained on the
 unmodified glyphs (the paper's baseline; ``classifier_recipe="vanilla"`` trains a plain one); (2) A5/P trains the glyph change dw for that fixed
 classifier, or A5/PC trains dw and the classifier together; (3) both the baseline and the final
-design are evaluated on fresh acquisitions with sound certificates.
+design are evaluated on fresh acquisitions with sound certificates. With ``eps_print`` > 0 the
+A5 stage trains against the joint threat (the print w + dw_A, ||dw_A||_inf <= eps_print, and the
+image attack eps_A; stage 1 stays the image-attack baseline), and (3) also certifies both at
+eps_print (``summary.json``: ``baseline.print``, ``final.print``). A config.json without
+``eps_print`` (older runs) means 0.
 
 A run folder holds ``config.json``, ``checkpoint.pt`` (resumable state, read with
 weights_only), ``classifier.safetensors``, ``glyphs.safetensors``, ``metrics.jsonl``,
@@ -48,6 +52,15 @@ class DesignConfig(TrainingConfig):
     ink: str = "gray"
     stage2_steps: int | None = None
     lr_glyphs: float = 0.05
+    eps_print: float = 0.0  # the A5 stage's print budget (0: the image attack alone)
+
+    def to_dict(self) -> dict:
+        """The config record; ``eps_print`` only when set: a record without it (every run folder
+        from before it, and image-attack runs) means 0, so those folders resume unchanged."""
+        d = super().to_dict()
+        if not d["eps_print"]:
+            del d["eps_print"]
+        return d
 
     def resolved(self) -> "DesignConfig":
         """Fill preset defaults (warmup and ramp scaled to ``stage1_steps``) and check ranges;
@@ -74,6 +87,10 @@ class DesignConfig(TrainingConfig):
             raise DesignError("recipe none trains a classifier only: it takes no --classifier")
         if self.ink not in ("gray", "binary"):
             raise DesignError(f"--ink must be gray or binary, got {self.ink!r}")
+        if not 0.0 <= self.eps_print < 1.0:  # NaN fails too
+            raise DesignError(f"--eps-print must be in [0, 1) (0: the image attack alone), got {self.eps_print}")
+        if self.eps_print > 0 and self.recipe == "none":
+            raise DesignError("--eps-print trains the glyphs against the print attack: it needs recipe p or pc")
 
 
 def default_out(cfg: DesignConfig, family: str) -> Path:
@@ -167,7 +184,7 @@ def design_stages(cfg: DesignConfig, *, trains_classifier: bool) -> list[StageSp
                                  collapse_advice=cfg.stage1_collapse_advice()))
     if cfg.recipe != "none":
         stages.append(make_stage(cfg.recipe, cfg.stage2_steps, cfg.eps_a, lr=cfg.lr, lr_glyphs=cfg.lr_glyphs,
-                                 train_bounds=cfg.train_bounds, crown_k=cfg.crown_k,
+                                 train_bounds=cfg.train_bounds, crown_k=cfg.crown_k, eps_print=cfg.eps_print,
                                  collapse_advice="train the classifier longer first (more --steps) or use a smaller --eps-a"))
     return stages
 
@@ -186,17 +203,25 @@ def _train(run: _Design, resume: bool, rep: Reporter) -> None:
                after_stage=run.after_stage)
 
 
-def _evaluate_design(run: _Design, name: str, model: torch.nn.Module, w: torch.Tensor, rep: Reporter) -> dict:
+def _evaluate_design(run: _Design, name: str, model: torch.nn.Module, w: torch.Tensor, rep: Reporter,
+                     eps_print: float = 0.0) -> dict:
+    """Clean and certified error on the run's evaluation acquisitions (image attack eps_A; with
+    ``eps_print`` the joint threat); with the run's eps_print, also the joint figures as "print"."""
     cfg = run.cfg
     res = evaluate(
         model, w.to(run.device), run.glyphs.chars, run.acq, eps_a=cfg.eps_a, samples_per_char=cfg.samples_per_char,
-        seed=cfg.eval_seed, methods=cfg.certify_methods,
-        on_chunk=lambda d, t: rep.evaluation(name, d, t),
+        seed=cfg.eval_seed, methods=cfg.certify_methods, eps_print=eps_print,
+        on_chunk=lambda d, t: rep.evaluation(name if not eps_print else f"{name} (eps_print {eps_print:g})", d, t),
     )
     s = res.summary()
     best = s["certified_error"].get("best", list(s["certified_error"].values())[-1])
-    return {"clean_error": s["clean_error"], "certified_error": best, "certified_error_by_method": s["certified_error"],
-            "per_char": s["per_char"]}
+    out = {"clean_error": s["clean_error"], "certified_error": best, "certified_error_by_method": s["certified_error"],
+           "per_char": s["per_char"]}
+    if eps_print:
+        return {"eps_print": eps_print, "eps_a": cfg.eps_a, **out}
+    if cfg.eps_print > 0:
+        out["print"] = _evaluate_design(run, name, model, w, rep, cfg.eps_print)
+    return out
 
 
 def _evaluate_baseline_and_final(run: _Design, rep: Reporter) -> tuple[dict, dict, torch.Tensor]:
@@ -244,6 +269,7 @@ def _summary(run: _Design, baseline: dict, final: dict) -> dict:
         "family": glyphs.family,
         "chars": glyphs.chars,
         "eps_a": cfg.eps_a,
+        "eps_print": cfg.eps_print,
         "eps_d": cfg.eps_d,
         "ink": cfg.ink,
         "resolution": cfg.resolution,

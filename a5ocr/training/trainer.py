@@ -18,7 +18,9 @@ rc         R and classifier            eps_A            worst-case CE
 Each step draws a batch: by default fresh acquisitions of every glyph (``copies`` per glyph);
 any other source (an image dataset) through ``Trainer(batch=...)``. The glyph change is the
 paper's sigmoid parameterisation dw = eps_D (2 sigmoid(z) - 1), w_rob = clamp(w + dw, 0, 1)
-(``a5ocr.training.losses.defended``); A5/R and A5/RC put the acquired image through a robustifier
+(``a5ocr.training.losses.defended``); a stage with ``eps_print`` > 0 (A5/P, A5/PC) bounds the
+worst case over the printed glyph too (||dw_A||_inf <= eps_print through each acquisition's camera,
+scaled with the eps schedule: eps_print * eps / eps_A); A5/R and A5/RC put the acquired image through a robustifier
 (``a5ocr.robustify.Robustifier``) whose output z = clamp(x + dx_D, 0, 1) the classifier reads.
 """
 
@@ -36,7 +38,7 @@ from torch import nn
 from a5ocr.acquisition import Acquisition
 from a5ocr.errors import CollapseError
 from a5ocr.runio import atomic_path
-from a5ocr.training.losses import a5_loss, defended
+from a5ocr.training.losses import PrintBox, a5_loss, defended
 from a5ocr.training.schedule import EpsSchedule
 
 RECIPES = ("vanilla", "crown-ibp", "p", "pc", "r", "rc")
@@ -79,6 +81,7 @@ class StageSpec:
     train_bounds: str = "mixed"
     lr_robustifier: float = 1e-3
     crown_k: int | None = None  # relaxed bounds on the k hardest margins only (None: all)
+    eps_print: float = 0.0  # the print attack's budget at eps_A (glyph stages only; 0: the image attack alone)
     # what the collapse error advises (the caller's options; the library's default names none)
     collapse_advice: str = "use more steps or a longer eps ramp"
 
@@ -192,17 +195,29 @@ class Trainer:
         w = self.glyphs()
         return self.acquisition(w[labels], self.generator), labels
 
+    def draw_printed(self, eps_print: float) -> tuple[torch.Tensor, torch.Tensor, PrintBox]:
+        """``draw`` (the same draws) with the batch's print box: glyphs, camera parameters."""
+        labels = torch.arange(self.num_classes, device=self.device).repeat(self.copies)
+        w = self.glyphs()[labels]
+        x, params = self.acquisition(w, self.generator, return_params=True)
+        return x, labels, PrintBox(w, params, self.acquisition.cfg, eps_print)
+
     # -- one step -----------------------------------------------------------------------
     def train_step(self, spec: StageSpec) -> dict:
         """One optimisation step on a fresh batch (``draw``); returns its metrics."""
         eps = spec.schedule(self.step)
         f = spec.schedule.mixing(self.step)
         self.model.train(spec.trains_classifier)
-        x, labels = self.draw()
+        eps_print = spec.eps_print * eps / spec.schedule.eps_max if spec.eps_print > 0 and eps > 0 else 0.0
+        printed = None
+        if eps_print > 0 and spec.trains_glyphs:
+            x, labels, printed = self.draw_printed(eps_print)
+        else:
+            x, labels = self.draw()
         if spec.uses_robustifier:
             self.robustifier.train()
             x = self.robustifier(x)
-        loss, stats = a5_loss(self.model, x, labels, eps, f, spec.train_bounds, spec.crown_k)
+        loss, stats = a5_loss(self.model, x, labels, eps, f, spec.train_bounds, spec.crown_k, printed)
         scale = lr_factor(self.step, spec.steps, spec.lr_milestones)
         for opt, base_lr in ((self.opt_classifier, spec.lr), (self.opt_glyphs, spec.lr_glyphs),
                              (self.opt_robustifier, spec.lr_robustifier)):
@@ -328,12 +343,16 @@ def run_stages(trainer: Trainer, stages: list[StageSpec], *, reporter, on_log: C
 
 def make_stage(recipe: str, steps: int, eps_a: float, *, warmup: int = 0, ramp: int = 0, lr: float = 1e-3,
                lr_glyphs: float = 0.05, train_bounds: str = "mixed", lr_robustifier: float = 1e-3,
-               crown_k: int | None = None, collapse_advice: str | None = None) -> StageSpec:
+               crown_k: int | None = None, collapse_advice: str | None = None, eps_print: float = 0.0) -> StageSpec:
     """A stage of ``recipe`` with an eps schedule to ``eps_a`` (vanilla: eps 0); ``collapse_advice``
-    ends the collapse error (default: ``StageSpec``'s, which names no option)."""
+    ends the collapse error (default: ``StageSpec``'s, which names no option); ``eps_print``: the
+    print budget at eps_a (glyph stages, p and pc, only)."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r} (one of: {', '.join(RECIPES)})")
+    if eps_print > 0 and recipe not in ("p", "pc"):
+        raise ValueError(f"eps_print is for the glyph stages (p, pc), not {recipe!r}")
     eps_max = 0.0 if recipe == "vanilla" else eps_a
     advice = {} if collapse_advice is None else {"collapse_advice": collapse_advice}
     return StageSpec(recipe=recipe, steps=steps, schedule=EpsSchedule(eps_max, warmup, ramp), lr=lr, lr_glyphs=lr_glyphs,
-                     train_bounds=train_bounds, lr_robustifier=lr_robustifier, crown_k=crown_k, **advice)
+                     train_bounds=train_bounds, lr_robustifier=lr_robustifier, crown_k=crown_k, eps_print=eps_print,
+                     **advice)
