@@ -23,14 +23,14 @@ if TYPE_CHECKING:
 def export(
     run_dir: Path = typer.Argument(..., help="A design run folder (from `a5ocr design`) holding glyphs.safetensors."),
     sheet: Optional[Path] = typer.Option(None, help="Printable sheet of the robust glyphs: .pdf (any number of pages) or .png (one page); a <name>.layout.json sidecar is written beside it."),
-    font: Optional[Path] = typer.Option(None, help="Installable font of the robust glyphs: .ttf (TrueType) or .otf (CFF); family '<source family> A5'."),
+    font: Optional[Path] = typer.Option(None, help="Installable font: the source font whole (every glyph, metrics, kerning) with the robust glyphs in place of the designed ones; .ttf (TrueType) or .otf (CFF); family '<source family> A5'."),
     png_dir: Optional[Path] = typer.Option(None, help="Folder for one PNG per robust glyph (U+0041.png ...), black ink on white."),
     figure: Optional[Path] = typer.Option(None, help="Comparison figure .png (robust / original / difference rows, as the paper's Fig. 4)."),
     glyph_mm: float = typer.Option(10.0, "--glyph-mm", help="Printed size of each glyph's square canvas on the sheet, in mm."),
     dpi: int = typer.Option(600, help="Resolution the sheet is rendered at (dots per inch)."),
     paper: str = typer.Option("a4", help="Paper size of the sheet: a4 (210x297 mm) or letter (215.9x279.4 mm)."),
     upsample: str = typer.Option("nearest", help="Sheet upsampling of the design pixels: nearest (each design pixel a uniform square) or bilinear."),
-    outline: str = typer.Option("auto", help="Font outlines: auto (pixels for --ink binary designs, contour for gray), contour (0.5 iso-line of the bilinear design), pixels (exact pixel edges of ink > 0.5), halftone (one dot of area = ink per pixel)."),
+    outline: str = typer.Option("auto", help="Font outlines: auto (pixels for --ink binary designs, smooth for gray), smooth (quadratic / cubic splines fitted so the rendered coverage matches the design's ink > 0.5), contour (0.5 iso-line of the bilinear design as a polygon), pixels (exact pixel edges of ink > 0.5), halftone (one dot of area = ink per pixel)."),
     onnx: Optional[Path] = typer.Option(None, "--onnx", help="The run's classifier, its input normalisation included, as an ONNX file (.onnx; opset 17, input [batch, 3, R, R] in [0, 1], output logits)."),
     vnnlib: Optional[Path] = typer.Option(None, "--vnnlib", help="A new folder for a VNN-COMP benchmark of the first --samples evaluation samples: onnx/classifier.onnx, vnnlib/sample_*.vnnlib, instances.csv, manifest.json (our verdicts)."),
     samples: Optional[int] = typer.Option(None, "--samples", help="With --vnnlib: how many evaluation samples (the first N of `a5ocr evaluate`'s draw) get a property."),
@@ -68,7 +68,7 @@ def export(
         table.add_row(str(ex.layout_path(sheet)), "sheet layout (mm/px boxes, registration marks)")
     if font is not None:
         info = ex.export_font(run_dir, font, outline=outline)
-        table.add_row(str(font), f"font '{info['family']}', {info['glyphs']} glyphs, outline {info['method']}, {info['contours']} contours")
+        table.add_row(str(font), f"font '{info['family']}', {info['glyphs']} glyphs ({info['designed']} designed, outline {info['method']}, {info['contours']} contours, {info['points']} points)")
     if png_dir is not None:
         files = ex.export_pngs(run_dir, png_dir)
         table.add_row(f"{png_dir}/", f"{len(files)} PNGs ({design.resolution}x{design.resolution})")

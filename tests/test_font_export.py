@@ -5,10 +5,73 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
+import freetype
+import numpy as np
 import pytest
+import torch
+from fontTools.pens.areaPen import AreaPen
+from fontTools.pens.recordingPen import DecomposingRecordingPen
+from fontTools.ttLib import TTFont
 
+from a5ocr import export as ex
 from a5ocr import runio
+from a5ocr.export import smooth
+from a5ocr.runs import load_design
+
+CHARS = "AOo0"
+LABEL = "SN-4521/B."
+
+
+@pytest.fixture(scope="module")
+def comic_run(tmp_path_factory) -> Path:
+    """A tiny gray A5/PC design of Comic Neue (a CFF source), 32x32, seconds."""
+    from a5ocr.training.design import DesignConfig, run_design
+
+    out = tmp_path_factory.mktemp("comic") / "run"
+    run_design(DesignConfig(font="comic-neue", chars=CHARS, preset="tiny", resolution=32, ink="gray", eps_a=0.01,
+                            stage1_steps=20, warmup=2, ramp=6, stage2_steps=10, samples_per_char=2, device="cpu",
+                            certify_methods=("ibp",), out=str(out)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def dejavu_run(tmp_path_factory) -> Path:
+    """A synthetic gray design of DejaVu Sans (a TrueType source with composites and kerning)."""
+    from a5ocr.glyphs import rasterize
+    from a5ocr.runs import save_glyphs
+    from a5ocr.training.trainer import RobustGlyphs
+
+    out = tmp_path_factory.mktemp("dejavu")
+    g = rasterize("dejavu-sans", CHARS, 32)
+    robust = RobustGlyphs(g.images, 0.3, "gray")
+    with torch.no_grad():
+        robust.z.copy_(torch.randn(robust.z.shape, generator=torch.Generator().manual_seed(1)))
+    save_glyphs(out / "glyphs.safetensors", g, robust, eps_d=0.3, ink="gray")
+    return out
+
+
+def _outline(font: TTFont, name: str) -> list:
+    rec = DecomposingRecordingPen(font.getGlyphSet())
+    font.getGlyphSet()[name].draw(rec)
+    return rec.value
+
+
+def _area(font: TTFont, name: str) -> float:
+    pen = AreaPen(font.getGlyphSet())
+    font.getGlyphSet()[name].draw(pen)
+    return abs(pen.value)
+
+
+def _no_notdef(path: Path, text: str) -> None:
+    face = freetype.Face(str(path))
+    face.set_pixel_sizes(0, 48)
+    for c in text:
+        assert face.get_char_index(c) != 0, c
+        face.load_char(c, freetype.FT_LOAD_RENDER)
+        if not c.isspace():
+            assert max(face.glyph.bitmap.buffer) > 0, c
 
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
@@ -34,3 +97,93 @@ def test_a_failed_atomic_write_keeps_the_old_file(tmp_path):
             tmp.write_text("new")
             raise RuntimeError
     assert (tmp_path / "f").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+@pytest.mark.parametrize("suffix", [".otf", ".ttf"])
+def test_the_font_keeps_every_glyph_of_a_cff_source(comic_run, tmp_path, suffix):
+    d = load_design(comic_run)
+    src = TTFont(d.font_path)
+    path = tmp_path / f"f{suffix}"
+    info = ex.export_font(comic_run, path)
+    out = TTFont(str(path))
+    assert out.getBestCmap() == src.getBestCmap()  # every character, same glyph names
+    assert out.getGlyphOrder() == src.getGlyphOrder() and info["glyphs"] == len(src.getGlyphOrder())
+    assert ("CFF " if suffix == ".otf" else "glyf") in out
+    for tag in ("GPOS", "GSUB", "GDEF"):
+        assert out[tag].compile(out) == src[tag].compile(src)  # kerning and layout untouched
+    cmap = src.getBestCmap()
+    for c in "-/.:5\u00e9\u00c1":  # punctuation, an undesigned digit, accented letters
+        name = cmap[ord(c)]
+        assert out["hmtx"][name] == src["hmtx"][name]
+        if suffix == ".otf":  # the source's charstrings themselves
+            assert _outline(out, name) == _outline(src, name), c
+        else:  # cubic -> quadratic within upem / 1000
+            assert _area(out, name) == pytest.approx(_area(src, name), rel=0.005), c
+    for c in CHARS:  # the designed glyphs are new, their advances the source's
+        assert _outline(out, cmap[ord(c)]) != _outline(src, cmap[ord(c)])
+        assert out["hmtx"][cmap[ord(c)]][0] == src["hmtx"][cmap[ord(c)]][0]
+    _no_notdef(path, LABEL + " " + CHARS)
+
+
+def test_the_font_keeps_every_glyph_of_a_truetype_source(dejavu_run, tmp_path):
+    d = load_design(dejavu_run)
+    src = TTFont(d.font_path)
+    path = tmp_path / "f.ttf"
+    ex.export_font(dejavu_run, path)
+    out = TTFont(str(path))
+    assert out.getBestCmap() == src.getBestCmap()
+    assert out["kern"].compile(out) == src["kern"].compile(src) and out["GPOS"].compile(out) == src["GPOS"].compile(src)
+    cmap = src.getBestCmap()
+    for c in "-/.:5":
+        assert out["glyf"][cmap[ord(c)]] == src["glyf"][cmap[ord(c)]]
+    # an accented letter built on a designed base keeps the source's (decomposed) outline
+    assert src["glyf"]["Aacute"].isComposite() and not out["glyf"]["Aacute"].isComposite()
+    assert _outline(out, "Aacute") == _outline(src, "Aacute")
+    _no_notdef(path, LABEL + " \u00c1\u00d6")
+
+
+def test_exported_fonts_are_readable_by_others(comic_run, tmp_path):
+    old = os.umask(0o022)
+    try:
+        ex.export_font(comic_run, tmp_path / "f.ttf")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f.ttf").stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("suffix", [".ttf", ".otf"])
+def test_smooth_outlines_match_the_design_with_few_points(comic_run, tmp_path, suffix):
+    d = load_design(comic_run)
+    info = ex.export_font(comic_run, tmp_path / f"f{suffix}")
+    assert info["method"] == "smooth"
+    ious = ex.iou(ex.rasterize_at_design(tmp_path / f"f{suffix}", d), d.robust)
+    assert ious.min().item() >= 0.97, ious.tolist()
+    for c in CHARS:
+        assert info["points_by_char"][c] <= 3 * info["source_points"][c], (c, info["points_by_char"], info["source_points"])
+    font = TTFont(str(tmp_path / f"f{suffix}"))
+    ops = {op for c in CHARS for op, _ in _outline(font, font.getBestCmap()[ord(c)])}
+    assert ("qCurveTo" if suffix == ".ttf" else "curveTo") in ops
+
+
+def test_a_disc_becomes_a_smooth_circle():
+    """An anti-aliased disc (radius 10 px of 32): the spline stays within 0.1 px of the circle,
+    tangent-continuous (no corner), with a handful of control points, and covers the pixels as the design."""
+    yy, xx = np.mgrid[:32, :32] + 0.5
+    disc = np.clip(10.0 - np.hypot(xx - 16, yy - 16) + 0.5, 0, 1)
+    loops = smooth.smooth_polygons(disc)
+    assert len(loops) == 1
+    pts, corner = loops[0]
+    assert not corner.any() and 8 <= len(pts) <= 24
+    ring = smooth._flatten(_record(loops))[0]
+    assert np.abs(np.hypot(ring[:, 0] - 16, ring[:, 1] - 16) - 10.0).max() < 0.1
+    cov = smooth.spline_coverage(loops, 32, 8)
+    assert smooth.mask_iou(cov > 0.5, disc > 0.5) >= 0.99  # the target of the tolerance search
+
+
+def _record(loops):
+    from fontTools.pens.recordingPen import RecordingPen
+
+    rec = RecordingPen()
+    for p, c in loops:
+        smooth.draw_spline(rec, p, c)
+    return rec
