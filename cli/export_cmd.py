@@ -22,15 +22,15 @@ if TYPE_CHECKING:
 
 def export(
     run_dir: Path = typer.Argument(..., help="A design run folder (from `a5ocr design`) holding glyphs.safetensors."),
-    sheet: Optional[Path] = typer.Option(None, help="Printable sheet of the robust glyphs: .pdf (any number of pages) or .png (one page); a <name>.layout.json sidecar is written beside it."),
+    sheet: Optional[Path] = typer.Option(None, help="Printable sheet of the robust glyphs: .pdf (vector outlines as the font's, any number of pages) or .png (raster at --dpi, one page); a <name>.layout.json sidecar is written beside it."),
     font: Optional[Path] = typer.Option(None, help="Installable font: the source font whole (every glyph, metrics, kerning) with the robust glyphs in place of the designed ones; .ttf (TrueType) or .otf (CFF); family '<source family> A5'."),
     png_dir: Optional[Path] = typer.Option(None, help="Folder for one PNG per robust glyph (U+0041.png ...), black ink on white."),
     figure: Optional[Path] = typer.Option(None, help="Comparison figure .png (robust / original / difference rows, as the paper's Fig. 4)."),
     glyph_mm: float = typer.Option(10.0, "--glyph-mm", help="Printed size of each glyph's square canvas on the sheet, in mm."),
-    dpi: int = typer.Option(600, help="Resolution the sheet is rendered at (dots per inch)."),
+    dpi: int = typer.Option(600, help="Resolution of the PNG sheet (dots per inch); a PDF sheet is vector, its layout's px are at this dpi."),
     paper: str = typer.Option("a4", help="Paper size of the sheet: a4 (210x297 mm) or letter (215.9x279.4 mm)."),
-    upsample: str = typer.Option("nearest", help="Sheet upsampling of the design pixels: nearest (each design pixel a uniform square) or bilinear."),
-    outline: str = typer.Option("auto", help="Font outlines: auto (pixels for --ink binary designs, smooth for gray), smooth (quadratic / cubic splines fitted so the rendered coverage matches the design's ink > 0.5), contour (0.5 iso-line of the bilinear design as a polygon), pixels (exact pixel edges of ink > 0.5), halftone (one dot of area = ink per pixel)."),
+    upsample: str = typer.Option("nearest", help="PNG sheet upsampling of the design pixels: nearest (each design pixel a uniform square) or bilinear."),
+    outline: str = typer.Option("auto", help="Font and PDF sheet outlines: auto (pixels for --ink binary designs, smooth for gray), smooth (quadratic / cubic splines fitted so the rendered coverage matches the design's ink > 0.5), contour (0.5 iso-line of the bilinear design as a polygon), pixels (exact pixel edges of ink > 0.5), halftone (one dot of area = ink per pixel)."),
     onnx: Optional[Path] = typer.Option(None, "--onnx", help="The run's classifier, its input normalisation included, as an ONNX file (.onnx; opset 17, input [batch, 3, R, R] in [0, 1], output logits)."),
     vnnlib: Optional[Path] = typer.Option(None, "--vnnlib", help="A new folder for a VNN-COMP benchmark of the first --samples evaluation samples: onnx/classifier.onnx, vnnlib/sample_*.vnnlib, instances.csv, manifest.json (our verdicts)."),
     samples: Optional[int] = typer.Option(None, "--samples", help="With --vnnlib: how many evaluation samples (the first N of `a5ocr evaluate`'s draw) get a property."),
@@ -62,7 +62,7 @@ def export(
     table.add_column("written")
     table.add_column("what")
     if sheet is not None:
-        lay = ex.export_sheet(run_dir, sheet, glyph_mm=glyph_mm, dpi=dpi, paper=paper, upsample=upsample)
+        lay = ex.export_sheet(run_dir, sheet, glyph_mm=glyph_mm, dpi=dpi, paper=paper, upsample=upsample, outline=outline)
         pages = f"{lay['pages']} page{'s' if lay['pages'] > 1 else ''}"
         table.add_row(str(sheet), f"sheet, {paper}, {pages}, glyph {lay['glyph_mm_printed']:.2f} mm = {lay['glyph_px']} px at {dpi} dpi")
         table.add_row(str(ex.layout_path(sheet)), "sheet layout (mm/px boxes, registration marks)")

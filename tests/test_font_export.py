@@ -192,3 +192,46 @@ def _record(loops):
     for p, c in loops:
         smooth.draw_spline(rec, p, c)
     return rec
+
+
+def test_a_scan_of_the_vector_sheet_aligns_by_its_marks(comic_run, tmp_path):
+    """Rasterize the PDF sheet (pdfium, 150 dpi), degrade it as a scanner would, scan it with its
+    layout: the marks are found, the glyphs read; each box sampled back is the font's rendering."""
+    import json
+    import shutil
+
+    import pypdfium2 as pdfium
+    from PIL import Image
+
+    from a5ocr import scan as sc
+    from a5ocr.scan import page as pg
+    from a5ocr.scan.render_text import degrade
+
+    d = load_design(comic_run)
+    lay = ex.export_sheet(comic_run, tmp_path / "sheet.pdf", glyph_mm=10.0, dpi=150)
+    assert lay["outline"] == "smooth" and lay["upsample"] == "vector"
+    doc = pdfium.PdfDocument(str(tmp_path / "sheet.pdf"))
+    img = doc[0].render(scale=150 / 72, grayscale=True).to_pil().convert("L")
+    fine = doc[0].render(scale=600 / 72, grayscale=True).to_pil().convert("L")  # 4x the layout's px
+    doc.close()
+    assert abs(img.width - lay["page_px"][0]) <= 1 and abs(img.height - lay["page_px"][1]) <= 1
+    gray = np.asarray(img, np.float32) / 255.0
+    scanned, _ = degrade(gray, np.random.default_rng(5))
+    pg.write_image(tmp_path / "scan.png", scanned)
+    shutil.copy(ex.layout_path(tmp_path / "sheet.pdf"), tmp_path / "scan.layout.json")
+    res = sc.scan(tmp_path / "scan.png", comic_run, method="ibp")
+    assert res.mode == "sheet" and [c.expected for c in res.chars] == list(CHARS)
+    assert res.to_dict()["accuracy"] >= 0.75
+    # the clean rasterized sheet, read back per box, is the font at the design geometry
+    from a5ocr.scan.binarize import paper_and_ink
+    from a5ocr.scan.sheet import find_marks
+
+    src, dst = find_marks(gray, json.loads((tmp_path / "scan.layout.json").read_text()), paper_and_ink(gray))
+    assert np.abs(src * [img.width / lay["page_px"][0], img.height / lay["page_px"][1]] - dst).max() < 0.5
+    ex.export_font(comic_run, tmp_path / "f.ttf")
+    font_ink = ex.rasterize_at_design(tmp_path / "f.ttf", d)
+    for b in lay["boxes"]:
+        x0, y0, x1, y1 = b["box_px"]
+        crop = fine.crop((4 * x0, 4 * y0, 4 * x1, 4 * y1)).resize((32, 32), Image.BOX)  # area average onto the canvas
+        ink = 1.0 - np.asarray(crop, np.float32) / 255.0
+        assert ex.iou(torch.from_numpy(ink[None]), font_ink[b["index"]][None]).item() > 0.95

@@ -1,13 +1,16 @@
 """Printable sheets of the robust glyphs (``export_sheet``) and their layout sidecar.
 
-A page image rendered with PIL at ``dpi``: each robust glyph's R x R canvas printed as a
+A ``.pdf`` sheet is vector (``a5ocr.export.pdf``, reportlab): each robust glyph filled from the
+font's outline (``font.designed_glyph``, ``outline`` as for ``--font``) in its ``glyph_mm``
+square, exact at any printer resolution, with the same labels, header and registration discs.
+A ``.png`` sheet is a page image rendered with PIL at ``dpi``: each robust glyph's R x R canvas printed as a
 ``glyph_mm`` square, upsampled to device pixels with NEAREST neighbour by default (every design
 pixel becomes a uniform square of its ink level, so box-filtering an aligned scan back to R x R
 gives the design again; ``upsample="bilinear"`` looks smoother), labelled below with its
 character, a header line (family, eps_A, eps_D, ink, chars) and four registration discs at known
 positions. A JSON sidecar (``layout_path(sheet)``, format ``SHEET_FORMAT``) gives the paper size,
-dpi, every glyph box in mm and px and the disc centres, for aligning a scan (``a5ocr.scan``).
-PDF pages are written by ``a5ocr.export.pdf`` (lossless, MediaBox = the paper size exactly).
+dpi, every glyph box in mm and px (px at ``dpi``, also for a PDF) and the disc centres, for
+aligning a scan (``a5ocr.scan``).
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from fontTools.misc.transform import Transform
+
 from a5ocr import fonts
 from a5ocr.errors import ExportError
 from a5ocr.export.common import MM_PER_INCH, check_output, ink_u8, load_design, mm_to_px, source_font
-from a5ocr.export.pdf import pdf_bytes
+from a5ocr.export.font import designed_glyph, resolve_outline_method
+from a5ocr.export.pdf import label_covers, write_sheet_pdf
 from a5ocr.runio import atomic_path
 from a5ocr.runs import Design
 
@@ -152,19 +158,23 @@ def _labels(design: Design, layout: dict, src: Path | None) -> dict:
     return labels
 
 
+def _header_text(design: Design, layout: dict, p: int) -> str:
+    """The header line of page p: family, budgets, ink, resolution (and the page number)."""
+    eps_a = f"{design.eps_a:g}" if design.eps_a is not None else "?"
+    header = f"{design.family} A5   eps_A {eps_a}   eps_D {design.eps_d:g}   ink {design.ink}   {design.resolution}x{design.resolution}"
+    return header + (f"   page {p + 1}/{layout['pages']}" if layout["pages"] > 1 else "")
+
+
 def _draw_header(img: Image.Image, design: Design, layout: dict, p: int, upsample: str, src: Path | None) -> None:
     """The header (family, budgets, ink, resolution; the characters) and the printing note at the foot."""
     dpi = layout["dpi"]
     px = lambda mm: mm_to_px(mm, dpi)  # noqa: E731
-    eps_a = f"{design.eps_a:g}" if design.eps_a is not None else "?"
-    header = f"{design.family} A5   eps_A {eps_a}   eps_D {design.eps_d:g}   ink {design.ink}   {design.resolution}x{design.resolution}"
     detail = f"chars: {design.chars}"
     header_font = _text_font(px(3.2))
     small_font = _text_font(px(2.2))
     detail_font = _text_font(px(2.2), design.chars, src)
     draw = ImageDraw.Draw(img)
-    page_note = f"   page {p + 1}/{layout['pages']}" if layout["pages"] > 1 else ""
-    draw.text((px(18), px(7.5)), header + page_note, fill=0, font=header_font)
+    draw.text((px(18), px(7.5)), _header_text(design, layout, p), fill=0, font=header_font)
     draw.text((px(18), px(12.5)), detail, fill=0, font=detail_font)
     draw.text((px(18), img.height - px(12.5)),
               f"glyph {layout['glyph_mm']:g} mm, {dpi} dpi, {upsample} upsampling; print at 100% (no fit to page)",
@@ -240,12 +250,14 @@ def export_sheet(
     dpi: int = 600,
     paper: str = "a4",
     upsample: str = "nearest",
+    outline: str = "auto",
 ) -> dict:
     """A printable sheet of the robust glyphs (``.pdf``, or ``.png`` for a one-page sheet).
 
-    Each glyph's R x R canvas is printed as a ``glyph_mm`` square (``glyph_px`` = round(glyph_mm
-    / 25.4 * dpi) device pixels, ``upsample`` = nearest or bilinear). Also writes the layout
-    sidecar ``layout_path(path)``; returns the layout dict.
+    Each glyph's R x R canvas is printed as a ``glyph_mm`` square: in a PDF as the vector outline
+    ``outline`` (as the font's), in a PNG as ``glyph_px`` = round(glyph_mm / 25.4 * dpi) device
+    pixels (``upsample`` = nearest or bilinear). Also writes the layout sidecar
+    ``layout_path(path)``; returns the layout dict.
     """
     path = check_output(path, (".pdf", ".png"), "the sheet")
     if upsample not in ("nearest", "bilinear"):
@@ -256,17 +268,41 @@ def export_sheet(
     is_pdf = path.suffix.lower() == ".pdf"
     if not is_pdf and layout["pages"] > 1:
         raise ExportError(f"{len(design.chars)} glyphs of {glyph_mm:g} mm need {layout['pages']} pages: write a .pdf or use a smaller --glyph-mm")
-    layout = _sidecar(design, layout, path, upsample)
-    pages = _render_pages(design, layout, upsample)
+    method = resolve_outline_method(design, outline)
+    layout = _sidecar(design, layout, path, "vector" if is_pdf else upsample)
+    if is_pdf:
+        layout["outline"] = method
+    pages = None if is_pdf else _render_pages(design, layout, upsample)
     with ExitStack() as stack:
         tmp_sheet = stack.enter_context(atomic_path(path))
         tmp_layout = stack.enter_context(atomic_path(layout_path(path)))
         if is_pdf:
-            tmp_sheet.write_bytes(pdf_bytes(pages, tuple(layout["paper_mm"])))
+            write_sheet_pdf(tmp_sheet, layout, _vector_glyphs(design, method), _pdf_texts(design, layout, method))
         else:
             Image.fromarray(pages[0], mode="L").save(tmp_sheet, format="PNG", dpi=(dpi, dpi))
         tmp_layout.write_text(json.dumps(layout, indent=2) + "\n")
     return layout
+
+
+def _vector_glyphs(design: Design, method: str) -> list[tuple]:
+    """Per glyph: its outline in font units (the font's) and the transform font units -> canvas px."""
+    out = []
+    for k in range(len(design.chars)):
+        upp = design.units_per_pixel
+        to_canvas = Transform(1 / upp, 0, 0, -1 / upp, design.origin_x[k], design.baseline)
+        out.append((designed_glyph(design, k, method), to_canvas))
+    return out
+
+
+def _pdf_texts(design: Design, layout: dict, method: str) -> dict:
+    """The PDF's header per page, detail and foot lines and glyph labels (code point only where DejaVu lacks the character)."""
+    labels = [f"{c}  U+{ord(c):04X}" if label_covers(c) else f"U+{ord(c):04X}" for c in design.chars]
+    chars = design.chars if label_covers(design.chars) else "".join(c if label_covers(c) else "?" for c in design.chars)
+    return {
+        "header": [_header_text(design, layout, p) for p in range(layout["pages"])],
+        "detail": f"chars: {chars}", "labels": labels, "resolution": design.resolution,
+        "footer": f"glyph {layout['glyph_mm']:g} mm, vector outlines ({method}); print at 100% (no fit to page)",
+    }
 
 
 def _sidecar(design: Design, layout: dict, path: Path, upsample: str) -> dict:
