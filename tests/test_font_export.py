@@ -235,3 +235,24 @@ def test_a_scan_of_the_vector_sheet_aligns_by_its_marks(comic_run, tmp_path):
         crop = fine.crop((4 * x0, 4 * y0, 4 * x1, 4 * y1)).resize((32, 32), Image.BOX)  # area average onto the canvas
         ink = 1.0 - np.asarray(crop, np.float32) / 255.0
         assert ex.iou(torch.from_numpy(ink[None]), font_ink[b["index"]][None]).item() > 0.95
+
+
+def test_a_print_resolution_design_exports_smoothly(tmp_path):
+    """A 128x128 design (print resolution, the canvas geometry of the 32-px ones): the font
+    renders it at 128 px with IoU >= 0.97, from curves."""
+    from a5ocr.glyphs import rasterize
+    from a5ocr.runs import save_glyphs
+    from a5ocr.training.trainer import RobustGlyphs
+
+    g = rasterize("comic-neue", "Og", 128)
+    robust = RobustGlyphs(g.images, 0.5, "gray")
+    with torch.no_grad():  # a smooth perturbation: coarse noise upsampled
+        z = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+        robust.z.copy_(2 * torch.nn.functional.interpolate(z, size=128, mode="bilinear")[:, 0])
+    save_glyphs(tmp_path / "glyphs.safetensors", g, robust, eps_d=0.5, ink="gray")
+    d = load_design(tmp_path)
+    assert d.resolution == 128 and (d.robust - d.original).abs().max() > 0.2
+    info = ex.export_font(tmp_path, tmp_path / "f.ttf")
+    ious = ex.iou(ex.rasterize_at_design(tmp_path / "f.ttf", d), d.robust)
+    assert ious.min().item() >= 0.97, ious.tolist()
+    assert info["method"] == "smooth" and all(info["points_by_char"][c] < 200 for c in "Og")
