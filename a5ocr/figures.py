@@ -36,17 +36,20 @@ def _grid(rows: list[np.ndarray], gap: int = 2) -> np.ndarray:
     return out
 
 
-def glyph_sheet(original: torch.Tensor, robust: torch.Tensor, path: Path, acquired: torch.Tensor | None = None, scale: int = 2) -> None:
+def glyph_sheet(original: torch.Tensor, robust: torch.Tensor, path: Path, acquired: torch.Tensor | None = None, scale: int = 2,
+                print_scale: int = 1) -> None:
     """The paper's Fig. 4: robust row, original row, difference row (gray = no change), acquired row.
 
-    original, robust: [K, R, R] ink; acquired: optional [K, 3, R, R] images of the robust glyphs.
+    original, robust: [K, S*R, S*R] ink (the print); acquired: optional [K, 3, R, R] images of
+    the robust glyphs (the sensor's), shown S times larger (nearest) beside the print.
     """
     o = (1.0 - original.detach().cpu().numpy()) * 255
     r = (1.0 - robust.detach().cpu().numpy()) * 255
     d = 127.5 - (robust - original).detach().cpu().numpy() * 127.5
     rows = [r, o, d]
     if acquired is not None:
-        rows.append(acquired[:, 0].detach().cpu().numpy() * 255)
+        seen = acquired[:, 0].detach().cpu().numpy() * 255
+        rows.append(seen.repeat(print_scale, axis=1).repeat(print_scale, axis=2))
     img = Image.fromarray(np.clip(np.round(_grid(rows)), 0, 255).astype(np.uint8), mode="L")
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     with atomic_path(path) as tmp:

@@ -42,8 +42,9 @@ GLYPHS_FORMAT = "a5ocr-glyphs-1"
 EVAL_SEED_OFFSET = 1_000_003
 # config.json keys renamed since run folders were first written: old name -> current name.
 LEGACY_CONFIG_NAMES = {"eval_samples": "samples_per_char"}
-# config.json keys added since: their value in a record written before they existed.
-LEGACY_CONFIG_DEFAULTS = {"crown_k": None}
+# config.json keys added since: their value in a record written before they existed (a design
+# before print resolution printed on the sensor grid, with the paper's per-pixel change).
+LEGACY_CONFIG_DEFAULTS = {"crown_k": None, "print_scale": 1, "parameterisation": None}
 # The settings a resumed run may change: where it runs, and how often it checkpoints.
 NOT_TRAINING_KEYS = ("device", "out", "checkpoint_seconds")
 _MISSING = object()
@@ -58,7 +59,9 @@ def default_eval_seed(seed: int) -> int:
 class Design:
     """A run's designed glyphs and their geometry.
 
-    ``robust``, ``original``: [K, R, R] float32 ink in [0, 1]. Canvas point (u, v) (continuous,
+    ``robust``, ``original``: [K, N, N] float32 ink in [0, 1], N = ``print_scale`` x
+    ``resolution`` (the print grid; ``resolution`` is the sensor's R, the classifier's input;
+    a file without ``print_scale`` is S = 1). Canvas point (u, v) in print pixels (continuous,
     pixel (col, row) covers [col, col+1] x [row, row+1]) of glyph k is at font units
     x = (u - origin_x[k]) * units_per_pixel, y = (baseline - v) * units_per_pixel.
     """
@@ -77,6 +80,11 @@ class Design:
     units_per_pixel: float
     baseline: float
     origin_x: tuple[float, ...]
+    print_scale: int = 1
+
+    @property
+    def print_resolution(self) -> int:
+        return self.resolution * self.print_scale
 
     def to_font_units(self, k: int, pts: np.ndarray) -> np.ndarray:
         """Canvas points [n, 2] (u, v) of glyph k -> font units [n, 2] (x, y), y up."""
@@ -133,11 +141,14 @@ def load_design(run_dir: Path | str) -> Design:
             units_per_pixel=float(meta["units_per_pixel"]),
             baseline=float(meta["baseline"]),
             origin_x=origin_x,
+            print_scale=int(meta.get("print_scale", "1")),
         )
     except (KeyError, ValueError, TypeError) as err:
         raise RunError(f"{path}: incomplete design metadata ({err})") from None
+    if design.print_scale < 1:
+        raise RunError(f"{path}: print scale {design.print_scale} (must be at least 1)")
     k = len(design.chars)
-    shape = (k, resolution, resolution)
+    shape = (k, design.print_resolution, design.print_resolution)
     for name in ("robust", "original"):
         t = getattr(design, name)
         if tuple(t.shape) != shape:
@@ -150,7 +161,8 @@ def load_design(run_dir: Path | str) -> Design:
 
 
 def save_glyphs(path: Path, glyphs: GlyphSet, robust, *, eps_d: float, ink: str) -> None:
-    """glyphs.safetensors: original, robust [K, R, R] and z; metadata for export.
+    """glyphs.safetensors: original, robust [K, S*R, S*R] and z; metadata for export (the
+    geometry in print pixels, ``resolution`` the sensor's R, ``print_scale`` S).
 
     ``robust`` is the glyph module of training (``a5ocr.training.RobustGlyphs``: its ``base``,
     its output and its parameters ``z``); ``eps_d`` and ``ink`` are the design's."""
@@ -168,6 +180,7 @@ def save_glyphs(path: Path, glyphs: GlyphSet, robust, *, eps_d: float, ink: str)
         "units_per_pixel": repr(glyphs.units_per_pixel),
         "baseline": repr(glyphs.baseline),
         "origin_x": json.dumps(list(glyphs.origin_x)),
+        "print_scale": str(glyphs.print_scale),
     }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -179,9 +192,9 @@ class Run:
 
     path: Path
     chars: str
-    resolution: int
-    robust: torch.Tensor  # [K, R, R] ink
-    original: torch.Tensor  # [K, R, R] ink
+    resolution: int  # the sensor's R: the classifier's input
+    robust: torch.Tensor  # [K, S*R, S*R] ink (the print)
+    original: torch.Tensor  # [K, S*R, S*R] ink
     model: nn.Module
     classifier_path: Path
     acquisition: AcquisitionConfig
@@ -191,6 +204,7 @@ class Run:
     summary: dict | None
     family: str = ""
     font_path: str = ""
+    print_scale: int = 1  # S: the glyphs are printed S times finer than the sensor's grid
 
 
 def read_json(path: Path) -> dict | None:
@@ -233,7 +247,7 @@ def load_run(run_dir: Path | str, classifier: Path | str | None = None) -> Run:
     if meta["chars"] != design.chars:
         raise RunError(f"classifier {clf_path} reads {meta['chars']!r}, but the run's glyphs are {design.chars!r}")
     if meta["resolution"] != design.resolution:
-        raise RunError(f"classifier {clf_path} takes {meta['resolution']}px images, the glyphs are {design.resolution}px")
+        raise RunError(f"classifier {clf_path} takes {meta['resolution']}px images, the glyphs are for a {design.resolution}px sensor")
     try:
         acq = AcquisitionConfig.from_dict(cfg.get("acquisition") or {})
     except (TypeError, ValueError) as err:
@@ -250,6 +264,7 @@ def load_run(run_dir: Path | str, classifier: Path | str | None = None) -> Run:
         path=run_dir, chars=design.chars, resolution=design.resolution, robust=design.robust,
         original=design.original, model=model, classifier_path=clf_path, acquisition=acq,
         eps_a=eps_a, eval_seed=eval_seed, config=cfg, summary=summary, family=design.family, font_path=design.font_path,
+        print_scale=design.print_scale,
     )
 
 

@@ -313,3 +313,20 @@ def test_missing_run_is_one_line_exit_2(tmp_path, a5ocr_main):
 def test_request_checks_without_a_run():
     with pytest.raises(CertifyRangeError, match="--samples"):
         check_request(RangeRequest(run_dir=".", samples=0))
+
+
+@pytest.mark.parametrize("name", list(BOXES))
+def test_interval_image_of_a_print_scale_2_glyph_contains_every_sampled_acquisition(name):
+    """A glyph printed at 2x the sensor (64 px for a 32 px sensor): the interval image (bilinear
+    range per print pixel, then the 2 x 2 box filter) holds 2000 poses through the real
+    ``apply`` at print scale 2, and is far from trivial."""
+    rows, cam_name, eps = BOXES[name]
+    box = _box(rows)
+    cam = FixedCamera(**{**CAMERAS[cam_name].__dict__, "print_scale": 2})
+    glyph = rasterize("comic-neue", "Ag", R, print_scale=2).images[1]
+    lo, hi = interval_images(glyph[None], box.unsqueeze(0), cam, CFG.blur_kernel, eps)
+    assert lo.shape == (1, 3, R, R)
+    poses = sample_poses(box, 2000, torch.Generator().manual_seed(7))
+    x = apply(glyph.expand(2000, 2 * R, 2 * R), acquisition_params(poses, R, cam), CFG).double()
+    assert (x >= lo).all() and (x <= hi).all(), name
+    assert (hi - lo).mean() < 0.75

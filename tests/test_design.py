@@ -189,6 +189,38 @@ def test_crown_k_trains_with_pruned_mixed_bounds_and_is_recorded(tmp_path):
             replace(cfg, crown_k=bad).resolved()
 
 
+def test_a_print_scale_design_runs_through_evaluation_and_is_read_back(tmp_path):
+    """--print-scale 2 on the tiny preset: glyphs designed at 32 px, the classifier at 16 px;
+    the glyph file, load_run, the evaluation and certify-range's camera all follow the print
+    scale, and the coarse change keeps |dw| <= eps_D. A bad scale or defence is one DesignError."""
+    from a5ocr.evaluation import evaluate_run
+    from a5ocr.runs import load_run
+    from a5ocr.training.design import parameterisation_option
+
+    out = tmp_path / "run"
+    defence = parameterisation_option("coarse:2", 0.01)
+    s = run_design(DesignConfig(**TINY, out=str(out), print_scale=2, parameterisation=defence,
+                                stage1_steps=12, stage2_steps=6))
+    assert (s["resolution"], s["print_scale"], s["parameterisation"]["factor"]) == (16, 2, 2)
+    run = load_run(out)
+    assert run.resolution == 16 and run.print_scale == 2 and run.robust.shape == (4, 32, 32)
+    assert (run.robust - run.original).abs().max() <= 0.5 + 1e-6
+    z = torch.load(out / "checkpoint.pt", weights_only=True)["glyphs"]["z"]
+    assert z.shape == (4, 16, 16)  # the coarse grid: one z per sensor pixel
+    ev = evaluate_run(run, samples_per_char=2, device="cpu")
+    assert ev.protocol["print_scale"] == 2 and ev.result.samples == 8
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    assert cfg["print_scale"] == 2 and DesignConfig.from_dict(cfg).print_scale == 2
+    for bad in (0, 1.5, True):
+        with pytest.raises(DesignError, match="--print-scale"):
+            DesignConfig(**TINY, print_scale=bad).resolved()
+    with pytest.raises(DesignError, match="parameterisation"):
+        DesignConfig(**TINY, print_scale=1, parameterisation={"kind": "coarse", "factor": 3}).resolved()
+    with pytest.raises(DesignError, match="--defence"):
+        parameterisation_option("coarse:x")
+    assert DesignConfig(**TINY).resolved().print_scale == 1 and DesignConfig(font="comic-neue").resolved().print_scale == 4
+
+
 # ----------------------------------------------------------------------------- --eps-print
 def test_the_print_loss_bounds_the_joint_threat():
     """``a5_loss`` with a print box: the worst case of ``bounds.camera_margin_lower_bounds``,

@@ -27,11 +27,13 @@ class FixedCamera:
 
     ``blur_sigma`` (px at the run's resolution, > 0), ``brightness`` (> 0) and ``contrast``
     (>= 0) at one value; noise 0, perspective identity, saturation 1 and hue 0 (both exact
-    identities on gray glyphs) are not options."""
+    identities on gray glyphs) are not options. ``print_scale``: the run's S (glyphs S*R px,
+    poses and the sensor in R px)."""
 
     blur_sigma: float
     brightness: float = 1.0
     contrast: float = 1.0
+    print_scale: int = 1
 
     def to_dict(self) -> dict:
         return {**asdict(self), "noise_std": 0.0, "perspective": "identity", "saturation": 1.0, "hue": 0.0}

@@ -44,6 +44,7 @@ import math
 import kornia
 import torch
 
+from a5ocr.acquisition import sensor_integrate
 from a5ocr.certify_range.box import ANGLE, SCALE, SHIFT_X, SHIFT_Y, FixedCamera
 
 COORD_MARGIN = 1e-3  # px added to each side of the source box (kornia's float32 grid error)
@@ -173,11 +174,17 @@ def interval_images(glyphs: torch.Tensor, boxes: torch.Tensor, cam: FixedCamera,
                     eps_a: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Sound image bounds of every pose of each sub-box, widened by eps_A.
 
-    glyphs [N, R, R] ink (glyph n for sub-box n), boxes [N, 4, 2] -> (x_lower, x_upper)
-    [N, 3, R, R] float64 in [0, 1]."""
-    n, r = glyphs.shape[0], glyphs.shape[-1]
-    src = source_boxes(boxes, r)
-    w_lo, w_hi = bilinear_range(glyphs, src)
-    lo, hi = camera_bounds(w_lo.view(n, 1, r, r), w_hi.view(n, 1, r, r), cam, blur_kernel)
+    glyphs [N, S*R, S*R] ink (glyph n for sub-box n; S = ``cam.print_scale``), boxes [N, 4, 2]
+    (sensor px) -> (x_lower, x_upper) [N, 3, R, R] float64 in [0, 1]. At S > 1 the pose acts on
+    the print as the same rotation and scale about the print's centre with the shift times S
+    (``acquisition.print_homography``): the bilinear range is taken per print pixel, then the
+    S x S box filter (nonnegative weights, monotone) maps it to a sound sensor-pixel range."""
+    n, size, s = glyphs.shape[0], glyphs.shape[-1], cam.print_scale
+    boxes = boxes.clone()
+    boxes[:, SHIFT_X : SHIFT_Y + 1] *= s
+    w_lo, w_hi = bilinear_range(glyphs, source_boxes(boxes, size))
+    w_lo = sensor_integrate(w_lo.view(n, 1, size, size), s)
+    w_hi = sensor_integrate(w_hi.view(n, 1, size, size), s)
+    lo, hi = camera_bounds(w_lo, w_hi, cam, blur_kernel)
     widen = VALUE_MARGIN + float(eps_a)
     return (lo - widen).clamp(0.0, 1.0), (hi + widen).clamp(0.0, 1.0)

@@ -90,7 +90,7 @@ def prepare(req: RangeRequest) -> tuple[Run, FixedCamera, float]:
     check_box(req.box, run.resolution)
     cfg = run.acquisition.scaled(run.resolution)
     cam = FixedCamera(blur_sigma=cfg.blur_sigma[0] if req.blur_sigma is None else req.blur_sigma,
-                      brightness=req.brightness, contrast=req.contrast)
+                      brightness=req.brightness, contrast=req.contrast, print_scale=run.print_scale)
     check_camera(cam)
     if req.figure_char is not None and (len(req.figure_char) != 1 or req.figure_char not in run.chars):
         raise CertifyRangeError(f"--figure-char must be one of the run's characters {run.chars!r}, got {req.figure_char!r}")

@@ -25,9 +25,9 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def acquire(glyphs: torch.Tensor, poses: torch.Tensor, cam: FixedCamera, cfg: AcquisitionConfig) -> torch.Tensor:
-    """glyphs [n, R, R] at poses [n, 4] -> images [n, 3, R, R] (the real ``apply``)."""
+    """glyphs [n, S*R, S*R] at poses [n, 4] -> images [n, 3, R, R] (the real ``apply``)."""
     with torch.no_grad():
-        return apply(glyphs.float(), acquisition_params(poses, glyphs.shape[-1], cam), cfg)
+        return apply(glyphs.float(), acquisition_params(poses, glyphs.shape[-1] // cam.print_scale, cam), cfg)
 
 
 def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

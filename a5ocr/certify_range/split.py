@@ -67,16 +67,16 @@ class SplitResult:
     by_method: dict[str, int] = field(default_factory=dict)
 
 
-def ink_radius(glyphs: torch.Tensor) -> torch.Tensor:
-    """[K, R, R] -> [K] largest distance of an inked pixel from the canvas centre, plus one
-    pixel (the reach of the bilinear support); the half-diagonal for an empty glyph."""
+def ink_radius(glyphs: torch.Tensor, print_scale: int = 1) -> torch.Tensor:
+    """[K, S*R, S*R] -> [K] largest distance of an inked pixel from the canvas centre, in sensor
+    px, plus one pixel (the reach of the bilinear support); the half-diagonal for an empty glyph."""
     r = glyphs.shape[-1]
     c = (r - 1) / 2.0
     v, u = torch.meshgrid(torch.arange(r, dtype=torch.float64), torch.arange(r, dtype=torch.float64), indexing="ij")
     rho = torch.hypot(u - c, v - c)
     inked = glyphs.double() > 0
     far = torch.where(inked, rho, torch.zeros_like(rho)).flatten(1).max(dim=1).values
-    return torch.where(inked.flatten(1).any(1), far, torch.full_like(far, float(rho.max()))) + 1.0
+    return torch.where(inked.flatten(1).any(1), far, torch.full_like(far, float(rho.max()))) / print_scale + 1.0
 
 
 def motion_px(boxes: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
@@ -116,7 +116,7 @@ def centre_predictions(model: nn.Module, glyphs: torch.Tensor, labels: torch.Ten
     poses = boxes.mean(dim=2)
     device = next(model.parameters()).device
     with torch.no_grad():
-        x = apply(glyphs.float(), acquisition_params(poses, glyphs.shape[-1], cam), cfg)
+        x = apply(glyphs.float(), acquisition_params(poses, glyphs.shape[-1] // cam.print_scale, cam), cfg)
         pred = model(x.to(device)).argmax(dim=1).cpu()
     return poses, pred
 
@@ -179,7 +179,7 @@ def certify_range(model: nn.Module, glyphs: torch.Tensor, labels: torch.Tensor, 
     adaptive splitting (module docstring); ``cfg`` is the run's scaled acquisition config
     (blur kernel), the other stages at ``cam``. Returns every leaf."""
     start = time.monotonic()
-    radius = ink_radius(glyphs)
+    radius = ink_radius(glyphs, cam.print_scale)
     queue = _Queue(full)
     for g in range(glyphs.shape[0]):
         for box in initial_grid(full, float(radius[g])):

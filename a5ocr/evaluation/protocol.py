@@ -469,13 +469,14 @@ def evaluate_run(
     device = torch.device(device)
     eps = (0.0 if kwargs.get("eps_print", 0.0) > 0 else run.eps_a) if eps_a is None else eps_a
     glyphs = (run.original if original else run.robust).to(device)
-    acq = Acquisition(run.resolution, run.acquisition)
+    acq = Acquisition(run.resolution, run.acquisition, print_scale=run.print_scale)
     ev = evaluate_full(
         run.model.to(device), glyphs, run.chars, acq, eps_a=eps, seed=run.eval_seed if seed is None else seed,
         reference=run.original.to(device), **kwargs,
     )
     ev.protocol = {
         "run": str(run.path), "glyphs": "original" if original else "robust",
-        "classifier": str(run.classifier_path), "resolution": run.resolution, **ev.protocol,
+        "classifier": str(run.classifier_path), "resolution": run.resolution,
+        **({"print_scale": run.print_scale} if run.print_scale > 1 else {}), **ev.protocol,
     }
     return ev

@@ -75,7 +75,8 @@ def evaluation_samples(run: Run, n: int, *, samples_per_char: int, seed: int, or
     with ``samples_per_char`` and ``seed`` on the CPU: the same generator, glyphs and chunking."""
     glyphs = (run.original if original else run.robust).cpu()
     xs, ys, have = [], [], 0
-    for x, labels in acquisitions(glyphs, Acquisition(run.resolution, run.acquisition), samples_per_char, seed):
+    acq = Acquisition(run.resolution, run.acquisition, print_scale=run.print_scale)
+    for x, labels in acquisitions(glyphs, acq, samples_per_char, seed):
         xs.append(x)
         ys.append(labels)
         have += labels.numel()

@@ -22,27 +22,28 @@ eps_A within stage 1.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import ClassVar, Iterable
 
 from a5ocr.acquisition import AcquisitionConfig
 from a5ocr.bounds import METHODS
 from a5ocr.errors import A5Error, check_in_unit_interval
-from a5ocr.runs import current_config_names, default_eval_seed
+from a5ocr.runs import LEGACY_CONFIG_DEFAULTS, current_config_names, default_eval_seed
 
 PRESETS: dict[str, dict] = {
     # CPU default: 32x32, the wider small net, IBP bounds in training (the paper's mix costs 2.1x
     # an IBP step with --crown-k 4, 22x on every margin: benchmarks/RESULTS.md). Steps: 3000 IBP
     # steps of ~0.16 s fit `a5ocr design` in 10 minutes on a 2-core CPU (the schedule's shape is
     # benchmarks/tune_design.py's 2400/240/1200 + 1600, shortened in proportion).
+    # print_scale 4: the glyph is designed at 128 px per canvas (the print), the classifier sees 32.
     "cpu": {"resolution": 32, "arch": "cpu", "copies": 2, "stage1_steps": 1900, "warmup": 190, "ramp": 950,
-            "stage2_steps": 1100, "train_bounds": "ibp"},
+            "stage2_steps": 1100, "train_bounds": "ibp", "print_scale": 4},
     # The paper's setup: 128x128, the paper's net, lb = f*CROWN-IBP + (1-f)*IBP; meant for a GPU.
     "paper": {"resolution": 128, "arch": "paper", "copies": 2, "stage1_steps": 6000, "warmup": 600, "ramp": 3000,
-              "stage2_steps": 4000, "train_bounds": "mixed"},
+              "stage2_steps": 4000, "train_bounds": "mixed", "print_scale": 1},
     # Seconds, for tests and smoke runs.
     "tiny": {"resolution": 16, "arch": "tiny", "copies": 1, "stage1_steps": 30, "warmup": 5, "ramp": 10,
-             "stage2_steps": 20, "train_bounds": "ibp"},
+             "stage2_steps": 20, "train_bounds": "ibp", "print_scale": 1},
 }
 # The stage-1 part of a preset: what every training run (design or robustify) fills from it.
 STAGE1_PRESET_KEYS = ("resolution", "arch", "copies", "stage1_steps", "warmup", "ramp", "train_bounds")
@@ -119,8 +120,11 @@ class TrainingConfig:
     @classmethod
     def from_dict(cls, record: dict):
         """The config of a ``config.json`` record (``to_dict``'s, or an old run folder's: legacy
-        names mapped); ``TypeError`` on a key that is no field."""
-        d = current_config_names(record)
+        names mapped); ``TypeError`` on a key that is no field. A key added since old records
+        (``LEGACY_CONFIG_DEFAULTS``) that this class has no field for is dropped: ``print_scale``
+        and ``parameterisation`` are the design's."""
+        names = {f.name for f in fields(cls)}
+        d = {k: v for k, v in current_config_names(record).items() if k in names or k not in LEGACY_CONFIG_DEFAULTS}
         if "certify_methods" in d:
             d["certify_methods"] = tuple(d["certify_methods"])
         return cls(**d)

@@ -34,6 +34,7 @@ from a5ocr.runio import atomic_path
 from a5ocr.runs import RunFolder, save_glyphs, slug
 from a5ocr.runtime import Reporter, pick_device
 from a5ocr.training.config import PRESETS, TrainingConfig
+from a5ocr.training.parameterisation import Parameterisation
 from a5ocr.training.trainer import RobustGlyphs, StageSpec, Trainer, bounds_label, make_stage, run_stages
 
 
@@ -52,6 +53,10 @@ class DesignConfig(TrainingConfig):
     ink: str = "gray"
     stage2_steps: int | None = None
     lr_glyphs: float = 0.05
+    # The print is print_scale times finer than the sensor (None: the preset's; 1: one grid).
+    print_scale: int | None = None
+    # The glyph change's parameterisation (``Parameterisation.to_dict``); None: the paper's per pixel.
+    parameterisation: dict | None = None
     eps_print: float = 0.0  # the A5 stage's print budget (0: the image attack alone)
 
     def to_dict(self) -> dict:
@@ -73,10 +78,24 @@ class DesignConfig(TrainingConfig):
         preset = PRESETS[self.preset]
         cfg = self.with_scaled_schedule(preset).with_preset(preset)
         cfg.check_resolution()
+        cfg._check_print()
         cfg = cfg.with_eval_seed()
         cfg.check_at_least_one(("copies", "stage1_steps", "stage2_steps"), as_flags=False)
         cfg.check_schedule()
         return cfg.with_checked_bounds()
+
+    def _check_print(self) -> None:
+        """``print_scale`` an integer >= 1 and a valid ``parameterisation`` whose grid divides the print."""
+        s = self.print_scale
+        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+            raise DesignError(f"--print-scale must be an integer of at least 1, got {s!r}")
+        try:
+            self.glyph_parameterisation().z_shape((self.resolution * s, self.resolution * s))
+        except (TypeError, ValueError) as err:
+            raise DesignError(f"bad glyph parameterisation: {err}") from None
+
+    def glyph_parameterisation(self) -> Parameterisation:
+        return Parameterisation.from_dict(self.parameterisation)
 
     def _check_recipe(self) -> None:
         if self.recipe not in ("p", "pc", "none"):
@@ -91,6 +110,16 @@ class DesignConfig(TrainingConfig):
             raise DesignError(f"--eps-print must be in [0, 1) (0: the image attack alone), got {self.eps_print}")
         if self.eps_print > 0 and self.recipe == "none":
             raise DesignError("--eps-print trains the glyphs against the print attack: it needs recipe p or pc")
+
+
+def parameterisation_option(text: str, tv: float = 0.0) -> dict | None:
+    """The ``parameterisation`` record of ``--defence TEXT --defence-tv TV`` (None: the paper's
+    per-pixel change without penalty); ``DesignError`` on a bad one."""
+    try:
+        p = Parameterisation.parse(text, tv)
+    except ValueError as err:
+        raise DesignError(f"--defence: {err}") from None
+    return None if p == Parameterisation() else p.to_dict()
 
 
 def default_out(cfg: DesignConfig, family: str) -> Path:
@@ -148,7 +177,7 @@ def run_design(cfg: DesignConfig, *, resume: bool = False, reporter: Reporter | 
 
 def _open_run(cfg: DesignConfig, device: torch.device, t_start: float, resume: bool) -> _Design:
     """The glyphs, the run folder (new or resumed: ``RunFolder.start``) and the legacy classifier."""
-    glyphs = rasterize(cfg.font, cfg.chars, cfg.resolution)
+    glyphs = rasterize(cfg.font, cfg.chars, cfg.resolution, print_scale=cfg.print_scale)
     out = Path(cfg.out) if cfg.out else default_out(cfg, glyphs.family)
     cfg = replace(cfg, out=str(out))
     folder = RunFolder.open(out, DesignError, started=t_start)
@@ -167,9 +196,9 @@ def _open_run(cfg: DesignConfig, device: torch.device, t_start: float, resume: b
 def _build_trainer(run: _Design) -> None:
     """The acquisition model, the classifier (legacy or new), the glyph change and the stages."""
     cfg, glyphs = run.cfg, run.glyphs
-    run.acq = Acquisition(cfg.resolution, AcquisitionConfig.from_dict(cfg.acquisition))
+    run.acq = Acquisition(cfg.resolution, AcquisitionConfig.from_dict(cfg.acquisition), print_scale=cfg.print_scale)
     model = run.legacy if run.legacy is not None else models.build(cfg.arch, cfg.resolution, len(glyphs.chars))
-    robust = RobustGlyphs(glyphs.images, cfg.eps_d, cfg.ink)
+    robust = RobustGlyphs(glyphs.images, cfg.eps_d, cfg.ink, cfg.glyph_parameterisation())
     run.trainer = Trainer(model, robust, run.acq, copies=cfg.copies, seed=cfg.seed, device=run.device)
     run.stages = design_stages(cfg, trains_classifier=run.legacy is None)
 
@@ -247,7 +276,7 @@ def _write_artefacts(run: _Design, w_final: torch.Tensor) -> None:
             ink_to_image(w).save(tmp, format="PNG")
     with torch.no_grad():
         shown = run.acq(w_final, torch.Generator(device=run.device).manual_seed(run.cfg.eval_seed))
-    glyph_sheet(run.glyphs.images, w_final.cpu(), folder / "glyphs.png", acquired=shown.cpu())
+    glyph_sheet(run.glyphs.images, w_final.cpu(), folder / "glyphs.png", acquired=shown.cpu(), print_scale=run.cfg.print_scale)
     training_curves(folder.read_metrics(), folder / "curves.png")
 
 
@@ -273,6 +302,8 @@ def _summary(run: _Design, baseline: dict, final: dict) -> dict:
         "eps_d": cfg.eps_d,
         "ink": cfg.ink,
         "resolution": cfg.resolution,
+        "print_scale": cfg.print_scale,
+        "parameterisation": cfg.glyph_parameterisation().to_dict(),
         "arch": cfg.arch,
         "seed": cfg.seed,
         "eval_seed": cfg.eval_seed,

@@ -38,7 +38,8 @@ from torch import nn
 from a5ocr.acquisition import Acquisition
 from a5ocr.errors import CollapseError
 from a5ocr.runio import atomic_path
-from a5ocr.training.losses import PrintBox, a5_loss, defended
+from a5ocr.training.losses import PrintBox, a5_loss
+from a5ocr.training.parameterisation import Parameterisation
 from a5ocr.training.schedule import EpsSchedule
 
 RECIPES = ("vanilla", "crown-ibp", "p", "pc", "r", "rc")
@@ -47,22 +48,28 @@ RECIPES = ("vanilla", "crown-ibp", "p", "pc", "r", "rc")
 class RobustGlyphs(nn.Module):
     """The designed glyphs w + dw with ||dw||_inf <= eps_D, kept in [0, 1].
 
-    ``base``: [K, R, R] original ink; ``z``: [K, R, R] free parameters (0 = no change).
-    ``forward()`` -> [K, R, R]. With ``ink="binary"`` the forward pass rounds every pixel to
-    0 or 1 and passes gradients straight through (a design any printer reproduces exactly).
+    ``base``: [K, N, N] original ink (N = S*R, the print grid); ``z``: the free parameters of
+    ``parameterisation`` (the paper's: [K, N, N]; coarse: [K, N/f, N/f]; 0 = no change).
+    ``forward()`` -> [K, N, N]; ``penalty()`` the parameterisation's smoothness term of the loss.
+    With ``ink="binary"`` the forward pass rounds every pixel to 0 or 1 and passes gradients
+    straight through (a design any printer reproduces exactly).
     """
 
-    def __init__(self, base: torch.Tensor, eps_d: float, ink: str = "gray"):
+    def __init__(self, base: torch.Tensor, eps_d: float, ink: str = "gray", parameterisation: Parameterisation | None = None):
         super().__init__()
         if ink not in ("gray", "binary"):
             raise ValueError(f"unknown ink {ink!r} (gray or binary)")
+        self.parameterisation = parameterisation or Parameterisation()
         self.register_buffer("base", base.detach().clone())
-        self.z = nn.Parameter(torch.zeros_like(base))
+        self.z = nn.Parameter(self.parameterisation.init(base.shape, device=base.device, dtype=base.dtype))
         self.eps_d = float(eps_d)
         self.ink = ink
 
+    def penalty(self) -> torch.Tensor:
+        return self.parameterisation.penalty(self.base, self.z, self.eps_d)
+
     def forward(self) -> torch.Tensor:
-        w = defended(self.base, self.z, self.eps_d)
+        w = self.parameterisation.glyphs(self.base, self.z, self.eps_d)
         if self.ink == "binary":
             w = w + ((w > 0.5).to(w.dtype) - w).detach()
         return w
@@ -218,6 +225,8 @@ class Trainer:
             self.robustifier.train()
             x = self.robustifier(x)
         loss, stats = a5_loss(self.model, x, labels, eps, f, spec.train_bounds, spec.crown_k, printed)
+        if spec.trains_glyphs and self.glyphs.parameterisation.tv > 0:
+            loss = loss + self.glyphs.penalty()
         scale = lr_factor(self.step, spec.steps, spec.lr_milestones)
         for opt, base_lr in ((self.opt_classifier, spec.lr), (self.opt_glyphs, spec.lr_glyphs),
                              (self.opt_robustifier, spec.lr_robustifier)):
