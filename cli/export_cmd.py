@@ -71,7 +71,8 @@ def export(
         table.add_row(str(font), f"font '{info['family']}', {info['glyphs']} glyphs ({info['designed']} designed, outline {info['method']}, {info['contours']} contours, {info['points']} points)")
     if png_dir is not None:
         files = ex.export_pngs(run_dir, png_dir)
-        table.add_row(f"{png_dir}/", f"{len(files)} PNGs ({design.resolution}x{design.resolution})")
+        n = design.print_resolution
+        table.add_row(f"{png_dir}/", f"{len(files)} PNGs ({n}x{n})")
     if figure is not None:
         ex.comparison_figure(run_dir, figure)
         table.add_row(str(figure), "comparison figure: robust / original / difference")

@@ -491,3 +491,104 @@ def test_console_script_bad_input_is_one_line_exit_2(tmp_path, run, a5ocr_main):
     assert r.returncode == 2 and "not an image" in r.stderr and "Traceback" not in r.stderr
     code, out, err = a5ocr_main("scan", tmp_path / "x.png", "--run", run, "--threads", "0")
     assert code == 2 and err.strip() == "error: --threads must be at least 1" and not out
+
+
+# --------------------------------------------------------------------------- print scale S > 1
+
+
+@pytest.fixture(scope="module")
+def run_s2(tmp_path_factory):
+    """A tiny design at print scale 2 made by the real CLI: glyphs 64x64 (print), classifier 32x32 (sensor)."""
+    from typer.testing import CliRunner
+
+    from a5ocr.cli.app import app
+
+    out = tmp_path_factory.mktemp("scanrun_s2") / "run"
+    r = CliRunner().invoke(app, ["design", "--font", "comic-neue", "--chars", CHARS, "--preset", "tiny", "--resolution", "32",
+                                 "--print-scale", "2", "--eps-a", "0.02", "--steps", "60", "--design-steps", "30",
+                                 "--eval-samples", "5", "--device", "cpu", "--threads", "1", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_export_of_a_print_scale_design_draws_the_print(tmp_path, run_s2):
+    """`a5ocr export` of an S = 2 run: the font's outlines come from the 64-px print (FreeType at
+    the print geometry reproduces it, IoU >= 0.97; at the sensor's 32 px the same geometry would be
+    off by a factor 2), PNGs are 64 px, the sheet layout names the sensor's R and S."""
+    from typer.testing import CliRunner
+
+    from a5ocr.cli.app import app
+    from a5ocr.export import iou, rasterize_at_design
+    from a5ocr.runs import load_design
+
+    d = load_design(run_s2)
+    assert (d.resolution, d.print_scale, tuple(d.robust.shape)) == (32, 2, (len(CHARS), 64, 64))
+    r = CliRunner().invoke(app, ["export", str(run_s2), "--font", str(tmp_path / "f.ttf"), "--sheet",
+                                 str(tmp_path / "s.png"), "--png-dir", str(tmp_path / "png"), "--dpi", "150"])
+    assert r.exit_code == 0, r.output
+    assert "8 PNGs (64x64)" in r.output
+    ink = rasterize_at_design(tmp_path / "f.ttf", d)
+    assert ink.shape == d.robust.shape
+    got = iou(ink, d.robust)
+    assert float(got.min()) >= 0.97, got
+    with Image.open(tmp_path / "png" / "U+0041.png") as im:
+        assert im.size == (64, 64)
+    lay = json.loads((tmp_path / "s.layout.json").read_text())
+    assert (lay["resolution"], lay["print_scale"]) == (32, 2)
+
+
+def test_the_reader_of_a_print_scale_design_works_on_the_sensor_canvas(tmp_path, run_s2):
+    """The reader's prototypes are the print box-filtered 2 x 2 onto the 32-px sensor canvas, its
+    geometry in sensor px; a clean page in the source font normalised at the fitted geometry has
+    the right em size and gives the sensor prototypes back (IoU >= 0.9)."""
+    from a5ocr.export import iou
+    from a5ocr.runs import load_design
+
+    d = load_design(run_s2)
+    reader = sc.load_reader(run_s2)
+    want = torch.nn.functional.avg_pool2d(d.original[:, None].double(), 2)[:, 0].float().numpy()
+    assert reader.resolution == 32 and reader.print_scale == 2
+    assert np.allclose(reader.tables["original"]["glyphs"], want, atol=1e-6)
+    assert reader.units_per_pixel == pytest.approx(2 * d.units_per_pixel) and reader.baseline == pytest.approx(d.baseline / 2)
+    size_pt = 2.9 * reader.units_per_em / reader.units_per_pixel * 72 / 300
+    _, gray, truth = _page(tmp_path, "ABCD EFGH\nHEAD BAG", clean=True, size_pt=size_pt)
+    seg = sc.segment(gray)
+    labels = np.array([CHARS.index(c["char"]) for c in truth["chars"]])
+    geo, canv, _ = sc.fit_geometry(seg, reader, labels=labels)
+    em_px = reader.units_per_em * float(np.median(geo.k)) / reader.units_per_pixel
+    assert abs(em_px / (size_pt * 300 / 72) - 1) < 0.03 and geo.table == "original"
+    got = iou(torch.from_numpy(canv), torch.from_numpy(want)[torch.from_numpy(labels)])
+    assert float(got.min()) >= 0.9 and float(got.mean()) >= 0.93, got
+
+
+def test_scan_reads_pages_and_sheets_of_a_print_scale_design(tmp_path, run_s2):
+    """`a5ocr render-text` in the S = 2 run's exported font, then `a5ocr scan`; and a degraded scan
+    of its PNG sheet: both read (>= 90%, the tiny classifier's threshold as above)."""
+    from typer.testing import CliRunner
+
+    from a5ocr.cli.app import app
+    from a5ocr.export import export_font, export_sheet
+    from a5ocr.scan.render_text import degrade
+
+    runner = CliRunner()
+    export_font(run_s2, tmp_path / "f.ttf")
+    page = tmp_path / "p.png"
+    r = runner.invoke(app, ["render-text", TEXT.replace("\n", "\\n"), "--font", str(tmp_path / "f.ttf"), "--out", str(page),
+                            "--size-pt", "20", "--seed", "2"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["scan", str(page), "--run", str(run_s2), "--method", "ibp", "--json", str(tmp_path / "o.json")])
+    assert r.exit_code == 0, r.output
+    d = json.loads((tmp_path / "o.json").read_text())
+    assert d["counts"]["truth_characters"] == len(TEXT.replace(" ", "").replace("\n", "")) and d["accuracy"] >= 0.9, d["text"]
+    assert d["glyph_table"] == "robust"
+    export_sheet(run_s2, tmp_path / "sheet.png", glyph_mm=10.0, dpi=150)
+    scanned, _ = degrade(pg.read_page(tmp_path / "sheet.png"), np.random.default_rng(5))
+    pg.write_image(tmp_path / "scan.png", scanned)
+    shutil.copy(tmp_path / "sheet.layout.json", tmp_path / "scan.layout.json")
+    res = sc.scan(tmp_path / "scan.png", run_s2, method="ibp")
+    assert res.mode == "sheet" and [c.expected for c in res.chars] == list(CHARS) and res.to_dict()["accuracy"] >= 0.75
+    lay = json.loads((tmp_path / "scan.layout.json").read_text())
+    lay["print_scale"] = 1  # a sheet of another run (same characters, another print scale) is refused
+    (tmp_path / "other.json").write_text(json.dumps(lay))
+    with pytest.raises(sc.ScanError, match="print scale"):
+        sc.scan(tmp_path / "scan.png", run_s2, layout=tmp_path / "other.json")

@@ -2,8 +2,10 @@
 checks, 8-bit ink images and the unit constants.
 
 Input of every export: a design run folder (``a5ocr design``) with ``glyphs.safetensors`` (format
-``a5ocr-glyphs-1``: "original", "robust" [K, R, R] ink in [0, 1], 1 = ink, and the geometry that
-maps canvas pixels to font units; see ``a5ocr.glyphs.GlyphSet``). Every file is written through
+``a5ocr-glyphs-1``: "original", "robust" [K, S*R, S*R] ink in [0, 1], 1 = ink, at the print
+resolution (S = ``print_scale``, 1 for older runs; R the sensor's, the classifier's input), and the
+geometry that maps print pixels to font units; see ``a5ocr.runs.Design``). Every export that draws
+glyphs (font outlines, sheets, PNGs) draws the print; the scan compares at the sensor's R. Every file is written through
 ``runio.atomic_path`` (temporary file + rename), so a failure leaves no partial file; bad input
 raises ``ExportError`` (a ``ValueError``) with a readable message.
 """
@@ -37,6 +39,12 @@ def source_font(design: Design) -> Path:
     if path is None:
         raise ExportError(f"source font of the run not found: {design.font_path}")
     return path
+
+
+def canvas_text(design: Design) -> str:
+    """The design's canvas in words: "32x32" (S = 1), or "128x128 print / 32x32 sensor" (S = 4)."""
+    r, n = design.resolution, design.print_resolution
+    return f"{r}x{r}" if n == r else f"{n}x{n} print / {r}x{r} sensor"
 
 
 def check_output(path: Path | str, suffixes: tuple[str, ...], what: str) -> Path:

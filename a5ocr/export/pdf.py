@@ -45,8 +45,8 @@ def write_sheet_pdf(path: Path | str, layout: dict, glyphs: list[tuple[Recording
     """Write the sheet's pages to ``path``.
 
     ``glyphs[i]``: glyph i's outline (pen calls) and the transform from its coordinates to the
-    glyph's canvas px (u right, v down, [0, R]); ``texts``: "header" (list per page), "detail",
-    "footer", "labels" (per glyph), "resolution" (R).
+    glyph's canvas px (u right, v down, [0, N], N = texts["resolution"]); ``texts``: "header" (list per page), "detail",
+    "footer", "labels" (per glyph), "resolution" (the canvas px the transforms map to: the print's S*R).
     """
     _register_label_font()
     w_mm, h_mm = layout["paper_mm"]

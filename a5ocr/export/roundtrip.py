@@ -21,13 +21,15 @@ from a5ocr.runs import Design
 
 
 def rasterize_at_design(font_path: Path | str, design: Design, oversample: int = 4) -> torch.Tensor:
-    """Render ``design.chars`` of a font with FreeType at the run's exact canvas geometry -> [K, R, R] ink.
+    """Render ``design.chars`` of a font with FreeType at the run's exact canvas geometry -> [K, N, N] ink.
 
-    The origin of glyph k is placed at canvas (origin_x[k], baseline) and one canvas pixel is
+    N is the print resolution S*R (the design's grid; R at S = 1), where the geometry lives: the
+    origin of glyph k is placed at canvas (origin_x[k], baseline) and one canvas pixel is
     ``units_per_pixel`` font units; each pixel is the ink coverage (FreeType anti-aliasing at
-    ``oversample`` x the resolution, box-filtered), as in ``a5ocr.glyphs.rasterize``.
+    ``oversample`` x the resolution, box-filtered), as in ``a5ocr.glyphs.rasterize``. The result
+    replaces ``design.robust`` in the run's acquisition (which integrates it onto the R sensor).
     """
-    r = design.resolution
+    r = design.print_resolution
     big = r * oversample
     try:
         face = fonts.open_face(font_path)

@@ -3,14 +3,16 @@
 A ``.pdf`` sheet is vector (``a5ocr.export.pdf``, reportlab): each robust glyph filled from the
 font's outline (``font.designed_glyph``, ``outline`` as for ``--font``) in its ``glyph_mm``
 square, exact at any printer resolution, with the same labels, header and registration discs.
-A ``.png`` sheet is a page image rendered with PIL at ``dpi``: each robust glyph's R x R canvas printed as a
-``glyph_mm`` square, upsampled to device pixels with NEAREST neighbour by default (every design
+A ``.png`` sheet is a page image rendered with PIL at ``dpi``: each robust glyph's canvas (the
+print, S*R x S*R pixels; R x R at S = 1) printed as a ``glyph_mm`` square, upsampled to device pixels with NEAREST neighbour by default (every design
 pixel becomes a uniform square of its ink level, so box-filtering an aligned scan back to R x R
-gives the design again; ``upsample="bilinear"`` looks smoother), labelled below with its
+gives the design again, and to the sensor's R x R its S x S box filter; ``upsample="bilinear"``
+looks smoother), labelled below with its
 character, a header line (family, eps_A, eps_D, ink, chars) and four registration discs at known
 positions. A JSON sidecar (``layout_path(sheet)``, format ``SHEET_FORMAT``) gives the paper size,
-dpi, every glyph box in mm and px (px at ``dpi``, also for a PDF) and the disc centres, for
-aligning a scan (``a5ocr.scan``).
+dpi, every glyph box in mm and px (px at ``dpi``, also for a PDF), the disc centres, for
+aligning a scan (``a5ocr.scan``), and the canvas: ``resolution`` (the sensor's R, what the scan
+samples each box to) and ``print_scale`` S.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from fontTools.misc.transform import Transform
 
 from a5ocr import fonts
 from a5ocr.errors import ExportError
-from a5ocr.export.common import MM_PER_INCH, check_output, ink_u8, load_design, mm_to_px, source_font
+from a5ocr.export.common import MM_PER_INCH, canvas_text, check_output, ink_u8, load_design, mm_to_px, source_font
 from a5ocr.export.font import designed_glyph, resolve_outline_method
 from a5ocr.export.pdf import label_covers, write_sheet_pdf
 from a5ocr.runio import atomic_path
@@ -161,7 +163,7 @@ def _labels(design: Design, layout: dict, src: Path | None) -> dict:
 def _header_text(design: Design, layout: dict, p: int) -> str:
     """The header line of page p: family, budgets, ink, resolution (and the page number)."""
     eps_a = f"{design.eps_a:g}" if design.eps_a is not None else "?"
-    header = f"{design.family} A5   eps_A {eps_a}   eps_D {design.eps_d:g}   ink {design.ink}   {design.resolution}x{design.resolution}"
+    header = f"{design.family} A5   eps_A {eps_a}   eps_D {design.eps_d:g}   ink {design.ink}   {canvas_text(design)}"
     return header + (f"   page {p + 1}/{layout['pages']}" if layout["pages"] > 1 else "")
 
 
@@ -300,7 +302,7 @@ def _pdf_texts(design: Design, layout: dict, method: str) -> dict:
     chars = design.chars if label_covers(design.chars) else "".join(c if label_covers(c) else "?" for c in design.chars)
     return {
         "header": [_header_text(design, layout, p) for p in range(layout["pages"])],
-        "detail": f"chars: {chars}", "labels": labels, "resolution": design.resolution,
+        "detail": f"chars: {chars}", "labels": labels, "resolution": design.print_resolution,
         "footer": f"glyph {layout['glyph_mm']:g} mm, vector outlines ({method}); print at 100% (no fit to page)",
     }
 
@@ -312,7 +314,8 @@ def _sidecar(design: Design, layout: dict, path: Path, upsample: str) -> dict:
         b["codepoint"] = f"U+{ord(b['char']):04X}"
     return {
         "format": SHEET_FORMAT, "sheet": path.name, "run_dir": str(design.run_dir), "family": design.family,
-        "chars": design.chars, "resolution": design.resolution, "eps_a": design.eps_a, "eps_d": design.eps_d,
+        "chars": design.chars, "resolution": design.resolution, "print_scale": design.print_scale,
+        "eps_a": design.eps_a, "eps_d": design.eps_d,
         "ink": design.ink, "upsample": upsample, **layout,
         "units": "mm and px from the page's top-left corner, y down; box_px = [x0, y0, x1, y1) in device pixels at dpi",
     }

@@ -6,6 +6,14 @@ iso-line of the design) and the original glyphs; a page may be printed in either
 table and class: the ink box (0.5-level crossings), the rows' ink moments and the canvas; with
 the source font's advance widths, the side bearings of the ink (for the spaces).
 
+**Print and sensor.** A design with print scale S > 1 holds its glyphs at the print resolution
+S*R with its geometry in print pixels; the classifier reads the sensor's R x R. Page characters
+are normalised to the sensor canvas (``Reader.resolution`` = R, ``units_per_pixel`` x S,
+``baseline`` / S), and the prototypes they are compared with are the print (as printed at S*R)
+box-filtered S x S onto it (``acquisition.sensor_integrate``): each sensor pixel the mean of the
+print pixels it covers, as the acquisition sees the print and as the page's coverage is
+re-binned (``geometry.normalize_glyph``).
+
 The classifier sees ``x = 1 - w`` on 3 channels for an ink canvas w (``Acquisition``'s
 convention, paper = 1).
 """
@@ -20,6 +28,7 @@ import torch
 from scipy import ndimage
 
 from a5ocr import fonts
+from a5ocr.acquisition import sensor_integrate
 from a5ocr.errors import CheckpointError, GlyphError, RunError, ScanError
 from a5ocr.models import load_classifier
 from a5ocr.runs import load_design
@@ -37,11 +46,12 @@ class Reader:
     units_per_em: int
     baseline: float  # canvas row (continuous) of the baseline
     space_units: float
-    tables: dict  # name -> {"top", "bottom", "left", "right", "mean_y", "std_y": [K], "glyphs": [K, R, R]}
+    tables: dict  # name -> {"top", "bottom", "left", "right", "mean_y", "std_y": [K], "glyphs": [K, R, R]} (sensor px)
     bearings: dict  # name -> (left side bearing [K], right side bearing [K]) of the ink, font units (or None)
     run_dir: str = ""
     classifier_path: str = ""
     eps_a_design: float | None = None
+    print_scale: int = 1  # the design's glyphs are S*R; everything above is on the sensor's R
 
     @property
     def tallest_above_baseline(self) -> float:
@@ -62,15 +72,25 @@ def _font_metrics(design) -> tuple[float, np.ndarray | None]:
     return (design.units_per_em / 4.0 if space is None else space), adv
 
 
+def sensor_prototypes(w: np.ndarray, print_scale: int) -> np.ndarray:
+    """Print-resolution glyphs [K, S*R, S*R] box-filtered S x S onto the sensor grid [K, R, R]
+    (``acquisition.sensor_integrate``: each sensor pixel the mean of the print pixels it covers)."""
+    x = torch.from_numpy(np.ascontiguousarray(w, np.float64))[:, None]
+    return sensor_integrate(x, print_scale)[:, 0].numpy()
+
+
 def _prototype_tables(design, advance: np.ndarray | None) -> tuple[dict, dict]:
-    """The "robust" (as printed) and "original" prototype tables of a design, and the side
-    bearings of their ink (None without the source font's advance widths)."""
-    origin = np.array(design.origin_x, np.float64)
+    """The "robust" (as printed) and "original" prototype tables of a design on the sensor grid
+    (the module doc), and the side bearings of their ink (None without the source font's advance widths)."""
+    s = design.print_scale
+    origin = np.array(design.origin_x, np.float64) / s  # sensor px
+    upp = design.units_per_pixel * s  # font units per sensor px
     tables, bearings = {}, {}
     for name in ("robust", "original"):
         w = getattr(design, name).numpy().astype(np.float64)
-        if name == "robust":
-            w = np.stack([as_printed(g, design.ink) for g in w])
+        if name == "robust":  # as printed at the print resolution, 1/8 sensor px either way
+            w = np.stack([as_printed(g, design.ink, oversample=max(2, 8 // s)) for g in w])
+        w = sensor_prototypes(w, s)
         tops, bottoms = (np.array(v, np.float64) for v in zip(*(ink_extents(g.max(axis=1)) for g in w)))
         lefts, rights = (np.array(v, np.float64) for v in zip(*(ink_extents(g.max(axis=0)) for g in w)))
         mean_y, std_y = (np.array(v, np.float64) for v in zip(*(row_moments(g) for g in w)))
@@ -79,8 +99,8 @@ def _prototype_tables(design, advance: np.ndarray | None) -> tuple[dict, dict]:
         if advance is None:
             bearings[name] = None
         else:
-            lsb = (lefts - origin) * design.units_per_pixel
-            rsb = advance - (rights - origin) * design.units_per_pixel
+            lsb = (lefts - origin) * upp
+            rsb = advance - (rights - origin) * upp
             bearings[name] = (np.nan_to_num(lsb), np.nan_to_num(rsb))
     return tables, bearings
 
@@ -104,16 +124,17 @@ def load_reader(run_dir: Path | str, classifier: Path | str | None = None) -> Re
         p.requires_grad_(False)
     space, advance = _font_metrics(design)
     tables, bearings = _prototype_tables(design, advance)
+    s = design.print_scale
     return Reader(
-        chars=design.chars, model=model, resolution=design.resolution, units_per_pixel=design.units_per_pixel,
-        units_per_em=design.units_per_em, baseline=design.baseline,
+        chars=design.chars, model=model, resolution=design.resolution, units_per_pixel=design.units_per_pixel * s,
+        units_per_em=design.units_per_em, baseline=design.baseline / s,
         space_units=space, tables=tables, bearings=bearings,
-        run_dir=str(run_dir), classifier_path=str(path), eps_a_design=design.eps_a,
+        run_dir=str(run_dir), classifier_path=str(path), eps_a_design=design.eps_a, print_scale=s,
     )
 
 
 def as_printed(w: np.ndarray, ink: str = "gray", oversample: int = 8) -> np.ndarray:
-    """A designed glyph [R, R] as the exported font prints it at the design geometry: a font
+    """A designed glyph [N, N] (its own grid: the print) as the exported font prints it at the design geometry: a font
     outline is monochrome, the 0.5 iso-line of the bilinear interpolant of the design (gray
     designs; ``a5ocr.export``'s "contour" outline) or the ink > 0.5 pixels (binary designs);
     the result is its coverage per canvas pixel."""

@@ -4,7 +4,9 @@ The layout is a ``<sheet>.layout.json`` beside the page, or ``layout=``. The fou
 discs are found near their expected places (scaled to the page size), their coverage-weighted
 centroids fix a homography from the layout's pixels to the page, and each glyph's R x R canvas
 is sampled back from its known box (each design pixel is a uniform square on the sheet, so the
-mean over its footprint is the design pixel again). Each character is certified as in running
+mean over its footprint is the design pixel again). R is the sensor's, the classifier's input:
+for a design printed at S > 1 (S*R print pixels per box) each canvas pixel is the mean over the
+S x S print pixels it covers, the acquisition's box filter. Each character is certified as in running
 text (``a5ocr.scan.certify``) and compared with the character printed in its box.
 """
 
@@ -136,8 +138,9 @@ def scan_sheet(gray: np.ndarray, layout: dict, reader: Reader, eps_a: float, met
                page_name: str = "", sheet_page: int = 0) -> ScanResult:
     """Read a scanned glyph sheet with its layout (the module doc)."""
     check_options(eps_a, method)
-    if str(layout["chars"]) != reader.chars or int(layout["resolution"]) != reader.resolution:
-        raise ScanError("the sheet was exported from another run (its characters or resolution differ from the classifier's)")
+    if (str(layout["chars"]) != reader.chars or int(layout["resolution"]) != reader.resolution
+            or int(layout.get("print_scale", 1)) != reader.print_scale):
+        raise ScanError("the sheet was exported from another run (its characters, resolution or print scale differ from the run's)")
     boxes = [b for b in layout["boxes"] if int(b.get("page", 0)) == sheet_page]
     if not boxes:
         raise ScanError(f"the sheet layout has no glyphs on page {sheet_page + 1}")
