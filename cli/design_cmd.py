@@ -42,9 +42,13 @@ def design(
     crown_k: Optional[int] = typer.Option(None, help="CROWN-IBP (in mixed training) on the k hardest margins by IBP only, IBP on the rest (a few times cheaper, sound); default: every margin."),
     threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: torch's choice)."),
 ) -> None:
-    """Design certifiably robust glyphs for a font (A5/PC by default) and evaluate them."""
+    """Design certifiably robust glyphs for a font (A5/PC by default) and evaluate them.
+
+    On several processes: torchrun --nproc-per-node N -m a5ocr.cli design ... (gloo on the CPU,
+    NCCL on GPUs; copies x characters must divide by N; resume with the same N)."""
     from a5ocr.runtime import set_threads  # local: keep a5ocr --help fast (torch)
     from a5ocr.training.design import DesignConfig, parameterisation_option, run_design  # local: keep a5ocr --help fast
+    from a5ocr.training.distributed import launched_rank  # local: keep a5ocr --help fast (torch)
 
     set_threads(threads, DesignError)
     cfg = DesignConfig(
@@ -54,6 +58,9 @@ def design(
         stage1_steps=steps, stage2_steps=design_steps, warmup=warmup, ramp=ramp, samples_per_char=eval_samples, train_bounds=train_bounds,
         crown_k=crown_k, print_scale=print_scale, parameterisation=parameterisation_option(defence, defence_tv),
     )
+    if launched_rank() != 0:  # torchrun's other processes: they train, rank 0 shows and writes
+        run_design(cfg, resume=resume)
+        return
     with progress_bars() as progress:
         summary = run_design(cfg, resume=resume, reporter=RichReporter(progress))
     _print_summary(summary)

@@ -13,12 +13,19 @@ A run folder holds ``config.json``, ``checkpoint.pt`` (resumable state, read wit
 weights_only), ``classifier.safetensors``, ``glyphs.safetensors``, ``metrics.jsonl``,
 ``glyphs/`` (PNG per robust glyph), ``glyphs.png`` (sheet), ``curves.png`` and ``summary.json``.
 Its lifecycle (new or resumed, config.json, metrics, summary) is ``a5ocr.runs.RunFolder``'s.
+
+Under ``torchrun --nproc-per-node N`` (``a5ocr.training.distributed``) the N processes train
+together: each draws 1/N of every step's acquisitions (``copies`` x characters must divide by N),
+the gradients are averaged, and rank 0 alone writes the folder (config.json, checkpoints,
+metrics, the outputs), shows progress and evaluates (the others stop when training ends);
+config.json and summary.json then say ``distributed`` (world size, backend, the ranks' seeds).
+A resume needs the same N (the checkpoint holds every process's generator state).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -29,11 +36,12 @@ from a5ocr.acquisition import Acquisition, AcquisitionConfig
 from a5ocr.errors import DesignError
 from a5ocr.evaluation import evaluate
 from a5ocr.figures import glyph_sheet, ink_to_image, training_curves
-from a5ocr.glyphs import GlyphSet, rasterize
+from a5ocr.glyphs import GlyphSet, rasterize, resolve_charset
 from a5ocr.runio import atomic_path
-from a5ocr.runs import RunFolder, save_glyphs, slug
+from a5ocr.runs import RunFolder, read_json, save_glyphs, slug
 from a5ocr.runtime import Reporter, pick_device
 from a5ocr.training.config import PRESETS, TrainingConfig
+from a5ocr.training.distributed import Distributed
 from a5ocr.training.parameterisation import Parameterisation
 from a5ocr.training.trainer import RobustGlyphs, StageSpec, Trainer, bounds_label, make_stage, run_stages
 
@@ -136,6 +144,7 @@ class _Design:
     device: torch.device
     folder: RunFolder
     legacy: torch.nn.Module | None
+    dist: Distributed = field(default_factory=Distributed)
     acq: Acquisition | None = None
     trainer: Trainer | None = None
     stages: list[StageSpec] | None = None
@@ -148,39 +157,60 @@ class _Design:
         models.save_classifier(model, path, arch=self.cfg.arch, resolution=self.cfg.resolution, chars=self.glyphs.chars)
 
     def save_checkpoint(self) -> None:
-        self.trainer.checkpoint(self.folder.checkpoint)
+        self.trainer.checkpoint(self.folder.checkpoint)  # every process: the generator states are gathered
+        if not self.dist.is_main:
+            return
         self.save_classifier(self.trainer.model, self.folder / "classifier.safetensors")
         save_glyphs(self.folder / "glyphs.safetensors", self.glyphs, self.trainer.glyphs, eps_d=self.cfg.eps_d,
                     ink=self.cfg.ink)
 
     def after_stage(self, index: int, spec: StageSpec) -> None:
-        if index == 0 and self.legacy is None:
+        if index == 0 and self.legacy is None and self.dist.is_main:
             self.save_classifier(self.trainer.model, self.baseline_path)
 
 
-def run_design(cfg: DesignConfig, *, resume: bool = False, reporter: Reporter | None = None) -> dict:
-    """Run a whole design; returns the summary dict (also written to ``summary.json``)."""
-    rep = reporter or Reporter()
+def run_design(cfg: DesignConfig, *, resume: bool = False, reporter: Reporter | None = None) -> dict | None:
+    """Run a whole design; returns the summary dict (also written to ``summary.json``). Under
+    ``torchrun`` (the module doc): the processes train together, rank 0 reports to ``reporter``,
+    evaluates and returns the summary; the others return None when training ends."""
     cfg = cfg.resolved()
-    device = pick_device(cfg.device)
-    t_start = time.monotonic()
-    torch.manual_seed(cfg.seed)
-    run = _open_run(cfg, device, t_start, resume)
-    _build_trainer(run)
-    _train(run, resume, rep)
-    baseline, final, w_final = _evaluate_baseline_and_final(run, rep)
-    _write_artefacts(run, w_final)
-    summary = _summary(run, baseline, final)
-    run.folder.write_summary(summary)
-    return summary
+    dist = Distributed.from_env(DesignError)
+    _check_split(cfg, dist)
+    rep = (reporter or Reporter()) if dist.is_main else Reporter()
+    device = dist.start(pick_device(cfg.device))
+    try:
+        t_start = time.monotonic()
+        torch.manual_seed(cfg.seed)
+        run = _open_run(cfg, device, t_start, resume, dist)
+        _build_trainer(run)
+        _train(run, resume, rep)
+        if not dist.is_main:
+            return None
+        baseline, final, w_final = _evaluate_baseline_and_final(run, rep)
+        _write_artefacts(run, w_final)
+        summary = _summary(run, baseline, final)
+        run.folder.write_summary(summary)
+        return summary
+    finally:
+        dist.close()
 
 
-def _open_run(cfg: DesignConfig, device: torch.device, t_start: float, resume: bool) -> _Design:
-    """The glyphs, the run folder (new or resumed: ``RunFolder.start``) and the legacy classifier."""
+def _check_split(cfg: DesignConfig, dist: Distributed) -> None:
+    """Several processes: each step's acquisitions (copies x characters) must split evenly."""
+    if not dist.active:
+        return
+    batch = cfg.copies * len(resolve_charset(cfg.chars))
+    if batch % dist.world_size:
+        raise DesignError(f"{dist.world_size} processes cannot share a step of {batch} acquisitions ({cfg.copies} "
+                          f"per character): use a number of processes that divides {batch}")
+
+
+def _open_run(cfg: DesignConfig, device: torch.device, t_start: float, resume: bool, dist: Distributed) -> _Design:
+    """The glyphs, the run folder (new or resumed: ``RunFolder.start``, by rank 0 while the others
+    wait) and the legacy classifier."""
     glyphs = rasterize(cfg.font, cfg.chars, cfg.resolution, print_scale=cfg.print_scale)
     out = Path(cfg.out) if cfg.out else default_out(cfg, glyphs.family)
     cfg = replace(cfg, out=str(out))
-    folder = RunFolder.open(out, DesignError, started=t_start)
     legacy = None
     if cfg.classifier:
         legacy, meta = models.load_classifier(Path(cfg.classifier))
@@ -189,8 +219,28 @@ def _open_run(cfg: DesignConfig, device: torch.device, t_start: float, resume: b
         if meta["resolution"] != cfg.resolution:
             raise DesignError(f"classifier {cfg.classifier} takes {meta['resolution']}x{meta['resolution']} images; use --resolution {meta['resolution']}")
         cfg = replace(cfg, arch=meta["arch"])
-    folder.start(cfg.to_dict(), device=device, resume=resume)
-    return _Design(cfg=cfg, glyphs=glyphs, device=device, folder=folder, legacy=legacy)
+
+    def claim() -> None:
+        folder = RunFolder.open(out, DesignError, started=t_start)
+        if resume:
+            _check_resume_world(folder, dist)
+        extra = {"distributed": dist.record(cfg.seed)} if dist.active else None
+        folder.start(cfg.to_dict(), device=device, resume=resume, extra=extra)
+
+    dist.main_first(claim, DesignError)
+    folder = RunFolder(out, DesignError, started=t_start)
+    return _Design(cfg=cfg, glyphs=glyphs, device=device, folder=folder, legacy=legacy, dist=dist)
+
+
+def _check_resume_world(folder: RunFolder, dist: Distributed) -> None:
+    """A resume runs on as many processes as the interrupted run (its config.json's
+    ``distributed.world_size``; none: 1), before config.json is rewritten."""
+    if not folder.config_path.is_file():
+        return  # RunFolder.start says there is nothing to resume
+    rec = read_json(folder.config_path) or {}
+    problem = dist.resume_problem(int((rec.get("distributed") or {}).get("world_size", 1)))
+    if problem:
+        raise DesignError(f"{folder.path}: {problem}")
 
 
 def _build_trainer(run: _Design) -> None:
@@ -199,7 +249,7 @@ def _build_trainer(run: _Design) -> None:
     run.acq = Acquisition(cfg.resolution, AcquisitionConfig.from_dict(cfg.acquisition), print_scale=cfg.print_scale)
     model = run.legacy if run.legacy is not None else models.build(cfg.arch, cfg.resolution, len(glyphs.chars))
     robust = RobustGlyphs(glyphs.images, cfg.eps_d, cfg.ink, cfg.glyph_parameterisation())
-    run.trainer = Trainer(model, robust, run.acq, copies=cfg.copies, seed=cfg.seed, device=run.device)
+    run.trainer = Trainer(model, robust, run.acq, copies=cfg.copies, seed=cfg.seed, device=run.device, dist=run.dist)
     run.stages = design_stages(cfg, trains_classifier=run.legacy is None)
 
 
@@ -220,14 +270,15 @@ def design_stages(cfg: DesignConfig, *, trains_classifier: bool) -> list[StageSp
 
 def _train(run: _Design, resume: bool, rep: Reporter) -> None:
     """Every stage, from the checkpoint when resuming; checkpoints and metrics in the folder."""
-    trainer, folder = run.trainer, run.folder
+    trainer, folder, main = run.trainer, run.folder, run.dist.is_main
     if resume:
         trainer.restore(folder.checkpoint, run.stages)
         rep.message(f"resumed {folder.path} at stage {trainer.stage_index + 1}/{len(run.stages)}, step {trainer.step}")
     else:
-        folder.reset_metrics()
+        if main:
+            folder.reset_metrics()
         trainer.start_stage(run.stages[0])
-    run_stages(trainer, run.stages, reporter=rep, on_log=lambda rec: rep.log(folder.append_metrics(rec)),
+    run_stages(trainer, run.stages, reporter=rep, on_log=lambda rec: rep.log(folder.append_metrics(rec)) if main else None,
                on_checkpoint=run.save_checkpoint, checkpoint_seconds=run.cfg.checkpoint_seconds,
                after_stage=run.after_stage)
 
@@ -316,6 +367,7 @@ def _summary(run: _Design, baseline: dict, final: dict) -> dict:
         "samples": cfg.samples_per_char * len(glyphs.chars),
         "device": str(run.device),
         "out": str(run.folder.path),
+        **({"distributed": run.dist.record(cfg.seed)} if run.dist.active else {}),
         "baseline": baseline,
         "final": final,
     }

@@ -36,8 +36,9 @@ import torch
 from torch import nn
 
 from a5ocr.acquisition import Acquisition
-from a5ocr.errors import CollapseError
+from a5ocr.errors import CheckpointError, CollapseError
 from a5ocr.runio import atomic_path
+from a5ocr.training.distributed import Distributed
 from a5ocr.training.losses import PrintBox, a5_loss
 from a5ocr.training.parameterisation import Parameterisation
 from a5ocr.training.schedule import EpsSchedule
@@ -160,13 +161,23 @@ class Trainer:
     ``checkpoint(path)`` / ``restore(path)`` save and load everything needed to continue a
     stage exactly where it stopped: weights, glyph parameters, optimiser states, the step,
     and the generator's state (so an interrupted run replays the same draws).
+
+    ``dist``: the processes of a ``torchrun`` run (``a5ocr.training.distributed``; default the
+    single process, which changes nothing). With several, each draws its share of every batch
+    (``dist.shard`` of the labels) from its own generator (seeded ``dist.rank_seed(seed)``), the
+    gradients are averaged after each backward pass (``dist.average_gradients``, with the step's
+    metrics, so that every process sees the same figures and takes the same decisions: a collapse,
+    a checkpoint), and the checkpoint holds every process's generator state (written by rank 0).
     """
 
     def __init__(self, model: nn.Module, glyphs: RobustGlyphs | None, acquisition: Acquisition | None, *, copies: int = 1,
                  seed: int, device: torch.device, robustifier: nn.Module | None = None, batch: Batch | None = None,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, dist: Distributed | None = None):
         if batch is None and (glyphs is None or acquisition is None):
             raise ValueError("Trainer needs glyphs and an acquisition, or a batch source")
+        self.dist = dist or Distributed()
+        if self.dist.active and batch is not None:
+            raise ValueError("a batch source is not split across processes: distributed training draws acquisitions")
         self.model = model.to(device)
         self.glyphs = glyphs.to(device) if glyphs is not None else None
         self.acquisition = acquisition
@@ -175,7 +186,11 @@ class Trainer:
         self.num_classes = int(num_classes if num_classes is not None else glyphs.base.shape[0])
         self.copies = copies
         self.device = device
-        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.generator = torch.Generator(device=device).manual_seed(self.dist.rank_seed(seed))
+        if self.dist.active:
+            self.dist.shard(self.num_classes * copies)  # refuses a batch that does not split
+            self.dist.broadcast_(t for m in (self.model, self.glyphs, self.robustifier) if m is not None
+                                 for t in (*m.parameters(), *m.buffers()))
         self.stage_index = 0
         self.step = 0
         self.opt_classifier: torch.optim.Optimizer | None = None
@@ -194,17 +209,23 @@ class Trainer:
         self.opt_robustifier = (torch.optim.Adam(self.robustifier.parameters(), lr=spec.lr_robustifier)
                                 if spec.uses_robustifier else None)
 
+    def labels(self) -> torch.Tensor:
+        """The labels of this process's acquisitions of a step: every glyph ``copies`` times
+        (with several processes, this process's contiguous share of them)."""
+        labels = torch.arange(self.num_classes, device=self.device).repeat(self.copies)
+        return labels[self.dist.shard(labels.numel())] if self.dist.active else labels
+
     def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next training batch (x [B, 3, R, R], labels [B]) before any robustifier."""
         if self.batch is not None:
             return self.batch(self.generator)
-        labels = torch.arange(self.num_classes, device=self.device).repeat(self.copies)
+        labels = self.labels()
         w = self.glyphs()
         return self.acquisition(w[labels], self.generator), labels
 
     def draw_printed(self, eps_print: float) -> tuple[torch.Tensor, torch.Tensor, PrintBox]:
         """``draw`` (the same draws) with the batch's print box: glyphs, camera parameters."""
-        labels = torch.arange(self.num_classes, device=self.device).repeat(self.copies)
+        labels = self.labels()
         w = self.glyphs()[labels]
         x, params = self.acquisition(w, self.generator, return_params=True)
         return x, labels, PrintBox(w, params, self.acquisition.cfg, eps_print)
@@ -234,9 +255,16 @@ class Trainer:
                 opt.zero_grad(set_to_none=True)
                 for group in opt.param_groups:
                     group["lr"] = base_lr * scale
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {self.step} of {spec.recipe}")
-        loss.backward()
+        if self.dist.active:
+            loss.backward()
+            loss_value, clean, cert, distinct = self._average_step(loss, stats, labels)
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss became {loss_value} at step {self.step} of {spec.recipe}")
+        else:
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at step {self.step} of {spec.recipe}")
+            loss.backward()
+            loss_value, clean, cert, distinct = loss.item(), *self._batch_figures(stats, labels)
         if self.opt_classifier is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
             self.opt_classifier.step()
@@ -246,10 +274,27 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.robustifier.parameters(), 10.0)
             self.opt_robustifier.step()
         self.step += 1
-        clean, cert = batch_errors(stats["logits"].detach(), None if stats["margins"] is None else stats["margins"].detach(), labels)
-        distinct = int(torch.unique(stats["logits"].detach().argmax(1)).numel())
-        return {"step": self.step, "eps": eps, "f": f, "loss": loss.item(), "clean_error": clean, "certified_error": cert,
+        return {"step": self.step, "eps": eps, "f": f, "loss": loss_value, "clean_error": clean, "certified_error": cert,
                 "lr_scale": scale, "distinct_predictions": distinct}
+
+    @staticmethod
+    def _batch_figures(stats: dict, labels: torch.Tensor) -> tuple[float, float, int]:
+        """(clean error, certified error, distinct predicted classes) of this process's batch."""
+        clean, cert = batch_errors(stats["logits"].detach(), None if stats["margins"] is None else stats["margins"].detach(), labels)
+        return clean, cert, int(torch.unique(stats["logits"].detach().argmax(1)).numel())
+
+    def _average_step(self, loss: torch.Tensor, stats: dict, labels: torch.Tensor) -> tuple[float, float, float, int]:
+        """Several processes: average the gradients of every trained parameter (classifier, glyph
+        change z, robustifier: the optimisers' parameters) and the step's figures over them; returns
+        the whole batch's (loss, clean error, certified error, distinct predicted classes), the same
+        on every process. The shares are of equal size, so the mean of the means is the batch's."""
+        params = [p for opt in (self.opt_classifier, self.opt_glyphs, self.opt_robustifier) if opt is not None
+                  for group in opt.param_groups for p in group["params"]]
+        clean, cert, _ = self._batch_figures(stats, labels)
+        counts = torch.bincount(stats["logits"].detach().argmax(1), minlength=self.num_classes).tolist()
+        summed = self.dist.average_gradients(params, [loss.item(), clean, cert, *counts])
+        n = self.dist.world_size
+        return summed[0] / n, summed[1] / n, summed[2] / n, sum(c > 0 for c in summed[3:])
 
     # -- checkpoints --------------------------------------------------------------------
     def state(self) -> dict:
@@ -266,9 +311,17 @@ class Trainer:
         }
 
     def checkpoint(self, path: Path) -> None:
-        """Write the whole training state atomically (``torch.save``; read back with weights_only)."""
+        """Write the whole training state atomically (``torch.save``; read back with weights_only).
+        Several processes: every one calls it (their generator states are gathered), rank 0 writes
+        them all (``generators`` [world, n], and ``world_size``) with its own state."""
+        state = self.state()
+        if self.dist.active:
+            state["generators"] = torch.stack(self.dist.gather(state["generator"]))
+            state["world_size"] = self.dist.world_size
+            if not self.dist.is_main:
+                return
         with atomic_path(path) as tmp:
-            torch.save(self.state(), tmp)
+            torch.save(state, tmp)
 
     def restore(self, path: Path, stages: list[StageSpec]) -> None:
         """Continue from ``checkpoint(path)``: only tensors and plain containers are read."""
@@ -288,7 +341,16 @@ class Trainer:
                 if state.get(name) is not None and getattr(self, name) is not None:
                     getattr(self, name).load_state_dict(state[name])
         self.step = int(state["step"])
-        self.generator.set_state(state["generator"].cpu())  # RNG states are CPU byte tensors on every device
+        self.generator.set_state(self._saved_generator(state).cpu())  # RNG states are CPU byte tensors on every device
+
+    def _saved_generator(self, state: dict) -> torch.Tensor:
+        """This process's generator state in a checkpoint; ``CheckpointError`` when the checkpoint
+        was written by another number of processes (its draws would not replay)."""
+        problem = self.dist.resume_problem(int(state.get("world_size", 1)))
+        if problem:
+            raise CheckpointError(f"the checkpoint: {problem}")
+        # a row of the stacked states is a view into their storage: set_state needs a tensor of its own
+        return state["generators"][self.dist.rank].clone() if self.dist.active else state["generator"]
 
     # -- a whole stage ------------------------------------------------------------------
     def run_stage(
@@ -327,7 +389,8 @@ class Trainer:
                         f"the classifier collapsed to a constant at step {self.step} of {spec.recipe} "
                         f"(clean error {summary['clean_error']:.1%}); {spec.collapse_advice}"
                     )
-            if on_checkpoint is not None and (time.monotonic() - last_ckpt >= checkpoint_seconds):
+            # every process checkpoints together (the generator states are gathered): rank 0's clock decides
+            if on_checkpoint is not None and self.dist.agree(time.monotonic() - last_ckpt >= checkpoint_seconds):
                 on_checkpoint()
                 last_ckpt = time.monotonic()
 
