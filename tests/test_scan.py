@@ -163,7 +163,9 @@ def test_ink_extents_and_otsu():
 
 def _template_reader(reader):
     """The reader with a nearest-prototype classifier (logits = -|x - p|^2 / 2 up to a common
-    term, p = the robust glyphs as printed): a near-perfect reader of clean pages in the font."""
+    term, p = the robust glyphs as printed): a near-perfect reader of clean pages in the font.
+    Its templates are the identity canvases, so it is shown them (pose scale 1, not the
+    acquisition's mean pose that a trained classifier is shown)."""
     import dataclasses
 
     protos = 1 - torch.from_numpy(reader.tables["robust"]["glyphs"]).float()
@@ -172,7 +174,7 @@ def _template_reader(reader):
     with torch.no_grad():
         lin.weight.copy_((2 * protos / 3).reshape(k, 1, r * r).expand(k, 3, r * r).reshape(k, -1) / 2)
         lin.bias.copy_(-(protos**2).flatten(1).sum(1) / 2)
-    return dataclasses.replace(reader, model=torch.nn.Sequential(torch.nn.Flatten(), lin).eval())
+    return dataclasses.replace(reader, model=torch.nn.Sequential(torch.nn.Flatten(), lin).eval(), pose_scale=1.0)
 
 
 def test_touching_letters_are_split_by_recognition(reader, font):
@@ -592,3 +594,33 @@ def test_scan_reads_pages_and_sheets_of_a_print_scale_design(tmp_path, run_s2):
     (tmp_path / "other.json").write_text(json.dumps(lay))
     with pytest.raises(sc.ScanError, match="print scale"):
         sc.scan(tmp_path / "scan.png", run_s2, layout=tmp_path / "other.json")
+
+
+# --------------------------------------------------------------------------- the acquisition's mean pose
+
+
+def test_canvases_are_shown_in_the_acquisitions_mean_pose(run):
+    """The mean pose of the default camera shrinks the canvas by 1 - 0.99 x 0.25 / 2 about its
+    centre, by exact box re-binning: a centred 10-px square becomes exactly an 8-px square at
+    scale 0.8, ink mass scales by s^2; the reader of a run takes the scale from its config."""
+    from a5ocr.acquisition import AcquisitionConfig
+    from a5ocr.scan.reader import classify, mean_pose_scale, pose_canvases
+
+    assert mean_pose_scale(AcquisitionConfig()) == pytest.approx(1 - 0.99 * 0.25 / 2)
+    assert mean_pose_scale(AcquisitionConfig(distortion=0.0)) == 1.0
+    w = np.zeros((1, 32, 32), np.float32)
+    w[0, 11:21, 11:21] = 1.0
+    posed = pose_canvases(w, 0.8)
+    want = np.zeros_like(w)
+    want[0, 12:20, 12:20] = 1.0
+    assert np.allclose(posed, want, atol=1e-6)
+    blob = np.random.default_rng(0).random((2, 32, 32)).astype(np.float32)
+    blob[:, :6], blob[:, -6:], blob[:, :, :6], blob[:, :, -6:] = 0, 0, 0, 0
+    assert np.allclose(pose_canvases(blob, 0.876).sum(axis=(1, 2)), 0.876 ** 2 * blob.sum(axis=(1, 2)), rtol=1e-5)
+    assert pose_canvases(blob, 1.0) is not None and np.array_equal(pose_canvases(blob, 1.0), blob)
+    reader = sc.load_reader(run)
+    cfg = json.loads((run / "config.json").read_text())["config"]["acquisition"]
+    assert reader.pose_scale == pytest.approx(mean_pose_scale(AcquisitionConfig.from_dict(cfg))) and reader.pose_scale < 1
+    probs, x = reader.classify(blob)
+    p0, x0 = classify(reader.model, pose_canvases(blob, reader.pose_scale))
+    assert np.array_equal(probs, p0) and torch.equal(x, x0)

@@ -30,19 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from a5ocr.scan.ink import row_moments
-from a5ocr.scan.reader import Reader, classify
+from a5ocr.scan.ink import area_weights, row_moments
+from a5ocr.scan.reader import Reader
 from a5ocr.scan.segmentation import Glyph, Segmentation, isolated
-
-
-def area_weights(start: float, step: float, r: int, size: int) -> np.ndarray:
-    """[r, size] weights of exact box re-binning: output cell j covers the input interval
-    [start + j step, start + (j + 1) step) (input pixel i covers [i, i + 1)); W[j, i] is the
-    overlap length divided by ``step``, so each row averages the input over its cell (input
-    outside [0, size) counts as 0)."""
-    a = start + np.arange(r, dtype=np.float64)[:, None] * step
-    i = np.arange(size, dtype=np.float64)[None, :]
-    return np.clip(np.minimum(a + step, i + 1) - np.maximum(a, i), 0.0, None) / step
 
 
 def normalize_glyph(seg: Segmentation, g: Glyph, reader: Reader, k: float, baseline_y: float,
@@ -131,7 +121,7 @@ def fit_geometry(seg: Segmentation, reader: Reader, geo: PageGeometry | None = N
     prev = None
     for _ in range(max_rounds):
         canv = _normalize_all(seg, reader, geo, labels if labels is not None else prev)
-        probs, _ = classify(reader.model, canv)
+        probs, _ = reader.classify(canv)
         lab = labels if labels is not None else probs.argmax(1)
         # ink moments of the normalised characters vs their prototypes: the rows' mean and
         # spread are unbiased by blur (the 0.5-level extents of round or thin tops are not)
@@ -174,7 +164,7 @@ def fit_geometry(seg: Segmentation, reader: Reader, geo: PageGeometry | None = N
         if stable and moved < 0.002:
             break
     canv = _normalize_all(seg, reader, geo, labels if labels is not None else prev)
-    probs, _ = classify(reader.model, canv)
+    probs, _ = reader.classify(canv)
     return geo, canv, probs
 
 

@@ -1,5 +1,6 @@
 """Ink measures shared by the prototypes and the page's characters: the sub-pixel extents of an
-ink profile (0.5-level crossings) and the ink-weighted moments of a canvas's rows.
+ink profile (0.5-level crossings), the ink-weighted moments of a canvas's rows, and the weights
+of exact box re-binning (``area_weights``: page -> canvas, and canvas -> the acquisition's mean pose).
 
 Pixel i of a profile or canvas row i is centred at i + 0.5 (``a5ocr.scan.page``'s convention)."""
 
@@ -44,3 +45,12 @@ def ink_extents(profile: np.ndarray, level: float = 0.5) -> tuple[float, float]:
         end = (j + 0.5) + (a - lv) / (a - b) if a > b else j + 1.0
     return float(start), float(end)
 
+
+def area_weights(start: float, step: float, r: int, size: int) -> np.ndarray:
+    """[r, size] weights of exact box re-binning: output cell j covers the input interval
+    [start + j step, start + (j + 1) step) (input pixel i covers [i, i + 1)); W[j, i] is the
+    overlap length divided by ``step``, so each row averages the input over its cell (input
+    outside [0, size) counts as 0)."""
+    a = start + np.arange(r, dtype=np.float64)[:, None] * step
+    i = np.arange(size, dtype=np.float64)[None, :]
+    return np.clip(np.minimum(a + step, i + 1) - np.maximum(a, i), 0.0, None) / step

@@ -17,7 +17,9 @@ Pipeline (running text, ``a5ocr.scan.text.scan_text``); each step is described i
 5. **Normalisation** (``geometry``), exactly as ``a5ocr.glyphs.rasterize`` frames prototypes: each
    character to the design's R x R canvas, at a page scale and line baselines fitted by a fixed
    point on the ink moments of the characters read against their prototypes (``reader``: the
-   robust glyphs as printed, or the original ones); the classifier sees ``x = 1 - w``.
+   robust glyphs as printed, or the original ones); the classifier sees ``x = 1 - w`` of the
+   canvas in the run's mean acquisition pose (``reader``: shrunk about the centre by
+   1 - perspective_p x distortion / 2, an exact box re-binning).
 6. **Certificates** (``certify``): the label is the classifier's answer, certified when the sound
    float64 bound proves it for every change of L-inf size eps_A of the normalised image (IBP, then
    CROWN-IBP on the rest); its radius is the evaluation stage's certified radius, up to

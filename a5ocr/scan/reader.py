@@ -14,6 +14,19 @@ box-filtered S x S onto it (``acquisition.sensor_integrate``): each sensor pixel
 print pixels it covers, as the acquisition sees the print and as the page's coverage is
 re-binned (``geometry.normalize_glyph``).
 
+**The acquisition's mean pose.** The classifier was trained on acquisitions, never on the
+canvas itself: the camera's perspective moves each corner of the canvas inward by
+U(0, distortion x (R - 1) / 2) per axis with probability ``perspective_p`` (shift and rotation
+have mean 0), so a typical acquired glyph is the canvas shrunk about its centre by
+``mean_pose_scale`` = 1 - perspective_p x distortion / 2 (0.876 for the default camera). The
+identity canvas is at the edge of that distribution, where a classifier can be unsure (measured
+on the 62-character CPU run: its own robust 0 at the identity canvas is read as O, at 0.876 as
+0). So ``Reader.classify`` shows the classifier each normalised canvas in the mean pose
+(``pose_canvases``: exact box re-binning, an average, so the certificate's page budget argument
+holds unchanged); the geometry fit works on the identity canvases, against identity
+prototypes. The pose comes from the run's config.json; a run without one is read at the
+identity (scale 1).
+
 The classifier sees ``x = 1 - w`` on 3 channels for an ink canvas w (``Acquisition``'s
 convention, paper = 1).
 """
@@ -28,11 +41,11 @@ import torch
 from scipy import ndimage
 
 from a5ocr import fonts
-from a5ocr.acquisition import sensor_integrate
+from a5ocr.acquisition import AcquisitionConfig, sensor_integrate
 from a5ocr.errors import CheckpointError, GlyphError, RunError, ScanError
 from a5ocr.models import load_classifier
-from a5ocr.runs import load_design
-from a5ocr.scan.ink import ink_extents, row_moments
+from a5ocr.runs import load_design, read_json
+from a5ocr.scan.ink import area_weights, ink_extents, row_moments
 
 
 @dataclass
@@ -52,11 +65,47 @@ class Reader:
     classifier_path: str = ""
     eps_a_design: float | None = None
     print_scale: int = 1  # the design's glyphs are S*R; everything above is on the sensor's R
+    pose_scale: float = 1.0  # the acquisition's mean pose (module doc): what the classifier is shown
+
+    def classify(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised canvases [n, R, R] -> (probabilities [n, K], classifier inputs x [n, 3, R, R]),
+        each canvas shown in the acquisition's mean pose (``pose_canvases``); x is what a certificate is about."""
+        return classify(self.model, pose_canvases(w, self.pose_scale))
 
     @property
     def tallest_above_baseline(self) -> float:
         """Canvas px from the baseline up to the highest ink of any robust glyph."""
         return float(self.baseline - np.min(self.tables["robust"]["top"]))
+
+
+def mean_pose_scale(cfg: AcquisitionConfig) -> float:
+    """The scale about the canvas centre of the acquisition's mean pose (module doc): each corner
+    moves inward by distortion x (R - 1) / 4 on average with probability perspective_p."""
+    return 1.0 - cfg.perspective_p * cfg.distortion / 2.0
+
+
+def pose_canvases(w: np.ndarray, scale: float) -> np.ndarray:
+    """Canvases [n, R, R] shrunk by ``scale`` about the canvas centre c = R / 2 by exact box
+    re-binning: posed pixel j is the mean of the canvas over [c + (j - c) / s, c + (j + 1 - c) / s)
+    (outside the canvas is paper); the identity at scale 1."""
+    w = np.asarray(w, np.float32)
+    if scale == 1.0 or not len(w):
+        return w
+    r = w.shape[-1]
+    p = area_weights(r / 2 * (1 - 1 / scale), 1 / scale, r, r)
+    return np.einsum("ij,njk,lk->nil", p, w.astype(np.float64), p).astype(np.float32)
+
+
+def _pose_of_run(run_dir: Path) -> float:
+    """``mean_pose_scale`` of the run's acquisition (config.json); 1 without a config (module doc)."""
+    try:
+        rec = read_json(run_dir / "config.json")
+        cfg = (rec or {}).get("config")
+        if not isinstance(cfg, dict):
+            return 1.0
+        return mean_pose_scale(AcquisitionConfig.from_dict(cfg.get("acquisition") or {}))
+    except (RunError, TypeError, ValueError) as err:
+        raise ScanError(f"{run_dir / 'config.json'}: bad acquisition config ({err})") from None
 
 
 def _font_metrics(design) -> tuple[float, np.ndarray | None]:
@@ -130,6 +179,7 @@ def load_reader(run_dir: Path | str, classifier: Path | str | None = None) -> Re
         units_per_em=design.units_per_em, baseline=design.baseline / s,
         space_units=space, tables=tables, bearings=bearings,
         run_dir=str(run_dir), classifier_path=str(path), eps_a_design=design.eps_a, print_scale=s,
+        pose_scale=_pose_of_run(Path(run_dir)),
     )
 
 

@@ -19,7 +19,7 @@ from scipy import ndimage
 
 from a5ocr.scan.geometry import PageGeometry, normalize_glyph
 from a5ocr.scan.ink import ink_extents
-from a5ocr.scan.reader import Reader, classify
+from a5ocr.scan.reader import Reader
 from a5ocr.scan.segmentation import Glyph, Segmentation, glyph_window, isolated, measure, owned
 
 
@@ -76,7 +76,7 @@ def _pieces(seg: Segmentation, g: Glyph, a: int, b: int) -> tuple[Glyph, Glyph] 
 
 def _read(seg: Segmentation, reader: Reader, geo: PageGeometry, glyphs: list[Glyph]) -> list[float]:
     canv = np.stack([normalize_glyph(seg, q, reader, *geo.of(q)) for q in glyphs])
-    probs, _ = classify(reader.model, canv)
+    probs, _ = reader.classify(canv)
     return [_score(reader, geo, q, canv[i], probs[i]) for i, q in enumerate(glyphs)]
 
 
@@ -122,7 +122,7 @@ def _best_split(seg: Segmentation, reader: Reader, geo: PageGeometry, g: Glyph, 
         return 0.0, 0, 0
     glyphs = lefts + rights
     canv = np.stack([normalize_glyph(seg, q, reader, *geo.of(q)) for q in glyphs])
-    probs, _ = classify(reader.model, canv)
+    probs, _ = reader.classify(canv)
     scores = np.array([_score(reader, geo, q, canv[i], probs[i]) for i, q in enumerate(glyphs)])
     sl, sr = scores[: len(lefts)], scores[len(lefts) :]
     lcuts_a, rcuts_a = np.array(lcuts), np.array(rcuts)

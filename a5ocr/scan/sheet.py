@@ -6,7 +6,8 @@ centroids fix a homography from the layout's pixels to the page, and each glyph'
 is sampled back from its known box (each design pixel is a uniform square on the sheet, so the
 mean over its footprint is the design pixel again). R is the sensor's, the classifier's input:
 for a design printed at S > 1 (S*R print pixels per box) each canvas pixel is the mean over the
-S x S print pixels it covers, the acquisition's box filter. Each character is certified as in running
+S x S print pixels it covers, the acquisition's box filter. The classifier is shown each canvas
+in the acquisition's mean pose (``Reader.classify``), as in running text. Each character is certified as in running
 text (``a5ocr.scan.certify``) and compared with the character printed in its box.
 """
 
@@ -23,7 +24,7 @@ from a5ocr.errors import ScanError
 from a5ocr.export import SHEET_FORMAT, layout_path
 from a5ocr.scan.binarize import Levels, paper_and_ink
 from a5ocr.scan.certify import check_options
-from a5ocr.scan.reader import Reader, classify
+from a5ocr.scan.reader import Reader
 from a5ocr.scan.result import ScanResult, scan_chars
 
 
@@ -167,12 +168,12 @@ def scan_sheet(gray: np.ndarray, layout: dict, reader: Reader, eps_a: float, met
         page_boxes.append([float(corners[:, 0].min()), float(corners[:, 1].min()), float(corners[:, 0].max()), float(corners[:, 1].max())])
         expected.append(b.get("char", layout["chars"][int(b["index"])]))
     canv = np.stack(canv).astype(np.float32)
-    probs, x = classify(reader.model, canv)
+    probs, x = reader.classify(canv)
     rows = sorted({int(b["box_px"][1]) for b in boxes})
     line_of = [rows.index(int(b["box_px"][1])) for b in boxes]
     chars = scan_chars(reader, probs, x, eps_a, method, page_boxes, line_of, [False] * len(boxes), expected)
     info = {"sheet_page": sheet_page + 1, "marks_px": [[round(v, 2) for v in p] for p in dst.tolist()],
-            "paper": round(levels.paper, 4), "ink": round(levels.ink, 4),
+            "paper": round(levels.paper, 4), "ink": round(levels.ink, 4), "pose_scale": round(reader.pose_scale, 6),
             "page_eps_a": round(eps_a * levels.contrast, 6)}
     return ScanResult(page=page_name, mode="sheet", eps_a=eps_a, method=method, chars=chars,
                       page_px=(gray.shape[1], gray.shape[0]), info=info)

@@ -14,7 +14,7 @@ import numpy as np
 
 from a5ocr.scan.certify import check_options
 from a5ocr.scan.geometry import fit_geometry
-from a5ocr.scan.reader import Reader, classify
+from a5ocr.scan.reader import Reader
 from a5ocr.scan.regroup import join_broken, split_merged
 from a5ocr.scan.result import ScanResult, scan_chars
 from a5ocr.scan.segmentation import Segmentation, segment
@@ -69,9 +69,9 @@ def scan_text(gray: np.ndarray, reader: Reader, eps_a: float, method: str = "cro
     glyphs = seg.glyphs
     k = geo.k[[g.line for g in glyphs]]
     _mark_spaces(seg, reader, k, probs.argmax(1), geo.table)
-    _, x = classify(reader.model, canv)
+    _, x = reader.classify(canv)
     px_per_unit = float(np.median(k)) / reader.units_per_pixel
-    info.update({"glyph_table": geo.table, "scale_px_per_canvas_px": round(float(np.median(k)), 4),
+    info.update({"glyph_table": geo.table, "pose_scale": round(reader.pose_scale, 6), "scale_px_per_canvas_px": round(float(np.median(k)), 4),
                  "em_px": round(reader.units_per_em * px_per_unit, 2),
                  "baselines_px": [round(float(b), 2) for b in geo.baseline]})
     if geo.slope is not None and len(geo.slope):
