@@ -1051,3 +1051,14 @@ def test_window_geometry_by_hand():
     assert torch.equal(w[8], torch.tensor([[19, 20, 0], [24, 25, 0], [0, 0, 0]], dtype=D))
     valid = win.valid((5, 5), D, "cpu")
     assert valid.shape == (1, 9, 1, 3, 3, 1) and int(valid[0, 4].sum()) == 9 and int(valid[0, 0].sum()) == 4
+
+
+def test_the_default_crown_budget_follows_the_grad_mode_and_the_ibp_pass():
+    from a5ocr.bounds.engine import crown_budget_gib  # local: an engine detail, not the public API
+
+    pre = {1: (torch.zeros(100, 2**20), torch.zeros(100, 2**20))}  # 2 x 400 MiB of pre-activation bounds
+    assert crown_budget_gib(3.0, pre) == 3.0  # given: as given, in any mode
+    with torch.no_grad():
+        assert crown_budget_gib(None, pre) == 6.0  # certification: 6 GiB
+    assert crown_budget_gib(None, pre) == pytest.approx(2 * 800 / 1024)  # training: twice the IBP bounds
+    assert crown_budget_gib(None, {1: (torch.zeros(4, 4), torch.zeros(4, 4))}) == 0.25  # the floor

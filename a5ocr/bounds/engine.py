@@ -334,9 +334,30 @@ def _alpha_optimise(
 # peak memory of the final CROWN pass (forward + backward) per element of its widest A tensor,
 # in units of that tensor (measured: about 4.7 on the paper's net at 64x64, float32)
 _CROWN_WORK_FACTOR = 5.0
+# The budget of the final CROWN pass when none is given (``max_memory_gib=None``). Without
+# gradients (certification) 6 GiB. Under autograd (training) it follows the IBP pass: twice the
+# bytes of the pre-activation bounds, at least 0.25 GiB, so that the chunked, checkpointed CROWN
+# pass adds about what the IBP pass holds and the step's peak stays within ~2x IBP's. Measured
+# (paper net, batch 124, k = 4, 1 torch thread, process CPU time on a loaded machine; RESULTS.md):
+# 64x64 peak RSS 1.87 -> 1.12-1.22 GiB (IBP 0.70) for 1.3x the CPU time; 128x128 4.80 -> 2.64 GiB
+# (IBP 1.62) for 1.09x.
+NO_GRAD_BUDGET_GIB = 6.0
+TRAIN_BUDGET_FACTOR = 2.0
+TRAIN_BUDGET_FLOOR_GIB = 0.25
 
 
-def _crown_final(net: BoundedSequential, shapes, pre, box, spec, margin, upper: bool, max_memory_gib: float):
+def crown_budget_gib(max_memory_gib: Optional[float], pre: dict) -> float:
+    """The final CROWN pass's memory budget: ``max_memory_gib`` when given, else the default
+    above for the current grad mode (``pre``: the pre-activation bounds {layer: (c, r)})."""
+    if max_memory_gib is not None:
+        return max_memory_gib
+    if not torch.is_grad_enabled():
+        return NO_GRAD_BUDGET_GIB
+    pre_bytes = sum(t.numel() * t.element_size() for pair in pre.values() for t in pair)
+    return max(TRAIN_BUDGET_FLOOR_GIB, TRAIN_BUDGET_FACTOR * pre_bytes / 2**30)
+
+
+def _crown_final(net: BoundedSequential, shapes, pre, box, spec, margin, upper: bool, max_memory_gib: Optional[float]):
     """The final CROWN backward pass (lower, optionally upper) for ``crown``/``crown-ibp``.
 
     With a margin spec and a last Linear, the spec is folded by gathers. When the estimated
@@ -351,7 +372,7 @@ def _crown_final(net: BoundedSequential, shapes, pre, box, spec, margin, upper: 
     S = margin[1].shape[1] if margin is not None else spec().shape[1]
     widest = max(math.prod(sh) for sh in shapes[net.exact_prefix :])
     per_sample = S * widest * c.element_size() * _CROWN_WORK_FACTOR * (2 if upper else 1)
-    chunk = max(1, int(max_memory_gib * 2**30 // max(1, per_sample)))
+    chunk = max(1, int(crown_budget_gib(max_memory_gib, pre) * 2**30 // max(1, per_sample)))
     relu_ids = sorted(pre)
 
     def run(lo: int, hi: int, c_, r_, *pre_flat):
@@ -408,7 +429,7 @@ def bounds_for(
     alpha_steps: int = 20,
     alpha_lr: float = 0.1,
     ibp_too: bool = False,
-    max_memory_gib: float = 6.0,
+    max_memory_gib: Optional[float] = None,
     crown_patches: bool = True,
 ):
     """Core of ``compute_bounds``: returns (lb, ub or None, ibp_lb or None).
@@ -416,7 +437,8 @@ def bounds_for(
     ``margin`` = (labels [N], others [N, S]) gives the spec as margin rows e_label - e_j (then
     C must be None): the last Linear is folded by gathers. With ``ibp_too`` (any method but ibp)
     the IBP lower bound from the same IBP pass is also returned. ``max_memory_gib``: the final
-    CROWN pass runs in checkpointed chunks of samples when its estimated memory is larger.
+    CROWN pass runs in checkpointed chunks of samples when its estimated memory is larger (None:
+    ``crown_budget_gib``'s default for the grad mode).
     ``crown_patches=False``: intermediate CROWN bounds by the dense reference path only."""
     if method not in METHODS:
         raise ValueError(f"unknown bound method {method!r} (one of: {', '.join(METHODS)})")
@@ -454,7 +476,7 @@ def bounds_for(
 
 
 def relaxed_bounds(net: BoundedSequential, shapes, boxes, pre, spec, margin, method: str, bound_upper: bool = False, *,
-                   alpha_steps: int = 20, alpha_lr: float = 0.1, max_memory_gib: float = 6.0,
+                   alpha_steps: int = 20, alpha_lr: float = 0.1, max_memory_gib: Optional[float] = None,
                    crown_patches: bool = True):
     """The linear-relaxation part of ``crown`` / ``crown-ibp`` / ``alpha-crown`` after the IBP pass.
 

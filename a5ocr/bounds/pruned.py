@@ -37,7 +37,7 @@ def pruned_margin_bounds(
     *,
     alpha_steps: int = 20,
     alpha_lr: float = 0.1,
-    max_memory_gib: float = 6.0,
+    max_memory_gib: float | None = None,
     crown_patches: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Lower bounds of the margins y_label - y_j, j in others [N, S], from one shared IBP pass.
