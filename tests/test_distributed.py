@@ -4,8 +4,8 @@ replays every process's draws, and the command line (rank 0 writes one run folde
 
 Two groups of checks, each paying the start of its processes once (module-scoped fixtures):
 ``two_workers`` runs the library on 2 processes started with ``torch.multiprocessing`` (the same
-``RANK``/``WORLD_SIZE`` environment torchrun sets); ``torchrun_runs`` runs the command line twice
-under ``python -m torch.distributed.run --standalone --nproc-per-node 2`` side by side.
+``RANK``/``WORLD_SIZE`` environment torchrun sets); ``torchrun_run`` runs the command line under
+``python -m torch.distributed.run --standalone --nproc-per-node 2``.
 """
 
 import json
@@ -22,7 +22,9 @@ import torch.multiprocessing as mp
 
 from a5ocr import models
 from a5ocr.acquisition import Acquisition
+from a5ocr.evaluation import evaluate
 from a5ocr.glyphs import rasterize
+from a5ocr.runs import load_run
 from a5ocr.training import trainer as recipes
 from a5ocr.training.design import DesignConfig, DesignError, run_design
 from a5ocr.training.distributed import Distributed
@@ -78,8 +80,9 @@ def _trainer_checks(dist: Distributed, tmp: Path) -> dict:
 
 
 def _design_checks(tmp: Path) -> dict:
-    """A 2-process design run whole, and one interrupted in A5/PC then resumed."""
+    """A 2-process design run whole (twice), and one interrupted in A5/PC then resumed."""
     full = run_design(DesignConfig(**TINY, out=str(tmp / "full")))
+    again = run_design(DesignConfig(**TINY, out=str(tmp / "again")))
     real = recipes.Trainer.train_step
 
     def flaky(self, spec):
@@ -97,7 +100,23 @@ def _design_checks(tmp: Path) -> dict:
         recipes.Trainer.train_step = real
     interrupted = sorted(p.name for p in (tmp / "cut").iterdir())
     resumed = run_design(cut, resume=True)
-    return {"full": full, "resumed": resumed, "interrupted_files": interrupted}
+    printed = run_design(DesignConfig(**TINY, eps_print=0.02, out=str(tmp / "print")))
+    return {"full": full, "again": again, "resumed": resumed, "interrupted_files": interrupted, "print": printed,
+            "print_one": _one_process_evaluation(tmp / "print", 0.02) if printed is not None else None}
+
+
+def _one_process_evaluation(folder: Path, eps_print: float = 0.0) -> dict:
+    """The design's evaluation by ``evaluate`` in this process alone, of the saved classifier and glyphs."""
+    run = load_run(folder)
+    acq = Acquisition(run.resolution, run.acquisition, print_scale=run.print_scale)
+    return evaluate(run.model, run.robust, run.chars, acq, eps_a=run.eps_a, samples_per_char=run.config["samples_per_char"],
+                    seed=run.eval_seed, methods=tuple(run.config["certify_methods"]), eps_print=eps_print).summary()
+
+
+def _same_figures(one: dict, part: dict) -> bool:
+    """``evaluate``'s summary and a design summary's part (baseline, final, print) agree exactly."""
+    return (one["clean_error"], one["certified_error"], one["per_char"]) == (
+        part["clean_error"], part["certified_error_by_method"], part["per_char"])
 
 
 def _worker(rank: int, world: int, port: int, tmp: str) -> None:
@@ -176,57 +195,61 @@ def test_a_process_count_that_does_not_divide_the_batch_is_refused_in_one_line(a
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
 
 
-def _torchrun(out: Path, port_args: list[str]) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.distributed.run", *port_args, "--nproc-per-node", "2", "-m", "a5ocr.cli",
-           *CLI, "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "A5OCR_PROGRESS_SECONDS": "0"}
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-
-
 @pytest.fixture(scope="module")
-def torchrun_runs(tmp_path_factory):
-    """Two 2-process runs of the same seed, side by side, each into its own parent folder."""
-    parents = [tmp_path_factory.mktemp(f"torchrun{i}") for i in range(2)]
-    procs = [_torchrun(p / "run", ["--standalone"]) for p in parents]
-    logs = [proc.communicate(timeout=300)[0] for proc in procs]
-    for proc, log in zip(procs, logs):
-        assert proc.returncode == 0, log[-3000:]
-    return parents, logs
+def torchrun_run(tmp_path_factory):
+    """(the run folder, the output) of a 2-process run of the command line, in a parent folder of its own."""
+    run = tmp_path_factory.mktemp("torchrun") / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "a5ocr.cli",
+           *CLI, "--out", str(run)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "A5OCR_PROGRESS_SECONDS": "0"}
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:]
+    return run, done.stdout
 
 
-def test_two_torchrun_processes_write_one_run_folder_from_rank_0(torchrun_runs):
-    parents, logs = torchrun_runs
-    for parent, log in zip(parents, logs):
-        assert [p.name for p in parent.iterdir()] == ["run"]
-        run = parent / "run"
-        assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temporary file left
-        for name in ("config.json", "checkpoint.pt", "classifier.safetensors", "glyphs.safetensors", "summary.json"):
-            assert (run / name).is_file(), name
-        assert log.count("run folder:") == 1 and log.count("start  stage 1") == 1  # rank 0 alone prints
-        metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        assert [m["step"] for m in metrics if m["stage"] == "pc"][-1] == 60  # one writer: no duplicated records
-        assert len(metrics) == len({(m["stage"], m["step"]) for m in metrics})
-        assert json.loads((run / "config.json").read_text())["distributed"]["world_size"] == 2
+def test_two_torchrun_processes_write_one_run_folder_from_rank_0(torchrun_run):
+    run, log = torchrun_run
+    assert [p.name for p in run.parent.iterdir()] == ["run"]
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temporary file left
+    for name in ("config.json", "checkpoint.pt", "classifier.safetensors", "glyphs.safetensors", "summary.json"):
+        assert (run / name).is_file(), name
+    assert log.count("run folder:") == 1 and log.count("start  stage 1") == 1  # rank 0 alone prints
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if m["stage"] == "pc"][-1] == 60  # one writer: no duplicated records
+    assert len(metrics) == len({(m["stage"], m["step"]) for m in metrics})
+    assert json.loads((run / "config.json").read_text())["distributed"]["world_size"] == 2
+
+
+def test_the_shared_evaluation_is_the_one_process_evaluation_of_the_saved_design(torchrun_run):
+    folder, log = torchrun_run
+    assert "start  evaluate final (process 0's part)  (50)" in log  # each process certified half
+    assert _same_figures(_one_process_evaluation(folder), json.loads((folder / "summary.json").read_text())["final"])
+
+
+def test_the_shared_evaluation_of_the_print_threat_is_the_one_process_one(two_workers):
+    ranks, _ = two_workers
+    d0 = ranks[0]["design"]
+    assert d0["print"]["eps_print"] == 0.02 and _same_figures(d0["print_one"], d0["print"]["final"]["print"])
 
 
 def _stable(summary: dict) -> dict:
     return {k: v for k, v in summary.items() if k not in VOLATILE}
 
 
-def test_the_same_seed_and_world_size_give_the_same_summary(torchrun_runs):
-    parents, _ = torchrun_runs
-    a, b = (json.loads((p / "run" / "summary.json").read_text()) for p in parents)
-    assert _stable(a) == _stable(b)
+def test_the_same_seed_and_world_size_give_the_same_summary(two_workers):
+    ranks, _ = two_workers
+    d0 = ranks[0]["design"]
+    assert _stable(d0["full"]) == _stable(d0["again"])
 
 
-def test_two_processes_are_within_sampling_noise_of_one(torchrun_runs, tmp_path):
+def test_two_processes_are_within_sampling_noise_of_one(torchrun_run, tmp_path):
     """The 2-process run draws other acquisitions than the 1-process run (each rank its own
     stream), so its classifier and glyphs differ; both are scored on the same n = 100 evaluation
     acquisitions. Tolerance: 3 standard deviations of the difference of two error rates of n
     samples at their mean rate p, sqrt(2 p (1 - p) / n), plus 2/n for rates near 0 (a chance-level
     or diverged run, 75% error here, is far outside it)."""
-    parents, _ = torchrun_runs
-    two = json.loads((parents[0] / "run" / "summary.json").read_text())
+    folder, _ = torchrun_run
+    two = json.loads((folder / "summary.json").read_text())
     cfg = DesignConfig(font="comic-neue", chars="AOo0", preset="tiny", eps_a=0.02, samples_per_char=25, device="cpu",
                        stage1_steps=150, stage2_steps=60, warmup=5, ramp=10, out=str(tmp_path / "one"))
     one = run_design(cfg)
@@ -240,5 +263,5 @@ def test_two_processes_are_within_sampling_noise_of_one(torchrun_runs, tmp_path)
         assert two[part]["certified_error"] < 0.5  # it learned
     # and a 1-process resume of the 2-process folder is refused before anything is rewritten
     with pytest.raises(DesignError, match="trained by 2 processes, this run has 1: resume it with torchrun --nproc-per-node 2"):
-        run_design(DesignConfig(**{**cfg.__dict__, "out": str(parents[0] / "run")}), resume=True)
-    assert json.loads((parents[0] / "run" / "config.json").read_text())["distributed"]["world_size"] == 2
+        run_design(DesignConfig(**{**cfg.__dict__, "out": str(folder)}), resume=True)
+    assert json.loads((folder / "config.json").read_text())["distributed"]["world_size"] == 2

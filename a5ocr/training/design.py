@@ -17,8 +17,9 @@ Its lifecycle (new or resumed, config.json, metrics, summary) is ``a5ocr.runs.Ru
 Under ``torchrun --nproc-per-node N`` (``a5ocr.training.distributed``) the N processes train
 together: each draws 1/N of every step's acquisitions (``copies`` x characters must divide by N),
 the gradients are averaged, and rank 0 alone writes the folder (config.json, checkpoints,
-metrics, the outputs), shows progress and evaluates (the others stop when training ends);
-config.json and summary.json then say ``distributed`` (world size, backend, the ranks' seeds).
+metrics, the outputs) and shows progress; the evaluation is shared (each process certifies its
+part of every chunk of the same acquisitions, ``_evaluation``); config.json and summary.json
+then say ``distributed`` (world size, backend, the ranks' seeds).
 A resume needs the same N (the checkpoint holds every process's generator state).
 """
 
@@ -27,14 +28,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 
 from a5ocr import models
 from a5ocr.acquisition import Acquisition, AcquisitionConfig
 from a5ocr.errors import DesignError
-from a5ocr.evaluation import evaluate
+from a5ocr.evaluation import EvalResult, acquisitions, evaluate, evaluate_samples
 from a5ocr.figures import glyph_sheet, ink_to_image, training_curves
 from a5ocr.glyphs import GlyphSet, rasterize, resolve_charset
 from a5ocr.runio import atomic_path
@@ -44,6 +45,10 @@ from a5ocr.training.config import PRESETS, TrainingConfig
 from a5ocr.training.distributed import Distributed
 from a5ocr.training.parameterisation import Parameterisation
 from a5ocr.training.trainer import RobustGlyphs, StageSpec, Trainer, bounds_label, make_stage, run_stages
+
+
+# The chunk of ``evaluate``'s draws (its default): a sharded evaluation draws the same chunks.
+EVAL_CHUNK = 1024
 
 
 @dataclass
@@ -171,8 +176,8 @@ class _Design:
 
 def run_design(cfg: DesignConfig, *, resume: bool = False, reporter: Reporter | None = None) -> dict | None:
     """Run a whole design; returns the summary dict (also written to ``summary.json``). Under
-    ``torchrun`` (the module doc): the processes train together, rank 0 reports to ``reporter``,
-    evaluates and returns the summary; the others return None when training ends."""
+    ``torchrun`` (the module doc): the processes train and evaluate together, rank 0 reports to
+    ``reporter``, writes and returns the summary; the others return None."""
     cfg = cfg.resolved()
     dist = Distributed.from_env(DesignError)
     _check_split(cfg, dist)
@@ -184,9 +189,9 @@ def run_design(cfg: DesignConfig, *, resume: bool = False, reporter: Reporter | 
         run = _open_run(cfg, device, t_start, resume, dist)
         _build_trainer(run)
         _train(run, resume, rep)
+        baseline, final, w_final = _evaluate_baseline_and_final(run, rep)  # shared by the processes
         if not dist.is_main:
             return None
-        baseline, final, w_final = _evaluate_baseline_and_final(run, rep)
         _write_artefacts(run, w_final)
         summary = _summary(run, baseline, final)
         run.folder.write_summary(summary)
@@ -288,12 +293,8 @@ def _evaluate_design(run: _Design, name: str, model: torch.nn.Module, w: torch.T
     """Clean and certified error on the run's evaluation acquisitions (image attack eps_A; with
     ``eps_print`` the joint threat); with the run's eps_print, also the joint figures as "print"."""
     cfg = run.cfg
-    res = evaluate(
-        model, w.to(run.device), run.glyphs.chars, run.acq, eps_a=cfg.eps_a, samples_per_char=cfg.samples_per_char,
-        seed=cfg.eval_seed, methods=cfg.certify_methods, eps_print=eps_print,
-        on_chunk=lambda d, t: rep.evaluation(name if not eps_print else f"{name} (eps_print {eps_print:g})", d, t),
-    )
-    s = res.summary()
+    label = (name if not eps_print else f"{name} (eps_print {eps_print:g})") + (" (process 0's part)" if run.dist.active else "")
+    s = _evaluation(run, model, w.to(run.device), eps_print, lambda d, t: rep.evaluation(label, d, t)).summary()
     best = s["certified_error"].get("best", list(s["certified_error"].values())[-1])
     out = {"clean_error": s["clean_error"], "certified_error": best, "certified_error_by_method": s["certified_error"],
            "per_char": s["per_char"]}
@@ -302,6 +303,37 @@ def _evaluate_design(run: _Design, name: str, model: torch.nn.Module, w: torch.T
     if cfg.eps_print > 0:
         out["print"] = _evaluate_design(run, name, model, w, rep, cfg.eps_print)
     return out
+
+
+def _evaluation(run: _Design, model: torch.nn.Module, w: torch.Tensor, eps_print: float,
+                on_chunk: Callable[[int, int], None]) -> EvalResult:
+    """``evaluate`` with the run's settings. Several processes: every one draws every chunk of the
+    same acquisitions (so that the generator stays in step) and certifies its ``part`` of each with
+    ``evaluate``'s protocol (``evaluate_samples``: the cascade, no attack, no radius, each chunk
+    whole); the per-sample outcomes are gathered on every process. The figures are counts: those of
+    one process, up to the floating-point effects of smaller batches."""
+    cfg, dist, chars = run.cfg, run.dist, run.glyphs.chars
+    if not dist.active:
+        return evaluate(model, w, chars, run.acq, eps_a=cfg.eps_a, samples_per_char=cfg.samples_per_char,
+                        seed=cfg.eval_seed, methods=cfg.certify_methods, eps_print=eps_print, on_chunk=on_chunk)
+    printed, k = eps_print > 0, len(chars)
+    n, per_chunk = k * cfg.samples_per_char, max(k, (EVAL_CHUNK // k) * k)  # ``acquisitions``' chunks
+    mine = sum(len(range(c)[dist.part(c)]) for c in (min(per_chunk, n - s) for s in range(0, n, per_chunk)))
+
+    def my_parts():
+        for x, labels, *batch in acquisitions(w.detach(), run.acq, cfg.samples_per_char, cfg.eval_seed, EVAL_CHUNK,
+                                              with_params=printed):
+            part = dist.part(labels.numel())
+            yield (x[part], labels[part], *(b.sub(part) for b in batch))
+
+    res = evaluate_samples(model, my_parts(), total=mine, chars=chars, eps_a=cfg.eps_a, seed=cfg.eval_seed, device=w.device,
+                           methods=tuple(cfg.certify_methods), ibp_first=False, cascade=True, attack="none",
+                           radius_steps=0, sub_batch=None, on_progress=lambda phase, d, t: on_chunk(d, t),
+                           eps_print=eps_print, camera=run.acq.cfg if printed else None).result
+    names = list(res.certified)
+    rows = dist.gather_columns(torch.stack([res.labels, res.correct.long(), *(res.certified[m].long() for m in names)]))
+    return EvalResult(chars=chars, eps_a=res.eps_a, labels=rows[0], correct=rows[1].bool(),
+                      certified={m: rows[2 + i].bool() for i, m in enumerate(names)})
 
 
 def _evaluate_baseline_and_final(run: _Design, rep: Reporter) -> tuple[dict, dict, torch.Tensor]:

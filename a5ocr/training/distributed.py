@@ -17,7 +17,10 @@ NCCL on CUDA, each process on GPU ``LOCAL_RANK``) and a training step is split a
   the glyph parameters stay bit-identical on every process (``broadcast_`` makes them equal at
   the start);
 * ``gather`` collects every process's generator state for the checkpoint, which only rank 0
-  (``is_main``) writes, like every other file and every progress line.
+  (``is_main``) writes, like every other file and every progress line;
+* the evaluation at the end of a design is shared the same way: every process draws the same
+  acquisitions, certifies its ``part`` of each chunk, and ``gather_columns`` brings the
+  per-sample outcomes together.
 """
 
 from __future__ import annotations
@@ -132,6 +135,10 @@ class Distributed:
         size = n // self.world_size
         return slice(self.rank * size, (self.rank + 1) * size)
 
+    def part(self, n: int) -> slice:
+        """This process's contiguous part of ``n`` items, any ``n`` (the parts differ by one item at most)."""
+        return slice(n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size)
+
     def rank_seed(self, seed: int) -> int:
         """The seed of this process's generator: ``seed`` itself for a single process (the run is
         what it always was); else a 64-bit draw of ``SeedSequence([seed, rank])`` (distinct,
@@ -191,6 +198,17 @@ class Distributed:
         out = [torch.empty_like(local) for _ in range(self.world_size)]
         tdist.all_gather(out, local)
         return [o.cpu() for o in out]
+
+    def gather_columns(self, t: torch.Tensor) -> torch.Tensor:
+        """Every process's ``t`` [r, n_i] (the same r and dtype, any n_i) side by side in rank
+        order: [r, sum of n_i], on the CPU (padded to the longest for the all-gather, then cut)."""
+        if not self.active:
+            return t.cpu()
+        local = t.to(self.device)
+        sizes = [int(n.item()) for n in self.gather(torch.tensor([local.shape[1]], device=self.device))]
+        padded = torch.zeros(local.shape[0], max(sizes), dtype=local.dtype, device=self.device)
+        padded[:, :local.shape[1]] = local
+        return torch.cat([g[:, :n] for g, n in zip(self.gather(padded), sizes)], dim=1)
 
     def main_first(self, fn: Callable[[], T], error: type[A5Error]) -> T | None:
         """``fn()`` on rank 0 only, the others waiting for it; returns its value on rank 0 (None on
