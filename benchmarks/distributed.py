@@ -17,7 +17,9 @@ timed steps on rank 0 (each step ends in the all-reduce, so the ranks move toget
     PYTHONPATH=. python benchmarks/distributed.py [--presets tiny cpu] [--procs 1 2] [--steps 20]
         [--device cpu|cuda] [--threads T]
 
-A very short check that it runs: ``--presets tiny --steps 2``. On CUDA (``--device cuda``) each
+A very short check that it runs: ``--presets tiny --steps 2``. On a machine shared with other
+work, ``--threads 1`` compares the process counts at one thread each (torch's threads
+oversubscribe a busy machine: one process at 2 threads can be many times slower than at 1). On CUDA (``--device cuda``) each
 process takes GPU ``LOCAL_RANK`` with NCCL: N must not exceed the GPUs.
 """
 
