@@ -1054,7 +1054,7 @@ def test_window_geometry_by_hand():
 
 
 def test_the_default_crown_budget_follows_the_grad_mode_and_the_ibp_pass():
-    from a5ocr.bounds.engine import crown_budget_gib  # local: an engine detail, not the public API
+    from a5ocr.bounds.budget import crown_budget_gib  # local: an engine detail, not the public API
 
     pre = {1: (torch.zeros(100, 2**20), torch.zeros(100, 2**20))}  # 2 x 400 MiB of pre-activation bounds
     assert crown_budget_gib(3.0, pre) == 3.0  # given: as given, in any mode

@@ -59,7 +59,7 @@ def compute_bounds(
     ``alpha_lr`` on per-spec ReLU lower slopes and is never looser than crown.
     ``max_memory_gib``: above this estimate the final CROWN pass runs in checkpointed chunks of
     samples (same result, about 1.1-1.4x the time); None (default): 6 GiB without gradients,
-    about twice the IBP pass's bounds under autograd (``engine.crown_budget_gib``). Differentiable w.r.t. the box and the model
+    about twice the IBP pass's bounds under autograd (``budget.crown_budget_gib``). Differentiable w.r.t. the box and the model
     parameters.
     """
     lb, ub, _ = bounds_for(

@@ -15,6 +15,7 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
+from a5ocr.bounds.budget import _CROWN_WORK_FACTOR, crown_budget_gib
 from a5ocr.bounds.kernels import _MarginLinearIBP, concretize
 from a5ocr.bounds.layers import BoundLayer, BoundLinear, BoundReLU, ReLURelaxation, rule_for
 from a5ocr.bounds.patches import patch_intermediate, patch_plan
@@ -329,32 +330,6 @@ def _alpha_optimise(
                 for a in alphas.values():
                     a.clamp_(0.0, 1.0)
     return best
-
-
-# peak memory of the final CROWN pass (forward + backward) per element of its widest A tensor,
-# in units of that tensor (measured: about 4.7 on the paper's net at 64x64, float32)
-_CROWN_WORK_FACTOR = 5.0
-# The budget of the final CROWN pass when none is given (``max_memory_gib=None``). Without
-# gradients (certification) 6 GiB. Under autograd (training) it follows the IBP pass: twice the
-# bytes of the pre-activation bounds, at least 0.25 GiB, so that the chunked, checkpointed CROWN
-# pass adds about what the IBP pass holds and the step's peak stays within ~2x IBP's. Measured
-# (paper net, batch 124, k = 4, 1 torch thread, process CPU time on a loaded machine; RESULTS.md):
-# 64x64 peak RSS 1.87 -> 1.12-1.22 GiB (IBP 0.70) for 1.3x the CPU time; 128x128 4.80 -> 2.64 GiB
-# (IBP 1.62) for 1.09x.
-NO_GRAD_BUDGET_GIB = 6.0
-TRAIN_BUDGET_FACTOR = 2.0
-TRAIN_BUDGET_FLOOR_GIB = 0.25
-
-
-def crown_budget_gib(max_memory_gib: Optional[float], pre: dict) -> float:
-    """The final CROWN pass's memory budget: ``max_memory_gib`` when given, else the default
-    above for the current grad mode (``pre``: the pre-activation bounds {layer: (c, r)})."""
-    if max_memory_gib is not None:
-        return max_memory_gib
-    if not torch.is_grad_enabled():
-        return NO_GRAD_BUDGET_GIB
-    pre_bytes = sum(t.numel() * t.element_size() for pair in pre.values() for t in pair)
-    return max(TRAIN_BUDGET_FLOOR_GIB, TRAIN_BUDGET_FACTOR * pre_bytes / 2**30)
 
 
 def _crown_final(net: BoundedSequential, shapes, pre, box, spec, margin, upper: bool, max_memory_gib: Optional[float]):
