@@ -624,3 +624,36 @@ def test_canvases_are_shown_in_the_acquisitions_mean_pose(run):
     probs, x = reader.classify(blob)
     p0, x0 = classify(reader.model, pose_canvases(blob, reader.pose_scale))
     assert np.array_equal(probs, p0) and torch.equal(x, x0)
+
+
+def test_marks_outside_the_alphabet_are_reported_not_read_as_letters(tmp_path, run, font):
+    """`-./:` printed between designed letters (the exported font keeps the source's punctuation):
+    each is reported as outside the alphabet (U+FFFD, not certified, the classifier's label kept
+    as read_as), the letters are read; an emboldened letter (heavier ink, same height) is not
+    reported as outside."""
+    from scipy import ndimage
+
+    from a5ocr.scan.reader import OUTSIDE_ERROR, OUTSIDE_MARK, outside_alphabet
+
+    path, _, truth = _page(tmp_path, "BAD-CAFE. HEAD:BEACH/FACE", font=font, seed=4)
+    d = sc.scan(path, run, method="ibp").to_dict()
+    read = d["characters"]
+    punct = [t for t in truth["chars"] if t["char"] not in CHARS]
+    assert len(punct) == 4
+    for t in truth["chars"]:
+        best = max(read, key=lambda c: _iou(c["box"], t["box"]))
+        assert _iou(best["box"], t["box"]) > 0.5
+        if t["char"] in CHARS:
+            assert not best["outside_alphabet"]
+        else:
+            assert best["outside_alphabet"] and best["label"] == OUTSIDE_MARK and not best["certified"]
+            assert best["read_as"] in CHARS and best["radius"] == 0.0
+    assert d["counts"]["correct"] >= 0.9 * sum(c in CHARS for c in truth["text"])
+    reader = sc.load_reader(run)
+    protos = reader.tables["robust"]["glyphs"]
+    bold = ndimage.grey_dilation(protos, size=(1, 1, 5))  # strokes 4 px wider: far in ink, not in height
+    mask, ink_err, _ = outside_alphabet(bold, np.arange(len(CHARS)), reader.tables["robust"])
+    assert not mask.any() and (ink_err > OUTSIDE_ERROR).all()
+    dash = np.zeros_like(protos[:1])
+    dash[0, 18:21, 10:22] = 1.0
+    assert outside_alphabet(dash, np.array([0]), reader.tables["robust"])[0].all()

@@ -26,7 +26,7 @@ from a5ocr.evaluation import radius_cap
 from a5ocr.runio import write_json as _write_json
 from a5ocr.scan.certify import certify_canvases
 from a5ocr.scan.page import to_u8, write_image
-from a5ocr.scan.reader import Reader
+from a5ocr.scan.reader import OUTSIDE_MARK, Reader
 
 SCAN_FORMAT = "a5ocr-scan-2"  # 2: truth, correctness counts, expected/correct always present
 OVERLAY_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -47,6 +47,12 @@ class ScanChar:
     second: str = ""
     second_confidence: float = 0.0
     expected: str | None = None  # the true character here; "" nothing there; None: no truth known
+    read_as: str = ""  # for a character outside the alphabet (char = OUTSIDE_MARK): the class the classifier said
+    prototype_error: tuple[float, float] | None = None  # ``reader.outside_alphabet``'s (ink, height) of the class read
+
+    @property
+    def outside_alphabet(self) -> bool:
+        return self.char == OUTSIDE_MARK
 
     @property
     def correct(self) -> bool | None:
@@ -56,7 +62,10 @@ class ScanChar:
         return {"label": self.char, "box": [round(v, 2) for v in self.box], "line": self.line,
                 "confidence": round(self.confidence, 6), "certified": bool(self.certified), "radius": round(self.radius, 6),
                 "runner_up": self.second, "runner_up_confidence": round(self.second_confidence, 6),
-                "expected": self.expected, "correct": self.correct}
+                "expected": self.expected, "correct": self.correct, "outside_alphabet": self.outside_alphabet,
+                "read_as": self.read_as or self.char,
+                "prototype_error": None if self.prototype_error is None else
+                {"ink": round(self.prototype_error[0], 4), "height": round(self.prototype_error[1], 4)}}
 
 
 @dataclass
@@ -182,19 +191,29 @@ def compare_with_truth(result: ScanResult, truth_text: str, source: str) -> Scan
 
 
 def scan_chars(reader: Reader, probs: np.ndarray, x: torch.Tensor, eps_a: float, method: str, boxes, lines, spaces,
-               expected=None) -> list[ScanChar]:
-    """The characters read (probabilities [n, K], classifier inputs x [n, 3, R, R]), certified."""
+               expected=None, outside: tuple | None = None) -> list[ScanChar]:
+    """The characters read (probabilities [n, K], classifier inputs x [n, 3, R, R]), certified.
+
+    ``outside``: ``reader.outside_alphabet``'s (mask, ink error, height mismatch) (running text);
+    a character in the mask is reported as ``OUTSIDE_MARK`` (outside the alphabet), not certified, radius 0."""
     pred = probs.argmax(1) if len(probs) else np.zeros(0, np.int64)
-    cert, radius = certify_canvases(reader.model, x, torch.from_numpy(pred).long(), eps_a, method)
+    inside = np.ones(len(pred), bool) if outside is None else ~np.asarray(outside[0], bool)
+    cert, radius = np.zeros(len(pred), bool), np.zeros(len(pred))
+    if inside.any():
+        sel = np.nonzero(inside)[0]
+        cert[sel], radius[sel] = certify_canvases(reader.model, x[torch.from_numpy(sel)], torch.from_numpy(pred[sel]).long(),
+                                                  eps_a, method)
     out = []
     for i in range(len(pred)):
         order = np.argsort(-probs[i])
         second = int(order[1]) if probs.shape[1] > 1 else int(order[0])
+        label = reader.chars[int(pred[i])]
         out.append(ScanChar(
-            char=reader.chars[int(pred[i])], box=boxes[i], line=int(lines[i]), confidence=float(probs[i, pred[i]]),
+            char=label if inside[i] else OUTSIDE_MARK, box=boxes[i], line=int(lines[i]), confidence=float(probs[i, pred[i]]),
             certified=bool(cert[i]), radius=float(radius[i]), space_before=bool(spaces[i]),
             second=reader.chars[second], second_confidence=float(probs[i, second]),
-            expected=None if expected is None else expected[i],
+            expected=None if expected is None else expected[i], read_as="" if inside[i] else label,
+            prototype_error=None if outside is None else (float(outside[1][i]), float(outside[2][i])),
         ))
     return out
 

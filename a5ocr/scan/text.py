@@ -1,5 +1,6 @@
 """A page of running text read (``a5ocr scan``): segment, fit the geometry, regroup by
-recognition, mark the spaces, certify (the steps are described in ``a5ocr.scan.read``).
+recognition, mark the spaces, report characters outside the alphabet (``reader.outside_alphabet``),
+certify the others (the steps are described in ``a5ocr.scan.read``).
 
 **Spaces**: characters are read left to right; a space is emitted where the ink gap, less the gap
 the font itself leaves between the two characters read (right bearing + left bearing, from the
@@ -14,7 +15,7 @@ import numpy as np
 
 from a5ocr.scan.certify import check_options
 from a5ocr.scan.geometry import fit_geometry
-from a5ocr.scan.reader import Reader
+from a5ocr.scan.reader import Reader, outside_alphabet
 from a5ocr.scan.regroup import join_broken, split_merged
 from a5ocr.scan.result import ScanResult, scan_chars
 from a5ocr.scan.segmentation import Segmentation, segment
@@ -77,7 +78,10 @@ def scan_text(gray: np.ndarray, reader: Reader, eps_a: float, method: str = "cro
     if geo.slope is not None and len(geo.slope):
         info["skew_deg"] = round(seg.angle - math.degrees(math.atan(float(np.median(geo.slope)))), 3)
     boxes = [seg.page_box(g.box) for g in glyphs]
-    chars = scan_chars(reader, probs, x, eps_a, method, boxes, [g.line for g in glyphs], [g.space_before for g in glyphs])
+    outside = outside_alphabet(canv, probs.argmax(1), reader.tables[geo.table or "robust"])
+    info["outside_alphabet"] = int(outside[0].sum())
+    chars = scan_chars(reader, probs, x, eps_a, method, boxes, [g.line for g in glyphs], [g.space_before for g in glyphs],
+                       outside=outside)
     return ScanResult(page=page_name, mode="text", eps_a=eps_a, method=method, chars=chars,
                       page_px=(gray.shape[1], gray.shape[0]), info=info)
 
