@@ -657,3 +657,26 @@ def test_marks_outside_the_alphabet_are_reported_not_read_as_letters(tmp_path, r
     dash = np.zeros_like(protos[:1])
     dash[0, 18:21, 10:22] = 1.0
     assert outside_alphabet(dash, np.array([0]), reader.tables["robust"])[0].all()
+
+
+def test_a_character_much_wider_than_its_class_is_reported_outside():
+    """A mark merged into a letter keeps the letter's height but widens it (`/W` read as M on a
+    9-pt page). Against a 6 x 20 px bar prototype: a 16-px wide bar (ink error 5/3, width off by
+    0.5 of the height) is outside the alphabet; a 9-px bar (a bold print: ink error 0.5, width off
+    by 0.15) and the bar itself are not; a 6 x 8 bar (a hyphen's height) is."""
+    from a5ocr.scan.ink import ink_extents
+    from a5ocr.scan.reader import outside_alphabet
+
+    def bar(width, height=20):
+        c = np.zeros((32, 32), np.float32)
+        c[6 : 6 + height, 16 - width // 2 : 16 - width // 2 + width] = 1.0
+        return c
+
+    proto = bar(6)
+    (top, bottom), (left, right) = ink_extents(proto.max(axis=1)), ink_extents(proto.max(axis=0))
+    table = {"glyphs": proto[None], "top": np.array([top]), "bottom": np.array([bottom]),
+             "left": np.array([left]), "right": np.array([right])}
+    canv = np.stack([bar(16), bar(9), proto, bar(6, 8)])
+    mask, ink_err, _ = outside_alphabet(canv, np.zeros(4, np.int64), table)
+    assert mask.tolist() == [True, False, False, True]
+    assert np.allclose(ink_err, [10 * 20 / 120, 3 * 20 / 120, 0.0, 12 * 6 / 120])

@@ -48,7 +48,7 @@ class ScanChar:
     second_confidence: float = 0.0
     expected: str | None = None  # the true character here; "" nothing there; None: no truth known
     read_as: str = ""  # for a character outside the alphabet (char = OUTSIDE_MARK): the class the classifier said
-    prototype_error: tuple[float, float] | None = None  # ``reader.outside_alphabet``'s (ink, height) of the class read
+    prototype_error: tuple[float, float] | None = None  # ``reader.outside_alphabet``'s (ink, box) of the class read
 
     @property
     def outside_alphabet(self) -> bool:
@@ -65,7 +65,7 @@ class ScanChar:
                 "expected": self.expected, "correct": self.correct, "outside_alphabet": self.outside_alphabet,
                 "read_as": self.read_as or self.char,
                 "prototype_error": None if self.prototype_error is None else
-                {"ink": round(self.prototype_error[0], 4), "height": round(self.prototype_error[1], 4)}}
+                {"ink": round(self.prototype_error[0], 4), "box": round(self.prototype_error[1], 4)}}
 
 
 @dataclass
@@ -194,7 +194,7 @@ def scan_chars(reader: Reader, probs: np.ndarray, x: torch.Tensor, eps_a: float,
                expected=None, outside: tuple | None = None) -> list[ScanChar]:
     """The characters read (probabilities [n, K], classifier inputs x [n, 3, R, R]), certified.
 
-    ``outside``: ``reader.outside_alphabet``'s (mask, ink error, height mismatch) (running text);
+    ``outside``: ``reader.outside_alphabet``'s (mask, ink error, box mismatch) (running text);
     a character in the mask is reported as ``OUTSIDE_MARK`` (outside the alphabet), not certified, radius 0."""
     pred = probs.argmax(1) if len(probs) else np.zeros(0, np.int64)
     inside = np.ones(len(pred), bool) if outside is None else ~np.asarray(outside[0], bool)
