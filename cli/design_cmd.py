@@ -25,7 +25,7 @@ def design(
     classifier: Optional[Path] = typer.Option(None, help="Legacy classifier (safetensors from a5ocr) for A5/P; without it a CROWN-IBP classifier is trained first."),
     preset: str = typer.Option("cpu", help="cpu (32x32, minutes on a laptop), paper (128x128 and the paper's net, for a GPU), tiny (seconds, smoke test)."),
     resolution: Optional[int] = typer.Option(None, help="Canvas size in pixels (default from the preset)."),
-    print_scale: Optional[int] = typer.Option(None, "--print-scale", help="Design the glyphs S times finer than the sensor (the print; the classifier still sees --resolution px): default from the preset (cpu 4, paper and tiny 1)."),
+    print_scale: Optional[int] = typer.Option(None, "--print-scale", help="Design the glyphs S times finer than the sensor (the print; the classifier still sees --resolution px): default 1 (every preset; 4 is the print-resolution design: a 128 px print for the cpu preset's 32 px sensor)."),
     defence: str = typer.Option("pixel", "--defence", help="The glyph change: pixel (one value per print pixel, the paper's) or coarse:F (on a grid F times coarser than the print, upsampled smoothly: clean strokes)."),
     defence_tv: float = typer.Option(0.0, "--defence-tv", help="Weight of a total-variation penalty on the glyph change (0: none)."),
     ink: str = typer.Option("gray", help="gray (any ink level) or binary (each pixel ink or paper: printable exactly)."),

@@ -218,7 +218,8 @@ def test_a_print_scale_design_runs_through_evaluation_and_is_read_back(tmp_path)
         DesignConfig(**TINY, print_scale=1, parameterisation={"kind": "coarse", "factor": 3}).resolved()
     with pytest.raises(DesignError, match="--defence"):
         parameterisation_option("coarse:x")
-    assert DesignConfig(**TINY).resolved().print_scale == 1 and DesignConfig(font="comic-neue").resolved().print_scale == 4
+    assert DesignConfig(**TINY).resolved().print_scale == 1 and DesignConfig(font="comic-neue").resolved().print_scale == 1
+    assert DesignConfig(font="comic-neue", print_scale=4).resolved().print_scale == 4
 
 
 # ----------------------------------------------------------------------------- --eps-print
