@@ -1,8 +1,11 @@
 """Export of a design: printable sheets, installable fonts, PNGs and figures.
 
 Modules, one concept each: ``sheet`` (page layout, rendering, registration discs, the layout
-sidecar), ``pdf`` (the lossless PDF writer), ``font`` (fontTools font building and verification),
-``outline`` (raster -> contour tracers), ``images`` (per-glyph PNGs, the Fig. 4 figure),
+sidecar), ``pdf`` (the vector PDF sheet, drawn with reportlab), ``font`` (the exported font:
+the source font with the designed glyphs replaced, and its verification), ``glyph_tables`` (the
+source font's outline table, kept or converted, designed glyphs swapped in), ``smooth`` (smooth
+outlines of a design: a fitted coverage field's half-ink line as a spline), ``outline`` (raster
+-> contour tracers: pixels, contour, halftone), ``images`` (per-glyph PNGs, the Fig. 4 figure),
 ``roundtrip`` (FreeType rendering at the design geometry, IoU), ``common`` (shared helpers);
 for other verifiers: ``onnx_model`` (the classifier as ONNX) and ``vnnlib`` (one VNNLIB property
 per evaluation sample, ``instances.csv`` and a manifest of our verdicts: a VNN-COMP benchmark).
