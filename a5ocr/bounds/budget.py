@@ -14,9 +14,8 @@ _CROWN_WORK_FACTOR = 5.0
 # gradients (certification) 6 GiB. Under autograd (training) it follows the IBP pass: twice the
 # bytes of the pre-activation bounds, at least 0.25 GiB, so that the chunked, checkpointed CROWN
 # pass adds about what the IBP pass holds and the step's peak stays within ~2x IBP's. Measured
-# (paper net, batch 124, k = 4, 1 torch thread, process CPU time on a loaded machine; RESULTS.md):
-# 64x64 peak RSS 1.87 -> 1.12-1.22 GiB (IBP 0.70) for 1.3x the CPU time; 128x128 4.80 -> 2.64 GiB
-# (IBP 1.62) for 1.09x.
+# (paper net, batch 124, k = 4, 1 torch thread, quiet machine; RESULTS.md): 64x64 peak RSS
+# 1.80 -> 1.25 GiB (IBP 0.70) for 1.37x the time; 128x128 4.82 -> 2.97 GiB (IBP 1.55) for 1.11x.
 NO_GRAD_BUDGET_GIB = 6.0
 TRAIN_BUDGET_FACTOR = 2.0
 TRAIN_BUDGET_FLOOR_GIB = 0.25
