@@ -29,7 +29,6 @@ differentiable; ``sound=True``: float64), ``certify_print`` (float64, no gradien
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Optional
 
@@ -41,6 +40,7 @@ from a5ocr import acquisition as acq
 from a5ocr.acquisition import AcquisitionConfig
 from a5ocr.bounds.api import (
     _group_size,
+    _sound_copy,
     _num_classes,
     _other_classes,
     _scatter_margins,
@@ -61,10 +61,6 @@ _WHOLE = {"max_memory_gib": 1e15}
 def take_params(params: Params, index: Tensor) -> Params:
     """The parameters of the samples ``index`` (a LongTensor [m]): {name: [m, ...]}."""
     return {k: v.index_select(0, index.to(v.device)) for k, v in params.items()}
-
-
-def params_batch(params: Params) -> int:
-    return int(params["angle"].shape[0])
 
 
 class CameraAffine(nn.Module):
@@ -288,7 +284,7 @@ def camera_margin_lower_bounds(
     _check_gray(w)
     if sound:
         with torch.no_grad():
-            m64 = copy.deepcopy(model).double()
+            m64 = _sound_copy(model)
             p64 = {n: v.double() if v.is_floating_point() else v for n, v in params.items()}
             return camera_margin_lower_bounds(m64, w.double(), p64, cfg, labels, eps_print, eps_a, method, f=f, k=k,
                                               **options)
@@ -333,7 +329,7 @@ def certify_print(
     n = w.shape[0]
     out = []
     with torch.no_grad():
-        m64 = copy.deepcopy(model).double()
+        m64 = _sound_copy(model)
         for s in range(0, n, chunk):
             i = torch.arange(s, min(n, s + chunk), device=labels.device)
             p = {k: v.double() if v.is_floating_point() else v for k, v in take_params(params, i).items()}

@@ -16,7 +16,6 @@ at the float64 camera's image misclassifies it (the arithmetic of the certificat
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 
@@ -25,8 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from a5ocr.acquisition import AcquisitionConfig, apply
+from a5ocr.bounds.api import _sound_copy
 from a5ocr.bounds.camera import take_params
-from a5ocr.evaluation.attacks.linf import default_generator, top_targets
+from a5ocr.evaluation.attacks.linf import default_generator, top_targets, uniform
 
 Tensor = torch.Tensor
 
@@ -81,17 +81,11 @@ def pgd_print(
     gen = default_generator(generator)
     w = w.detach()
     lo, hi = (w - eps_print).clamp(0, 1), (w + eps_print).clamp(0, 1)
-    with torch.no_grad():
-        x0 = apply(w, params, cfg)
-    best_w, best_d = w.clone(), torch.zeros_like(x0)
+    best_w, best_d = w.clone(), _no_image_change(w, params)
     best = torch.full((w.shape[0],), -math.inf, dtype=w.dtype, device=w.device)
-
-    def rand(like):
-        return 2 * torch.rand(like.shape, generator=gen, device=gen.device, dtype=like.dtype).to(like.device) - 1
-
     for _ in range(max(1, restarts)):
-        wv = (w + eps_print * rand(w)).clamp(lo, hi)
-        dv = eps_a * rand(x0)
+        wv = (w + eps_print * uniform(w.shape, w, gen)).clamp(lo, hi)
+        dv = eps_a * uniform(best_d.shape, best_d, gen)
         for t in range(steps + 1):
             with torch.enable_grad():
                 wv_, dv_ = wv.detach().requires_grad_(True), dv.detach().requires_grad_(True)
@@ -110,10 +104,14 @@ def pgd_print(
     return best_w, best_d
 
 
-def misclassified64(model: nn.Module, w_adv: Tensor, dx: Tensor, params: dict, cfg: AcquisitionConfig,
+def _no_image_change(w: Tensor, params: dict) -> Tensor:
+    """dx = 0 [B, 3, R, R] for glyphs w [B, ...] (R the sensor's: the noise's size)."""
+    return torch.zeros((w.shape[0], 3) + tuple(params["noise"].shape[-2:]), dtype=w.dtype, device=w.device)
+
+
+def misclassified64(m64: nn.Module, w_adv: Tensor, dx: Tensor, params: dict, cfg: AcquisitionConfig,
                     labels: Tensor) -> Tensor:
-    """Float64 model at the float64 camera's image of (w_adv, dx): BoolTensor [B]."""
-    m64 = copy.deepcopy(model).double()
+    """The float64 model ``m64`` at the float64 camera's image of (w_adv, dx): BoolTensor [B]."""
     p64 = {k: v.double() if v.is_floating_point() else v for k, v in params.items()}
     with torch.no_grad():
         return m64(attacked_image(w_adv.double(), dx.double(), p64, cfg)).argmax(1) != labels
@@ -132,7 +130,8 @@ def print_attack(
     with torch.no_grad():
         x0 = apply(w, params, cfg)
     w_adv, dx = w.clone(), torch.zeros_like(x0)
-    broken = misclassified64(model, w, dx, params, cfg, labels)
+    m64 = _sound_copy(model)  # once per call: every check below is against the same float64 model
+    broken = misclassified64(m64, w, dx, params, cfg, labels)
     per = {"clean": int(broken.sum())}
     for name, kind, steps, restarts in PRINT_STRENGTHS[strength]:
         per[name] = 0
@@ -148,7 +147,7 @@ def print_attack(
             p = take_params(params, idx)
             wa, da = pgd_print(model, w[idx], p, cfg, labels[idx], eps_print, eps_a, loss=kind, steps=steps,
                                restarts=restarts, target=None if tg is None else tg[live], generator=gen)
-            ok = misclassified64(model, wa, da, p, cfg, labels[idx])
+            ok = misclassified64(m64, wa, da, p, cfg, labels[idx])
             keep = ok | (name == "pgd-ce")  # the CE points for the unbroken, the breaking points for all
             w_adv[idx[keep]], dx[idx[keep]] = wa[keep], da[keep]
             broken[idx[ok]] = True
