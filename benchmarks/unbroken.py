@@ -36,10 +36,10 @@ from pathlib import Path
 
 import torch
 
-from a5ocr.acquisition import Acquisition
-from a5ocr.evaluation import acquisitions, certified_radius, certify_batch
+from a5ocr.evaluation import certified_radius, certify_batch
 from a5ocr.evaluation.attacks import attack, fab_targeted
 from a5ocr.evaluation.certify import certify_cascade
+from a5ocr.export.vnnlib import evaluation_samples
 from a5ocr.runs import load_run
 
 ATTACK_SEED = 104_729  # the protocol's attack generator: eval seed + this (protocol._attack_picked)
@@ -48,15 +48,7 @@ BATCH = 250
 
 def protocol_samples(run, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first n acquisitions of the original glyphs in Table 9's evaluation (100 per character)."""
-    acq = Acquisition(run.resolution, run.acquisition)
-    xs, ys, got = [], [], 0
-    for x, y in acquisitions(run.original, acq, 100, run.eval_seed):
-        xs.append(x)
-        ys.append(y)
-        got += y.numel()
-        if got >= n:
-            break
-    return torch.cat(xs)[:n], torch.cat(ys)[:n]
+    return evaluation_samples(run, n, samples_per_char=100, seed=run.eval_seed, original=True)
 
 
 def standard_attack(model, x, y, eps, seed: int):
