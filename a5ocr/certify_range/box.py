@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from a5ocr.acquisition import AcquisitionConfig, apply
 from a5ocr.errors import A5Error, CertifyRangeError
 
 DIMS = ("angle_deg", "shift_x_px", "shift_y_px", "scale")
@@ -135,3 +136,9 @@ def acquisition_params(poses: torch.Tensor, resolution: int, cam: FixedCamera) -
         "saturation": ones.clone(),
         "hue": torch.zeros(n),
     }
+
+
+def acquire(glyphs: torch.Tensor, poses: torch.Tensor, cam: FixedCamera, cfg: AcquisitionConfig) -> torch.Tensor:
+    """glyphs [n, S*R, S*R] at poses [n, 4] -> images [n, 3, R, R] (the real ``apply``)."""
+    with torch.no_grad():
+        return apply(glyphs.float(), acquisition_params(poses, glyphs.shape[-1] // cam.print_scale, cam), cfg)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from a5ocr.acquisition import AcquisitionConfig, apply
-from a5ocr.certify_range.box import FixedCamera, acquisition_params, sample_poses
+from a5ocr.acquisition import AcquisitionConfig
+from a5ocr.certify_range.box import FixedCamera, acquire, sample_poses
 from a5ocr.certify_range.split import Leaf
 from a5ocr.evaluation import attacks
 
@@ -22,12 +22,6 @@ CHUNK = 2048  # acquisitions per classifier call
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def acquire(glyphs: torch.Tensor, poses: torch.Tensor, cam: FixedCamera, cfg: AcquisitionConfig) -> torch.Tensor:
-    """glyphs [n, S*R, S*R] at poses [n, 4] -> images [n, 3, R, R] (the real ``apply``)."""
-    with torch.no_grad():
-        return apply(glyphs.float(), acquisition_params(poses, glyphs.shape[-1] // cam.print_scale, cam), cfg)
 
 
 def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from a5ocr import bounds
-from a5ocr.acquisition import AcquisitionConfig, apply
-from a5ocr.certify_range.box import ANGLE, SCALE, SHIFT_X, SHIFT_Y, FixedCamera, acquisition_params, volume_fraction, widths
+from a5ocr.acquisition import AcquisitionConfig
+from a5ocr.certify_range.box import ANGLE, SCALE, SHIFT_X, SHIFT_Y, FixedCamera, acquire, volume_fraction, widths
 from a5ocr.certify_range.interval import interval_images
 
 INITIAL_MOTION_PX = 2.0
@@ -115,8 +115,8 @@ def centre_predictions(model: nn.Module, glyphs: torch.Tensor, labels: torch.Ten
     ``labels`` [N], the true classes, are the caller's to compare)."""
     poses = boxes.mean(dim=2)
     device = next(model.parameters()).device
+    x = acquire(glyphs, poses, cam, cfg)
     with torch.no_grad():
-        x = apply(glyphs.float(), acquisition_params(poses, glyphs.shape[-1] // cam.print_scale, cam), cfg)
         pred = model(x.to(device)).argmax(dim=1).cpu()
     return poses, pred
 
