@@ -44,10 +44,10 @@ from a5ocr.bounds.api import (
     _num_classes,
     _other_classes,
     _scatter_margins,
-    ibp_first_margin_lower_bounds,
     robust_margins,
 )
 from a5ocr.bounds.engine import METHODS, bounds_for
+from a5ocr.bounds.pruned import pruned_margin_bounds
 from a5ocr.bounds.layers import LAYER_RULES, BoundChannelAffine, BoundLayer
 
 Tensor = torch.Tensor
@@ -298,7 +298,7 @@ def _cascade_margins(model, w, params, cfg, labels, eps_print, eps_a, method, **
     """``bounds.ibp_first_margin_lower_bounds`` through the camera (float64 inputs). That cascade
     runs ``method`` on subsets of samples grouped by their number of IBP-unproven margins, and
     a camera net holds the parameters of its own samples only: so the samples are grouped here
-    the same way and each group gets its net (inside it, one subset: the whole group)."""
+    the same way and each group gets its net."""
     gs = tuple(w.shape[1:])
     net = camera_net(model, params, cfg, gs, eps_a > 0)
     lo, hi = print_box(w, eps_print, eps_a, net[0].image_shape)
@@ -312,7 +312,11 @@ def _cascade_margins(model, w, params, cfg, labels, eps_print, eps_a, method, **
     for kk in sorted(set(group[unproven > 0].tolist())):
         i = torch.nonzero((group == kk) & (unproven > 0)).flatten()
         sub = camera_net(model, take_params(params, i), cfg, gs, eps_a > 0)
-        lb[i] = ibp_first_margin_lower_bounds(sub, lo[i], hi[i], labels[i], method, chunk=i.numel(), **options, **_WHOLE)
+        # the inner step of ibp_first_margin_lower_bounds on the group (its IBP pass is the one
+        # pruned_margin_bounds runs anyway): each entry max(IBP, method) on the kk hardest margins
+        with torch.no_grad():
+            tight, pos, ibp = pruned_margin_bounds(sub, lo[i], hi[i], labels[i], others[i], method, kk, **options, **_WHOLE)
+        lb[i] = _scatter_margins(ibp.scatter(1, pos, torch.maximum(tight, ibp.gather(1, pos))), others[i], K)
     return lb
 
 
