@@ -507,6 +507,38 @@ def test_standard_suite_breaks_a_gradient_masked_net_with_square(tiny):
     assert torch.equal(res.success, _wrong(q, res.x_adv, y[:10]))
 
 
+def test_each_stage_runs_once_on_all_survivors_in_chunks(tiny, monkeypatch):
+    """Stage by stage over the whole batch: every stage sees exactly the samples no earlier stage
+    broke, gathered from every chunk (ceil(survivors / batch) calls, then the next stage)."""
+    from a5ocr.evaluation.attacks import suite
+
+    net, x, y = tiny
+    q = _Quantised(net).eval()  # APGD breaks nothing here, Square most
+    calls, real = [], dict(suite.KINDS)
+
+    def spy(kind):
+        def run(model, xs, ys, es, **kw):
+            calls.append((kind, xs.shape[0]))
+            return real[kind](model, xs, ys, es, **kw)
+        return run
+
+    monkeypatch.setattr(suite, "KINDS", {k: spy(k) for k in real})
+    monkeypatch.setitem(suite.STRENGTHS, "spy", [("apgd-ce", "apgd", dict(steps=5)), ("square", "square", dict(queries=300)),
+                                                 ("pgd-ce", "pgd", dict(steps=5))])
+    seen = []
+    res = attack(q, x[:10], y[:10], 0.1, strength="spy", generator=_gen(0), batch_size=4,
+                 on_progress=lambda d, t: seen.append((d, t)))
+    kinds = [k for k, _ in calls]
+    assert kinds == sorted(kinds, key=["apgd", "square", "pgd"].index)  # stage-major order
+    assert [n for k, n in calls if k == "apgd"] == [4, 4, 2]
+    survivors = 10 - res.per_attack["clean"] - res.per_attack["apgd-ce"]
+    sq = [n for k, n in calls if k == "square"]
+    assert sum(sq) == survivors and len(sq) == -(-survivors // 4)
+    left = survivors - res.per_attack["square"]
+    assert sum(n for k, n in calls if k == "pgd") == left
+    assert seen[-1] == (30, 30) and all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
+
+
 # ----------------------------------------------------------------------- against the certificates
 TRAINED_RUN = Path(__file__).parent / "fixtures" / "premove" / "design"
 

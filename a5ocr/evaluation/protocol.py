@@ -379,18 +379,24 @@ def _attack_picked(
             continue
         record = out.per_attack[phase] = {"strength": strength, "samples": n_att}
         progress(phase, 0, n_att)
-        for s0 in range(0, n_att, attack_batch):
-            p = pos[s0 : s0 + attack_batch]
-            xb, yb = xs[p].to(device), result.labels[idx[p]].to(device)
+        # the image attack: one call, stage by stage over all of the group (the suite gathers
+        # every stage's survivors); the print attack (PGD only): chunk by chunk
+        chunks = [pos] if printed is None else [pos[s0 : s0 + attack_batch] for s0 in range(0, n_att, attack_batch)]
+        done = 0
+        for p in chunks:
+            yb = result.labels[idx[p]].to(device)
             if printed is None:
-                res = attacks.attack(model, xb, yb, eps_a, strength=strength, generator=gen)
+                res = attacks.attack(model, xs[p].to(device), yb, eps_a, strength=strength, generator=gen,
+                                     batch_size=attack_batch,
+                                     on_progress=lambda d, t, ph=phase: progress(ph, d * n_att // t, n_att))
             else:
                 res = printed.attack(p, yb, strength, gen, device)
             out.success[idx[p]] = res.success.cpu()
             x_adv_all[p] = res.x_adv.cpu()
             for name, v in res.per_attack.items():
                 record[name] = record.get(name, 0) + v
-            progress(phase, min(s0 + attack_batch, n_att), n_att)
+            done += p.numel()
+            progress(phase, done, n_att)
     hit = torch.nonzero(out.success[idx] & cert_any[idx]).flatten()
     if hit.numel() and printed is not None:
         out.broken = printed.broken(hit, xs[hit], x_adv_all[hit], result.labels[idx[hit]], idx[hit], methods)
