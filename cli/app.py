@@ -6,6 +6,7 @@ never a traceback; an interrupted run leaves its last checkpoint and says how to
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -28,9 +29,15 @@ app = typer.Typer(
 
 
 @app.callback()
-def _root() -> None:
+def _root(ctx: typer.Context) -> None:
     """a5ocr: certified robust printed characters (A5/P and A5/PC), image-side defences (A5/O, A5/R,
     A5/RC), evaluation, export and scanning."""
+    # Runs before every command: under torchrun (WORLD_SIZE > 1) only design is allowed, so the
+    # other commands stop here, before they write anything (one check for every command).
+    if "WORLD_SIZE" in os.environ:
+        from a5ocr.training.distributed import refuse_distributed  # local: torch, only under torchrun
+
+        refuse_distributed(ctx.invoked_subcommand)
 
 
 # One module per command.

@@ -48,6 +48,23 @@ def launched_rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
 
 
+# The commands that share their work over torchrun's processes; every other one would run N
+# copies that all write the same files.
+DISTRIBUTED_COMMANDS = ("design",)
+
+
+def refuse_distributed(command: str | None) -> None:
+    """Stop ``a5ocr <command>`` started by ``torchrun`` on more than one process (``WORLD_SIZE`` > 1)
+    unless it is one of ``DISTRIBUTED_COMMANDS``: an ``A5Error`` (one line, exit 2) before
+    anything is written. A single process (no ``WORLD_SIZE``, or 1) passes."""
+    if command is None or command in DISTRIBUTED_COMMANDS:
+        return
+    world = Distributed.from_env().world_size
+    if world > 1:
+        raise A5Error(f"a5ocr {command} does not run on several processes (WORLD_SIZE {world}): under torchrun "
+                      f"only {' and '.join(f'a5ocr {c}' for c in DISTRIBUTED_COMMANDS)} does; start it as one process")
+
+
 @dataclass
 class Distributed:
     """The processes of one run: this one's ``rank`` among ``world_size``, its ``local_rank``
