@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from a5ocr import models
-from a5ocr.acquisition import AcquisitionConfig
+from a5ocr.acquisition import Acquisition, AcquisitionConfig
 from a5ocr.errors import A5Error, CheckpointError, RunError
 from a5ocr.glyphs import GlyphSet
 from a5ocr.runio import append_jsonl, atomic_path, ensure_writable_dir, read_jsonl, write_json
@@ -205,6 +205,10 @@ class Run:
     family: str = ""
     font_path: str = ""
     print_scale: int = 1  # S: the glyphs are printed S times finer than the sensor's grid
+
+    def camera(self) -> Acquisition:
+        """The run's acquisition model: its camera settings, sensor R and print scale S."""
+        return Acquisition(self.resolution, self.acquisition, print_scale=self.print_scale)
 
 
 def read_json(path: Path) -> dict | None:

@@ -41,7 +41,6 @@ import time
 import torch
 
 from a5ocr import bounds
-from a5ocr.acquisition import Acquisition
 from a5ocr.evaluation import acquisitions
 from a5ocr.models import paper_net  # the paper's fonts classifier, as the project builds it
 from a5ocr.runs import load_run
@@ -154,7 +153,7 @@ def tightness(run_dir: str, samples_per_char: int, seed: int, ks: list[int], bat
     run = load_run(run_dir)
     model = run.model.float().eval()
     eps = run.eps_a if eps is None else eps
-    acq = Acquisition(run.resolution, run.acquisition)
+    acq = run.camera()
     variants = [("ibp", "ibp", None), ("crown-ibp (61)", "crown-ibp", None)] + [
         (f"crown-ibp k={k}", "crown-ibp", k) for k in ks]
     acc = {name: [] for name, _, _ in variants}

@@ -25,7 +25,6 @@ import time
 
 import torch
 
-from a5ocr.acquisition import Acquisition
 from a5ocr.evaluation.certify import certify_batch
 from a5ocr.evaluation.protocol import acquisitions
 from a5ocr.runs import load_run
@@ -33,7 +32,7 @@ from a5ocr.runs import load_run
 
 def _samples(run, original: bool, per_char: int) -> tuple[torch.Tensor, torch.Tensor]:
     glyphs = run.original if original else run.robust
-    acq = Acquisition(run.resolution, run.acquisition)
+    acq = run.camera()
     xs, ys = zip(*acquisitions(glyphs, acq, per_char, run.eval_seed))
     return torch.cat(xs), torch.cat(ys)
 

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch
 
-from a5ocr.acquisition import Acquisition
 from a5ocr.evaluation.protocol import evaluate
 from a5ocr.export import export_font, iou, rasterize_at_design
 from a5ocr.runs import load_design, load_run
@@ -35,7 +34,7 @@ from a5ocr.runs import load_design, load_run
 
 def measure(run, glyphs: torch.Tensor, samples_per_char: int, methods: tuple[str, ...]) -> dict:
     """The run's evaluation protocol on ``glyphs`` [K, S*R, S*R]: clean and certified error."""
-    acq = Acquisition(run.resolution, run.acquisition, print_scale=run.print_scale)
+    acq = run.camera()
     res = evaluate(run.model, glyphs, run.chars, acq, eps_a=run.eps_a, samples_per_char=samples_per_char,
                    seed=run.eval_seed, methods=methods)
     s = res.summary()

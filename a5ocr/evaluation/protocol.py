@@ -475,7 +475,7 @@ def evaluate_run(
     device = torch.device(device)
     eps = (0.0 if kwargs.get("eps_print", 0.0) > 0 else run.eps_a) if eps_a is None else eps_a
     glyphs = (run.original if original else run.robust).to(device)
-    acq = Acquisition(run.resolution, run.acquisition, print_scale=run.print_scale)
+    acq = run.camera()
     ev = evaluate_full(
         run.model.to(device), glyphs, run.chars, acq, eps_a=eps, seed=run.eval_seed if seed is None else seed,
         reference=run.original.to(device), **kwargs,

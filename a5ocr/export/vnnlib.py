@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from a5ocr.acquisition import Acquisition
 from a5ocr.errors import ExportError, check_in_unit_interval
 from a5ocr.evaluation import acquisitions
 from a5ocr.evaluation.certify import cascade_names, certify_cascade, linf_box
@@ -75,7 +74,7 @@ def evaluation_samples(run: Run, n: int, *, samples_per_char: int, seed: int, or
     with ``samples_per_char`` and ``seed`` on the CPU: the same generator, glyphs and chunking."""
     glyphs = (run.original if original else run.robust).cpu()
     xs, ys, have = [], [], 0
-    acq = Acquisition(run.resolution, run.acquisition, print_scale=run.print_scale)
+    acq = run.camera()
     for x, labels in acquisitions(glyphs, acq, samples_per_char, seed):
         xs.append(x)
         ys.append(labels)

@@ -86,7 +86,7 @@ def load_data(cfg: RobustifyConfig) -> tuple[Data, RobustifyConfig]:
             legacy = Path(run.config["classifier"])
         desc = f"acquired glyphs of design run {run.path} ({run.family}, {len(run.chars)} characters)"
         return Data(classes=run.chars, resolution=run.resolution, description=desc, glyphs=run.original.float(),
-                    acquisition=Acquisition(run.resolution, run.acquisition, print_scale=run.print_scale), font=run.font_path,
+                    acquisition=run.camera(), font=run.font_path,
                     legacy=legacy if legacy.is_file() else None), cfg
     g = rasterize(cfg.font, cfg.chars, cfg.resolution)
     acq = Acquisition(cfg.resolution, AcquisitionConfig.from_dict(cfg.acquisition))
