@@ -11,7 +11,7 @@ from torch import nn
 
 from a5ocr.bounds.engine import METHODS, BoundedSequential, bounds_for
 from a5ocr.bounds.loss import worst_case_cross_entropy
-from a5ocr.bounds.pruned import pruned_margin_bounds
+from a5ocr.bounds.pruned import best_on_hardest, margin_ibp_pass, pruned_margin_bounds
 
 Tensor = torch.Tensor
 
@@ -197,6 +197,15 @@ def _group_size(unproven: int, num_specs: int) -> int:
     return min(num_specs, 1 << max(0, unproven - 1).bit_length())
 
 
+def unproven_groups(ibp_lb: Tensor) -> list[tuple[int, Tensor]]:
+    """The cascade's groups from the IBP margin bounds ibp_lb [B, S]: [(k, index [m])], k
+    increasing, index the samples (increasing) with some margin <= 0 whose ``_group_size`` is k."""
+    unproven = (ibp_lb <= 0).sum(1)
+    group = torch.tensor([_group_size(int(u), ibp_lb.shape[1]) for u in unproven.tolist()], device=ibp_lb.device)
+    ks = sorted(set(group[unproven > 0].tolist()))
+    return [(k, torch.nonzero((group == k) & (unproven > 0)).flatten()) for k in ks]
+
+
 def ibp_first_margin_lower_bounds(
     model: nn.Module,
     x_lower: Tensor,
@@ -210,30 +219,37 @@ def ibp_first_margin_lower_bounds(
     """The certification cascade per margin: -> [B, K] (entry ``label`` = 0), no gradients.
 
     IBP bounds every margin y_label - y_j; ``method`` (a relaxation) runs only on the margins
-    that IBP leaves unproven (IBP bound <= 0), through ``pruned_margin_bounds`` on the k
-    hardest margins by IBP, k = the sample's number of unproven margins rounded up to a power
-    of two (``_group_size``: samples are batched by k). Each entry is max(IBP, ``method``)
-    where ``method`` ran, IBP elsewhere: a valid lower bound of its margin, at least the IBP one
-    and, on every margin IBP cannot prove, at least ``method``'s. Samples that IBP proves
-    entirely cost one IBP pass. Computed in the model's dtype (``certify`` gives it a float64 copy).
+    that IBP leaves unproven (IBP bound <= 0), on the k hardest margins by IBP, k = the
+    sample's number of unproven margins rounded up to a power of two (``_group_size``: samples
+    are batched by k, ``unproven_groups``), in chunks of ``chunk`` samples (default
+    ``_auto_chunk``). One IBP pass serves the whole batch: its bounds rank the margins and its
+    pre-activation bounds feed every chunk's relaxation (``pruned.relax_hardest``; only the
+    unproven samples' are kept, and a chunk is a view of them). Each entry is max(IBP,
+    ``method``) where ``method`` ran, IBP elsewhere: a valid lower bound of its margin, at least
+    the IBP one and, on every margin IBP cannot prove, at least ``method``'s. Samples that IBP
+    proves entirely cost one IBP pass. Computed in the model's dtype (``certify`` gives it a
+    float64 copy).
     """
     if method not in METHODS:
         raise ValueError(f"unknown bound method {method!r} (one of: {', '.join(METHODS)})")
     with torch.no_grad():
         K = _num_classes(model, x_lower)
         others = _other_classes(labels, K)
-        lb, _, _ = bounds_for(model, x_lower, x_upper, None, "ibp", margin=(labels, others))
         if method == "ibp":
+            lb, _, _ = bounds_for(model, x_lower, x_upper, None, "ibp", margin=(labels, others))
             return _scatter_margins(lb, others, K)
-        unproven = (lb <= 0).sum(1)
-        group = torch.tensor([_group_size(int(u), K - 1) for u in unproven.tolist()], device=labels.device)
-        for k in sorted(set(group[unproven > 0].tolist())):
-            idx = torch.nonzero((group == k) & (unproven > 0)).flatten()
+        ibp = margin_ibp_pass(model, x_lower, x_upper, labels, others)
+        lb = ibp.ibp_lb
+        groups = unproven_groups(lb)
+        if groups:
+            ibp.take_(torch.cat([idx for _, idx in groups]))  # the unproven samples, each group contiguous
+        start = 0
+        for k, idx in groups:
             step = chunk or _auto_chunk(model, x_lower, k, method)
             for s in range(0, idx.numel(), step):
-                i = idx[s : s + step]
-                tight, pos, ibp = pruned_margin_bounds(model, x_lower[i], x_upper[i], labels[i], others[i], method, k, **options)
-                lb[i] = ibp.scatter(1, pos, torch.maximum(tight, ibp.gather(1, pos)))
+                part = ibp.take(slice(start + s, start + min(idx.numel(), s + step)))
+                lb[idx[s : s + step]] = best_on_hardest(part, method, k, **options)
+            start += idx.numel()
         return _scatter_margins(lb, others, K)
 
 
