@@ -100,7 +100,7 @@ def glyph_loops(design: Design, k: int, method: str = "auto", oversample: int = 
     for r, c in zip(rows, cols):
         h = 0.5 * math.sqrt(float(w[r, c]))
         cx, cy = c + 0.5, r + 0.5
-        # clockwise with y up == in image coords (y down): left-top, left-bottom... see outline._orient
+        # clockwise with y up (the TrueType rule of the outline module's doc): in image coords (y down) TL, TR, BR, BL
         loops.append(np.array([[cx - h, cy - h], [cx + h, cy - h], [cx + h, cy + h], [cx - h, cy + h]]))
     return loops
 

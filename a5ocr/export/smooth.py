@@ -10,7 +10,8 @@ a damped fixed-point iteration g += eta (w - coverage + margin terms) starting f
 the iterate whose masks agree best. (The plain 0.5 iso-line of the bilinear design, ``contour``,
 misses thin gray strokes: IoU 0.83 for a 1-px-wide "i" of a 32-px A5/PC design.) Its 0.5 iso-line
 (``outline.bilinear_upsample`` + ``outline.trace_level``: sub-pixel exact, paper outside the
-canvas) is simplified with Ramer-Douglas-Peucker to ``tolerance`` design pixels. The simplified
+canvas, scikit-image's marching squares) is simplified with Ramer-Douglas-Peucker (scikit-image's
+``approximate_polygon``) to ``tolerance`` design pixels. The simplified
 polygon is then read as the control polygon of a TrueType quadratic spline: every vertex is an
 off-curve point, the on-curve points are implied half-way between them (so the curve is C1:
 tangent-continuous, no staircase, no kink), except at corners (turning angle above
