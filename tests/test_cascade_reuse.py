@@ -3,7 +3,8 @@
 (an IBP pass over the batch, then ``pruned_margin_bounds`` per chunk of each group, each with
 its own IBP pass), bit for bit where IBP's arithmetic is exact; one IBP pass in all; only the
 unproven samples' IBP bounds kept, each chunk a view of them; ``pruned_margin_bounds`` (training)
-unchanged in values and gradients.
+unchanged in values and gradients; the print cascade (``camera._cascade_margins``) on the same
+code.
 
 Bit-identity to the old composition needs IBP on a sub-batch to give the rows of IBP on the
 batch, which CPU GEMMs do not promise (their blocking depends on the batch size: F.linear on
@@ -19,11 +20,13 @@ import math
 
 import pytest
 import torch
+from test_print_threat import mlp as print_mlp
+from test_print_threat import setup as print_setup
 from torch import nn
 
-from a5ocr import bounds
-from a5ocr.bounds import engine, pruned
-from a5ocr.bounds.api import _auto_chunk, _group_size, _other_classes, _scatter_margins
+from a5ocr import acquisition, bounds
+from a5ocr.bounds import camera, engine, pruned
+from a5ocr.bounds.api import _auto_chunk, _group_size, _other_classes, _scatter_margins, _sound_copy
 from a5ocr.bounds.engine import _dense_margin_spec, _ibp_final, _prepare, bounds_for, relaxed_bounds
 
 K = 10
@@ -206,3 +209,38 @@ def test_pruned_margin_bounds_values_and_gradients_are_unchanged(method):
     assert all(torch.equal(a, b) for a, b in zip(*results))
     assert results[0][3].abs().sum() > 0  # gradients flow
 
+
+def old_camera_cascade(model, w, params, cfg, labels, eps_print, eps_a, method):
+    """The print cascade as it was: each group's ``pruned_margin_bounds`` on the group's camera
+    net, with its own IBP pass."""
+    net = camera.camera_net(model, params, cfg, tuple(w.shape[1:]), eps_a > 0)
+    lo, hi = camera.print_box(w, eps_print, eps_a, net[0].image_shape)
+    others = _other_classes(labels, 6)
+    lb = bounds_for(net, lo, hi, None, "ibp", margin=(labels, others))[0]
+    unproven = (lb <= 0).sum(1)
+    group = torch.tensor([_group_size(int(u), 5) for u in unproven.tolist()])
+    for k in sorted(set(group[unproven > 0].tolist())):
+        i = torch.nonzero((group == k) & (unproven > 0)).flatten()
+        sub = camera.camera_net(model, camera.take_params(params, i), cfg, tuple(w.shape[1:]), eps_a > 0)
+        tight, pos, ibp = old_pruned(sub, lo[i], hi[i], labels[i], others[i], method, k, max_memory_gib=1e15)
+        lb[i] = ibp.scatter(1, pos, torch.maximum(tight, ibp.gather(1, pos)))
+    return _scatter_margins(lb, others, 6)
+
+
+def test_print_cascade_runs_one_ibp_pass_and_agrees_with_the_old_one(monkeypatch):
+    """The print cascade shares the image cascade's code (one IBP pass over the chunk's camera
+    net; each group's relaxation on its own net from its rows of that pass): the old bounds to
+    rounding (sub-batch GEMMs), IBP-proven samples exactly."""
+    model = _sound_copy(print_mlp(8, classes=6))
+    cfg, params, w = print_setup(12, seed=8)
+    with torch.no_grad():
+        labels = model(acquisition.apply(w, params, cfg)).argmax(1)
+        ibp = camera._cascade_margins(model, w, params, cfg, labels, 0.01, 0.005, "ibp")
+        old = old_camera_cascade(model, w, params, cfg, labels, 0.01, 0.005, "crown-ibp")
+        lb, passes = with_ibp_passes(monkeypatch, lambda: camera._cascade_margins(
+            model, w, params, cfg, labels, 0.01, 0.005, "crown-ibp"))
+    assert passes == [12]
+    proven = ((ibp > 0) | (torch.arange(6) == labels.view(-1, 1))).all(1)
+    assert 0 < int(proven.sum()) < 12 and torch.equal(lb[proven], ibp[proven])
+    assert torch.all(lb >= ibp) and torch.any(lb > ibp)
+    assert torch.allclose(lb, old, rtol=0, atol=1e-12)

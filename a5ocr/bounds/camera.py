@@ -30,6 +30,7 @@ differentiable; ``sound=True``: float64), ``certify_print`` (float64, no gradien
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Optional
 
 import kornia
@@ -39,15 +40,15 @@ from torch import nn
 from a5ocr import acquisition as acq
 from a5ocr.acquisition import AcquisitionConfig
 from a5ocr.bounds.api import (
-    _group_size,
     _sound_copy,
     _num_classes,
     _other_classes,
     _scatter_margins,
     robust_margins,
+    unproven_groups,
 )
-from a5ocr.bounds.engine import METHODS, bounds_for
-from a5ocr.bounds.pruned import pruned_margin_bounds
+from a5ocr.bounds.engine import METHODS, BoundedSequential, bounds_for
+from a5ocr.bounds.pruned import best_on_hardest, margin_ibp_pass
 from a5ocr.bounds.layers import LAYER_RULES, BoundChannelAffine, BoundLayer
 
 Tensor = torch.Tensor
@@ -295,29 +296,24 @@ def camera_margin_lower_bounds(
 
 
 def _cascade_margins(model, w, params, cfg, labels, eps_print, eps_a, method, **options) -> Tensor:
-    """``bounds.ibp_first_margin_lower_bounds`` through the camera (float64 inputs). That cascade
-    runs ``method`` on subsets of samples grouped by their number of IBP-unproven margins, and
-    a camera net holds the parameters of its own samples only: so the samples are grouped here
-    the same way and each group gets its net."""
+    """``bounds.ibp_first_margin_lower_bounds`` through the camera (float64 inputs, no
+    gradients). One IBP pass over the chunk's net; the samples are grouped the same way
+    (``unproven_groups``) and, since a camera net holds the parameters of its own samples only,
+    each group's relaxation runs on the group's own net, from the group's rows of that pass."""
     gs = tuple(w.shape[1:])
     net = camera_net(model, params, cfg, gs, eps_a > 0)
     lo, hi = print_box(w, eps_print, eps_a, net[0].image_shape)
     K = _num_classes(net, lo)
     others = _other_classes(labels, K)
-    lb = _scatter_margins(bounds_for(net, lo, hi, None, "ibp", margin=(labels, others))[0], others, K)
-    if method == "ibp":
-        return lb
-    unproven = (lb <= 0).sum(1) - 1  # the label's entry is 0
-    group = torch.tensor([_group_size(int(u), K - 1) for u in unproven.tolist()], device=labels.device)
-    for kk in sorted(set(group[unproven > 0].tolist())):
-        i = torch.nonzero((group == kk) & (unproven > 0)).flatten()
-        sub = camera_net(model, take_params(params, i), cfg, gs, eps_a > 0)
-        # the inner step of ibp_first_margin_lower_bounds on the group (its IBP pass is the one
-        # pruned_margin_bounds runs anyway): each entry max(IBP, method) on the kk hardest margins
-        with torch.no_grad():
-            tight, pos, ibp = pruned_margin_bounds(sub, lo[i], hi[i], labels[i], others[i], method, kk, **options, **_WHOLE)
-        lb[i] = _scatter_margins(ibp.scatter(1, pos, torch.maximum(tight, ibp.gather(1, pos))), others[i], K)
-    return lb
+    with torch.no_grad():
+        if method == "ibp":
+            return _scatter_margins(bounds_for(net, lo, hi, None, "ibp", margin=(labels, others))[0], others, K)
+        ibp = margin_ibp_pass(net, lo, hi, labels, others)
+        lb = ibp.ibp_lb
+        for kk, i in unproven_groups(lb):
+            sub = camera_net(model, take_params(params, i), cfg, gs, eps_a > 0)
+            lb[i] = best_on_hardest(replace(ibp.take(i), net=BoundedSequential(sub)), method, kk, **options, **_WHOLE)
+    return _scatter_margins(lb, others, K)
 
 
 def certify_print(
