@@ -1,4 +1,10 @@
-"""The real console script: bad input gets one clear line and exit code 2, no traceback."""
+"""Bad input gets one clear line and exit code 2, no traceback: each message through the entry
+point ``a5ocr.cli.app.main`` in this process (the ``a5ocr_main`` fixture), and the real console
+script (``a5ocr``, ``python -m a5ocr.cli``, ``python -m a5ocr.cli.app``) as separate processes.
+
+The message table runs in-process: a subprocess per case paid a fresh torch import each (the
+slowest part of the suite) and proved nothing more than the real-process tests below, which run
+the same ``main`` behind all three command lines."""
 
 import json
 import subprocess
@@ -31,27 +37,31 @@ def run(*args, cwd=None):
         (["robustify", "--preset", "tiny", "--train-bounds", "exact"], "train_bounds must be mixed or one of"),
     ],
 )
-def test_bad_input_is_one_line_exit_2(args, needle, tmp_path):
-    r = run(*args, "--out", str(tmp_path / "o"))
-    assert r.returncode == 2, r.stderr
-    assert needle in r.stderr + r.stdout
-    assert "Traceback" not in r.stderr
+def test_bad_input_is_one_line_exit_2(args, needle, tmp_path, a5ocr_main):
+    code, out, err = a5ocr_main(*args, "--out", tmp_path / "o")
+    assert code == 2, err
+    assert needle in err + out
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()  # refused before anything is written
 
 
-def test_corrupt_classifier_and_unwritable_out(tmp_path):
+def test_corrupt_classifier_and_unwritable_out(tmp_path, a5ocr_main):
     bad = tmp_path / "c.safetensors"
     bad.write_bytes(b"garbage" * 20)
-    r = run("design", "--recipe", "p", "--classifier", str(bad), "--preset", "tiny", "--out", str(tmp_path / "o"))
-    assert r.returncode == 2 and "not a readable" in r.stderr and "Traceback" not in r.stderr
+    code, _, err = a5ocr_main("design", "--recipe", "p", "--classifier", bad, "--preset", "tiny", "--out", tmp_path / "o")
+    assert code == 2 and "not a readable" in err and "Traceback" not in err
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    r = run("design", "--preset", "tiny", "--chars", "AB", "--out", str(blocker / "sub"))
-    assert r.returncode == 2 and "cannot write" in r.stderr and "Traceback" not in r.stderr
+    code, _, err = a5ocr_main("design", "--preset", "tiny", "--chars", "AB", "--out", blocker / "sub")
+    assert code == 2 and "cannot write" in err and "Traceback" not in err
 
 
 def test_design_command_runs_and_writes_summary(tmp_path):
+    """``python -m a5ocr.cli.app design`` in its own process, a short schedule (what is checked is
+    the command's run and its summary, not the training) on one torch thread."""
     out = tmp_path / "run"
-    r = run("design", "--preset", "tiny", "--chars", "AOo0", "--eps-a", "0.05", "--eval-samples", "3", "--device", "cpu", "--out", str(out))
+    r = run("design", "--preset", "tiny", "--chars", "AOo0", "--eps-a", "0.05", "--steps", "12", "--design-steps", "4",
+            "--eval-samples", "3", "--device", "cpu", "--threads", "1", "--out", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads((out / "summary.json").read_text())
     assert s["chars"] == "AOo0" and s["samples"] == 12
@@ -61,17 +71,20 @@ def test_design_command_runs_and_writes_summary(tmp_path):
 def test_errors_are_one_line_however_long_and_for_usage_errors_too(tmp_path):
     """The real console script in a narrow terminal: a long A5Error message (a long path) and a
     click usage error (an option value that is no integer) each print one line, exit 2; the
-    module form ``python -m a5ocr.cli`` is the same command line."""
+    module form ``python -m a5ocr.cli`` is the same command line (shown on the long path, the
+    case the terminal width could fold: both forms call the same ``main``, so the other messages
+    need not be run twice)."""
     import os
 
     env = {**os.environ, "COLUMNS": "40"}
     deep = tmp_path / ("a-long-folder-name-" * 6) / "font.ttf"
-    for argv, needle in (
-        (["design", "--font", str(deep)], str(deep)),
-        (["design", "--threads", "x"], "--threads"),
-        (["design", "--font", "[red]x[/red].ttf"], "[red]x[/red].ttf"),  # markup in user input is shown as typed
+    script, module = [os.path.join(os.path.dirname(sys.executable), "a5ocr")], [sys.executable, "-m", "a5ocr.cli"]
+    for argv, needle, commands in (
+        (["design", "--font", str(deep)], str(deep), (script, module)),
+        (["design", "--threads", "x"], "--threads", (script,)),
+        (["design", "--font", "[red]x[/red].ttf"], "[red]x[/red].ttf", (script,)),  # markup in user input is shown as typed
     ):
-        for cmd in ([os.path.join(os.path.dirname(sys.executable), "a5ocr")], [sys.executable, "-m", "a5ocr.cli"]):
+        for cmd in commands:
             p = subprocess.run(cmd + argv, capture_output=True, text=True, env=env, timeout=120)
             lines = [line for line in p.stderr.splitlines() if line.strip()]
             assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (cmd, argv, p.stderr)
