@@ -90,28 +90,17 @@ def margin_ibp_pass(model: nn.Module, x_lower: Tensor, x_upper: Tensor, labels: 
     return IBPPass(net, shapes, boxes[net.exact_prefix], pre, ibp_lb, labels, others)
 
 
-def relax_hardest(
-    ibp: IBPPass,
-    method: str,
-    k: int,
-    *,
-    alpha_steps: int = 20,
-    alpha_lr: float = 0.1,
-    max_memory_gib: float | None = None,
-    crown_patches: bool = True,
-) -> tuple[Tensor, Tensor]:
+def relax_hardest(ibp: IBPPass, method: str, k: int, **options) -> tuple[Tensor, Tensor]:
     """``method``'s bounds of each sample's k hardest margins by IBP, from the pass ``ibp``:
-    -> (lb [N, k] of the margins others[n, pos[n]], pos [N, k]: ``hardest_by_ibp``)."""
+    -> (lb [N, k] of the margins others[n, pos[n]], pos [N, k]: ``hardest_by_ibp``).
+    ``options``: alpha_steps, alpha_lr, max_memory_gib, crown_patches (``relaxed_bounds``)."""
     pos = hardest_by_ibp(ibp.ibp_lb, k)
     chosen = (ibp.labels, ibp.others.gather(1, pos))
     K = ibp.shapes[-1][0]
     dtype = ibp.ibp_lb.dtype
     boxes = [None] * ibp.net.exact_prefix + [ibp.box]  # relaxed_bounds reads boxes[exact_prefix] only
-    lb, _ = relaxed_bounds(
-        ibp.net, ibp.shapes, boxes, ibp.pre, lambda: _dense_margin_spec(chosen[0], chosen[1], K, dtype), chosen,
-        method, alpha_steps=alpha_steps, alpha_lr=alpha_lr, max_memory_gib=max_memory_gib,
-        crown_patches=crown_patches,
-    )
+    spec = lambda: _dense_margin_spec(chosen[0], chosen[1], K, dtype)  # noqa: E731
+    lb, _ = relaxed_bounds(ibp.net, ibp.shapes, boxes, ibp.pre, spec, chosen, method, **options)
     return lb, pos
 
 
@@ -141,7 +130,8 @@ def pruned_margin_bounds(
     Returns (lb [N, k]: ``method``'s bounds of the margins others[n, pos[n]], pos [N, k]:
     positions into ``others`` of the k hardest margins by IBP (``hardest_by_ibp``), ibp_lb [N, S]:
     the IBP bounds of all S margins). 1 <= k <= S; ``method`` is any of METHODS but "ibp".
-    The options as ``relax_hardest`` (the IBP pass is ``margin_ibp_pass``).
+    The options as ``engine.relaxed_bounds`` (the IBP pass is ``margin_ibp_pass``, the
+    relaxation ``relax_hardest``).
     Differentiable w.r.t. the box and the weights (the selection itself has no gradient).
     """
     if method not in METHODS or method == "ibp":
