@@ -20,6 +20,15 @@ TINY = dict(font="comic-neue", chars="AOo0", preset="tiny", eps_a=0.05, samples_
             certify_methods=("ibp",))
 
 
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One finished TINY design run shared by the module (the uninterrupted reference of the
+    seed, resume and recipe-p tests): its folder and the summary ``run_design`` returned. Read
+    only; a test that resumes into a run works on a copy."""
+    out = tmp_path_factory.mktemp("design") / "run"
+    return out, run_design(DesignConfig(**TINY, out=str(out)))
+
+
 def test_one_design_step_reduces_the_worst_case_loss():
     g = rasterize("comic-neue", "AOo0", 16)
     torch.manual_seed(0)
@@ -60,9 +69,8 @@ def test_glyph_change_stays_in_budget_and_range():
     assert set(torch.unique(rb()).tolist()) <= {0.0, 1.0}
 
 
-def test_design_end_to_end_and_outputs(tmp_path):
-    out = tmp_path / "run"
-    s = run_design(DesignConfig(**TINY, out=str(out)))
+def test_design_end_to_end_and_outputs(tiny_run):
+    out, s = tiny_run
     for name in ("config.json", "checkpoint.pt", "classifier.safetensors", "glyphs.safetensors", "metrics.jsonl",
                  "glyphs.png", "curves.png", "summary.json", "baseline_classifier.safetensors"):
         assert (out / name).is_file(), name
@@ -82,18 +90,18 @@ def test_design_end_to_end_and_outputs(tmp_path):
     assert s == summary
 
 
-def test_same_seed_same_result(tmp_path):
-    a = run_design(DesignConfig(**TINY, out=str(tmp_path / "a")))
+def test_same_seed_same_result(tmp_path, tiny_run):
+    a_dir, a = tiny_run
     b = run_design(DesignConfig(**TINY, out=str(tmp_path / "b")))
-    ta = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    ta = torch.load(a_dir / "checkpoint.pt", weights_only=True)
     tb = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     for k in ta["model"]:
         assert torch.equal(ta["model"][k], tb["model"][k])
     assert a["final"] == b["final"]
 
 
-def test_resume_after_interruption_matches_uninterrupted(tmp_path, monkeypatch):
-    full = run_design(DesignConfig(**TINY, out=str(tmp_path / "full")))
+def test_resume_after_interruption_matches_uninterrupted(tmp_path, monkeypatch, tiny_run):
+    _, full = tiny_run
     # interrupt stage 2 after its first checkpoint by raising from the logger
     from a5ocr.training import trainer as recipes
 
@@ -120,18 +128,18 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, monkeypatch):
     assert resumed["baseline"] == full["baseline"]
 
 
-def test_resume_with_other_settings_is_refused(tmp_path):
+def test_resume_with_other_settings_is_refused(tmp_path, tiny_run):
+    shutil.copytree(tiny_run[0], tmp_path / "r")  # a finished run of these settings ("out" is no training setting)
     cfg = DesignConfig(**TINY, out=str(tmp_path / "r"))
-    run_design(cfg)
-    with pytest.raises(DesignError, match="eps_a"):
+    with pytest.raises(DesignError, match="different settings than the interrupted run: eps_a$"):
         run_design(replace(cfg, eps_a=0.07), resume=True)
     with pytest.raises(DesignError, match="nothing to resume"):
         run_design(replace(cfg, out=str(tmp_path / "empty")), resume=True)
 
 
-def test_recipe_p_keeps_the_legacy_classifier(tmp_path):
-    base = run_design(DesignConfig(**TINY, out=str(tmp_path / "base")))
-    legacy = tmp_path / "base" / "baseline_classifier.safetensors"
+def test_recipe_p_keeps_the_legacy_classifier(tmp_path, tiny_run):
+    base_dir, base = tiny_run
+    legacy = base_dir / "baseline_classifier.safetensors"
     s = run_design(DesignConfig(**{**TINY, "recipe": "p"}, classifier=str(legacy), out=str(tmp_path / "p")))
     m0, _ = models.load_classifier(legacy)
     m1, _ = models.load_classifier(tmp_path / "p" / "classifier.safetensors")
@@ -207,7 +215,9 @@ def test_a_print_scale_design_runs_through_evaluation_and_is_read_back(tmp_path)
     assert (run.robust - run.original).abs().max() <= 0.5 + 1e-6
     z = torch.load(out / "checkpoint.pt", weights_only=True)["glyphs"]["z"]
     assert z.shape == (4, 16, 16)  # the coarse grid: one z per sensor pixel
-    ev = evaluate_run(run, samples_per_char=2, device="cpu")
+    # the fast attack: the camera is what follows the print scale; the attack acts on the sensor
+    # images it makes (the standard suite's Square and FAB-T took most of this test's time)
+    ev = evaluate_run(run, samples_per_char=2, attack="fast", device="cpu")
     assert ev.protocol["print_scale"] == 2 and ev.result.samples == 8
     cfg = json.loads((out / "config.json").read_text())["config"]
     assert cfg["print_scale"] == 2 and DesignConfig.from_dict(cfg).print_scale == 2
