@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
+from scipy.sparse import coo_array
+from scipy.sparse.csgraph import connected_components
 
 from a5ocr.scan.binarize import Levels, estimate_skew, ink_mask, paper_and_ink
 from a5ocr.scan.ink import ink_extents
@@ -80,32 +82,29 @@ def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
 
 
 def _merge_stacked(boxes: list[tuple[int, int, int, int]]) -> list[list[int]]:
-    """Groups (indices) of boxes stacked vertically (see the module doc), in any order."""
+    """Groups (indices, ascending) of boxes stacked vertically (see the module doc): the connected
+    components (``scipy.sparse.csgraph``) of the pairs our stacking test accepts, in order of their
+    first box."""
     n = len(boxes)
-    parent = list(range(n))
-
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    pi, pj = [], []
     order = sorted(range(n), key=lambda i: boxes[i][0])
     for ii, i in enumerate(order):
         x0, y0, x1, y1 = boxes[i]
         for j in order[ii + 1 :]:
             u0, v0, u1, v1 = boxes[j]
-            if u0 >= x1:
+            if u0 >= x1:  # sorted by x0: no later box overlaps box i horizontally
                 break
             hov = _overlap(x0, x1, u0, u1)
             vov = _overlap(y0, y1, v0, v1)
             if hov >= 0.5 * min(x1 - x0, u1 - u0) and vov <= 0.25 * min(y1 - y0, v1 - v0):
-                parent[find(j)] = find(i)
+                pi.append(i)
+                pj.append(j)
+    graph = coo_array((np.ones(len(pi), np.int8), (pi, pj)), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
     groups: dict[int, list[int]] = {}
     for i in range(n):
-        groups.setdefault(find(i), []).append(i)
+        groups.setdefault(int(label[i]), []).append(i)
     return list(groups.values())
-
 
 
 def segment(gray: np.ndarray, deskew: bool = True) -> Segmentation:

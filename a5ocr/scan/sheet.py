@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+from skimage.transform import ProjectiveTransform
 
 from a5ocr.errors import ScanError
 from a5ocr.export import SHEET_FORMAT, layout_path
@@ -109,25 +110,30 @@ def _check_marks(src: np.ndarray, dst: np.ndarray, shape: tuple[int, int], layou
 
 
 def fit_homography(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """3x3 H with dst ~ H src (least squares over >= 4 point pairs, normalised DLT with h33 = 1)."""
-    def norm(p):
-        c = p.mean(0)
-        s = math.sqrt(2) / max(np.sqrt(((p - c) ** 2).sum(1)).mean(), 1e-12)
-        return np.array([[s, 0, -s * c[0]], [0, s, -s * c[1]], [0, 0, 1.0]])
+    """3x3 H with dst ~ H src (h33 = 1) over >= 4 point pairs: scikit-image's normalised DLT
+    (``ProjectiveTransform.from_estimate``; total least squares, exact on 4 pairs). ScanError when
+    the pairs fix no homography: fewer than 4, coincident or collinear points (scikit-image's
+    failed estimation), or an H that folds or flattens the plane over the points (our check below)."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    if src.ndim != 2 or src.shape[1:] != (2,) or src.shape != dst.shape or len(src) < 4:
+        raise ScanError(f"a homography needs >= 4 point pairs of (x, y), got {src.shape} -> {dst.shape}")
+    tf = ProjectiveTransform.from_estimate(src, dst)
+    if not tf or not np.all(np.isfinite(tf.params)):
+        raise ScanError(f"the registration marks fix no homography ({tf})")
+    hm = tf.params
+    # ours (scikit-image has no such check): it returns a least-squares H even where the points fix
+    # none (3 of 4 collinear: entries ~1e15). A homography's Jacobian determinant is det(H) / w^3
+    # (w = the homogeneous coordinate): it must keep one sign over the points (the horizon not
+    # between them) and, relative to the spread of dst over src, be neither ~0 nor huge (flattened).
+    def spread(p):
+        return float(np.sqrt(((p - p.mean(0)) ** 2).sum(1).mean()))
 
-    ts, td = norm(src), norm(dst)
-    ps = (np.c_[src, np.ones(len(src))] @ ts.T)[:, :2]
-    pd = (np.c_[dst, np.ones(len(dst))] @ td.T)[:, :2]
-    rows, rhs = [], []
-    for (x, y), (u, v) in zip(ps, pd):
-        rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
-        rhs.append(u)
-        rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
-        rhs.append(v)
-    sol, *_ = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)
-    hn = np.append(sol, 1.0).reshape(3, 3)
-    hm = np.linalg.inv(td) @ hn @ ts
-    return hm / hm[2, 2]
+    w = np.c_[src, np.ones(len(src))] @ hm[2]
+    jac = np.linalg.det(hm) / w**3
+    rel = np.abs(jac) / max((spread(dst) / max(spread(src), 1e-300)) ** 2, 1e-300)
+    if not (np.all(jac > 0) or np.all(jac < 0)) or not np.all((rel > 1e-8) & (rel < 1e8)):
+        raise ScanError("the registration marks fix no homography (degenerate: collinear or folded points)")
+    return hm
 
 
 def _apply_h(hm: np.ndarray, pts: np.ndarray) -> np.ndarray:
