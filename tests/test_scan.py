@@ -513,29 +513,39 @@ def run_s2(tmp_path_factory):
     return out
 
 
-def test_export_of_a_print_scale_design_draws_the_print(tmp_path, run_s2):
-    """`a5ocr export` of an S = 2 run: the font's outlines come from the 64-px print (FreeType at
-    the print geometry reproduces it, IoU >= 0.97; at the sensor's 32 px the same geometry would be
-    off by a factor 2), PNGs are 64 px, the sheet layout names the sensor's R and S."""
+@pytest.fixture(scope="module")
+def exported_s2(tmp_path_factory, run_s2):
+    """``a5ocr export`` of the S = 2 run, once for the module: font f.ttf, PNG sheet s.png (its
+    layout s.layout.json) at 150 dpi and the default 10 mm glyphs, png/; (folder, CLI result)."""
     from typer.testing import CliRunner
 
     from a5ocr.cli.app import app
+
+    out = tmp_path_factory.mktemp("export_s2")
+    r = CliRunner().invoke(app, ["export", str(run_s2), "--font", str(out / "f.ttf"), "--sheet",
+                                 str(out / "s.png"), "--png-dir", str(out / "png"), "--dpi", "150"])
+    return out, r
+
+
+def test_export_of_a_print_scale_design_draws_the_print(exported_s2, run_s2):
+    """`a5ocr export` of an S = 2 run: the font's outlines come from the 64-px print (FreeType at
+    the print geometry reproduces it, IoU >= 0.97; at the sensor's 32 px the same geometry would be
+    off by a factor 2), PNGs are 64 px, the sheet layout names the sensor's R and S."""
     from a5ocr.export import iou, rasterize_at_design
     from a5ocr.runs import load_design
 
     d = load_design(run_s2)
     assert (d.resolution, d.print_scale, tuple(d.robust.shape)) == (32, 2, (len(CHARS), 64, 64))
-    r = CliRunner().invoke(app, ["export", str(run_s2), "--font", str(tmp_path / "f.ttf"), "--sheet",
-                                 str(tmp_path / "s.png"), "--png-dir", str(tmp_path / "png"), "--dpi", "150"])
+    out, r = exported_s2
     assert r.exit_code == 0, r.output
     assert "8 PNGs (64x64)" in r.output
-    ink = rasterize_at_design(tmp_path / "f.ttf", d)
+    ink = rasterize_at_design(out / "f.ttf", d)
     assert ink.shape == d.robust.shape
     got = iou(ink, d.robust)
     assert float(got.min()) >= 0.97, got
-    with Image.open(tmp_path / "png" / "U+0041.png") as im:
+    with Image.open(out / "png" / "U+0041.png") as im:
         assert im.size == (64, 64)
-    lay = json.loads((tmp_path / "s.layout.json").read_text())
+    lay = json.loads((out / "s.layout.json").read_text())
     assert (lay["resolution"], lay["print_scale"]) == (32, 2)
 
 
@@ -563,19 +573,20 @@ def test_the_reader_of_a_print_scale_design_works_on_the_sensor_canvas(tmp_path,
     assert float(got.min()) >= 0.9 and float(got.mean()) >= 0.93, got
 
 
-def test_scan_reads_pages_and_sheets_of_a_print_scale_design(tmp_path, run_s2):
+def test_scan_reads_pages_and_sheets_of_a_print_scale_design(tmp_path, run_s2, exported_s2):
     """`a5ocr render-text` in the S = 2 run's exported font, then `a5ocr scan`; and a degraded scan
-    of its PNG sheet: both read (>= 90%, the tiny classifier's threshold as above)."""
+    of its PNG sheet: both read (>= 90%, the tiny classifier's threshold as above). The font and
+    the sheet are those `a5ocr export` wrote (``exported_s2``)."""
     from typer.testing import CliRunner
 
     from a5ocr.cli.app import app
-    from a5ocr.export import export_font, export_sheet
     from a5ocr.scan.render_text import degrade
 
     runner = CliRunner()
-    export_font(run_s2, tmp_path / "f.ttf")
+    exported, done = exported_s2
+    assert done.exit_code == 0, done.output
     page = tmp_path / "p.png"
-    r = runner.invoke(app, ["render-text", TEXT.replace("\n", "\\n"), "--font", str(tmp_path / "f.ttf"), "--out", str(page),
+    r = runner.invoke(app, ["render-text", TEXT.replace("\n", "\\n"), "--font", str(exported / "f.ttf"), "--out", str(page),
                             "--size-pt", "20", "--seed", "2"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["scan", str(page), "--run", str(run_s2), "--method", "ibp", "--json", str(tmp_path / "o.json")])
@@ -583,10 +594,9 @@ def test_scan_reads_pages_and_sheets_of_a_print_scale_design(tmp_path, run_s2):
     d = json.loads((tmp_path / "o.json").read_text())
     assert d["counts"]["truth_characters"] == len(TEXT.replace(" ", "").replace("\n", "")) and d["accuracy"] >= 0.9, d["text"]
     assert d["glyph_table"] == "robust"
-    export_sheet(run_s2, tmp_path / "sheet.png", glyph_mm=10.0, dpi=150)
-    scanned, _ = degrade(pg.read_page(tmp_path / "sheet.png"), np.random.default_rng(5))
+    scanned, _ = degrade(pg.read_page(exported / "s.png"), np.random.default_rng(5))
     pg.write_image(tmp_path / "scan.png", scanned)
-    shutil.copy(tmp_path / "sheet.layout.json", tmp_path / "scan.layout.json")
+    shutil.copy(exported / "s.layout.json", tmp_path / "scan.layout.json")
     res = sc.scan(tmp_path / "scan.png", run_s2, method="ibp")
     assert res.mode == "sheet" and [c.expected for c in res.chars] == list(CHARS) and res.to_dict()["accuracy"] >= 0.75
     lay = json.loads((tmp_path / "scan.layout.json").read_text())
