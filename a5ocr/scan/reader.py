@@ -114,7 +114,9 @@ def pose_canvases(w: np.ndarray, scale: float) -> np.ndarray:
         return w
     r = w.shape[-1]
     p = area_weights(r / 2 * (1 - 1 / scale), 1 / scale, r, r)
-    return np.einsum("ij,njk,lk->nil", p, w.astype(np.float64), p).astype(np.float32)
+    # two matrix products (p @ w @ p.T per canvas): the same sums as one einsum, which without
+    # optimize=True loops over all four indices (O(n R^4): 31 ms against 0.2 ms for 22 canvases)
+    return (p @ w.astype(np.float64) @ p.T).astype(np.float32)
 
 
 def _pose_of_run(run_dir: Path) -> float:
