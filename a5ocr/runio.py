@@ -31,10 +31,20 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     tmp_path = _new_temp(path)
     try:
         yield tmp_path
+        # the writer may have made its own file in our place (safetensors' save_file leaves
+        # 0600): the mode is set again, as open(path, "w") would have made it
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _new_temp(path: Path) -> Path:

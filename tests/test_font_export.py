@@ -90,6 +90,22 @@ def test_atomic_writes_respect_the_umask(tmp_path, umask, mode):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.json", "c.txt"]  # no temporary left
 
 
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_weight_files_respect_the_umask(tmp_path, umask, mode):
+    """safetensors' save_file makes its own 0600 file in the temporary's place: the classifier
+    and every other weight file still get the umask's mode."""
+    from torch import nn  # local: only this test builds a module
+
+    from a5ocr import models
+
+    old = os.umask(umask)
+    try:
+        models.save_module(nn.Linear(3, 2), tmp_path / "classifier.safetensors", {"arch": "test"})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "classifier.safetensors").stat().st_mode) == mode
+
+
 def test_a_failed_atomic_write_keeps_the_old_file(tmp_path):
     (tmp_path / "f").write_text("old")
     with pytest.raises(RuntimeError):
