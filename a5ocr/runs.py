@@ -34,7 +34,7 @@ from a5ocr import models
 from a5ocr.acquisition import Acquisition, AcquisitionConfig
 from a5ocr.errors import A5Error, CheckpointError, RunError
 from a5ocr.glyphs import GlyphSet
-from a5ocr.runio import append_jsonl, atomic_path, ensure_writable_dir, read_jsonl, write_json
+from a5ocr.runio import append_jsonl, atomic_path, ensure_writable_dir, read_jsonl, write_bytes, write_json
 from a5ocr.runtime import environment
 
 GLYPHS_FORMAT = "a5ocr-glyphs-1"
@@ -405,6 +405,21 @@ class RunFolder:
     def reset_metrics(self) -> None:
         """A fresh run: no metrics of an earlier attempt."""
         self.metrics.unlink(missing_ok=True)
+
+    def trim_metrics(self, stages: list[str], stage_index: int, step: int) -> int:
+        """On resume from a checkpoint at ``step`` of stage ``stage_index`` (``stages``: the
+        stages' names, as the records' "stage"): drop the records an interrupted attempt logged
+        past it (they are logged again) and a last line cut by a kill, so that the log reads as
+        one run. Returns how many records were dropped."""
+        rows = self.read_metrics()
+        keep = []
+        for r in rows:
+            at = stages.index(r["stage"]) if r.get("stage") in stages else -1
+            if at > stage_index or (at == stage_index and int(r.get("step", 0)) > step):
+                break
+            keep.append(r)
+        write_bytes(self.metrics, "".join(json.dumps(r) + "\n" for r in keep).encode())
+        return len(rows) - len(keep)
 
     def append_metrics(self, record: dict) -> dict:
         """``record`` with ``wall_seconds``, appended to ``metrics.jsonl``; returns it."""

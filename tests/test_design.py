@@ -13,6 +13,7 @@ from a5ocr.acquisition import Acquisition
 from a5ocr.training.design import DesignConfig, DesignError, run_design
 from a5ocr.glyphs import rasterize
 from a5ocr.runs import RunFolder, settings_diff
+from a5ocr.runio import read_jsonl
 from a5ocr.training.losses import a5_loss
 from a5ocr.training.trainer import RobustGlyphs, Trainer, make_stage
 
@@ -101,7 +102,7 @@ def test_same_seed_same_result(tmp_path, tiny_run):
 
 
 def test_resume_after_interruption_matches_uninterrupted(tmp_path, monkeypatch, tiny_run):
-    _, full = tiny_run
+    full_dir, full = tiny_run
     # interrupt stage 2 after its first checkpoint by raising from the logger
     from a5ocr.training import trainer as recipes
 
@@ -123,9 +124,15 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, monkeypatch, 
     monkeypatch.setattr(recipes.Trainer, "train_step", real)
     with pytest.raises(DesignError, match="already holds a run"):
         run_design(cfg)
+    # what a kill after the checkpoint leaves: a record past it and a line cut in two
+    with open(tmp_path / "cut" / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps({"stage": "pc", "step": 15, "loss": 9.0}) + "\n" + '{"stage": "pc", "st')
     resumed = run_design(cfg, resume=True)
     assert resumed["final"] == full["final"]
     assert resumed["baseline"] == full["baseline"]
+    # the log reads as one run: the records of the uninterrupted run, each once
+    steps = [(r["stage"], r["step"]) for r in read_jsonl(tmp_path / "cut" / "metrics.jsonl")]
+    assert steps == [(r["stage"], r["step"]) for r in read_jsonl(full_dir / "metrics.jsonl")]
 
 
 def test_resume_with_other_settings_is_refused(tmp_path, tiny_run):

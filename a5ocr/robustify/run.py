@@ -134,6 +134,7 @@ def _train(trainer: Trainer, stages: list[StageSpec], folder: RunFolder, cfg: Ro
             trainer.restore(folder.checkpoint, stages)
         except (RuntimeError, ValueError, KeyError) as err:
             raise RobustifyError(f"{folder.checkpoint} does not fit this run: {err}") from None
+        folder.trim_metrics([st.recipe for st in stages], trainer.stage_index, trainer.step)
         reporter.message(f"resumed {folder.path} at stage {trainer.stage_index + 1}/{len(stages)}, step {trainer.step}")
     else:
         folder.reset_metrics()

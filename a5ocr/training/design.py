@@ -278,6 +278,8 @@ def _train(run: _Design, resume: bool, rep: Reporter) -> None:
     trainer, folder, main = run.trainer, run.folder, run.dist.is_main
     if resume:
         trainer.restore(folder.checkpoint, run.stages)
+        if main:
+            folder.trim_metrics([st.recipe for st in run.stages], trainer.stage_index, trainer.step)
         rep.message(f"resumed {folder.path} at stage {trainer.stage_index + 1}/{len(run.stages)}, step {trainer.step}")
     else:
         if main:
