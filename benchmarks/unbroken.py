@@ -182,9 +182,11 @@ def main() -> None:
     }
     out = Path(args.out)
     old = json.loads(out.read_text()) if out.is_file() else {}
-    runs = {**old.get("runs", {}), run.path.name: rec}  # one record per run folder name
+    # one record per run folder, named with its parent (reproduce's rows are all called "vanilla")
+    key = f"{run.path.parent.name}-{run.path.name}"
+    runs = {**old.get("runs", {}), key: rec}
     out.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
-    print(f"written {out} ({run.path.name})")
+    print(f"written {out} ({key})")
 
 
 if __name__ == "__main__":
