@@ -1,12 +1,15 @@
 """The ``a5ocr`` command line (typer + rich). Installed as ``a5ocr.cli``.
 
 Every user error (a bad argument, a missing or corrupt file) is one red line and exit code 2,
-never a traceback; an interrupted run leaves its last checkpoint and says how to resume.
+never a traceback; a run stopped by Ctrl-C or SIGTERM writes a checkpoint at the step it reached
+and says what the checkpoint holds and how to resume (exit code 128 + the signal: 130, 143).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import signal
 import sys
 
 import typer
@@ -20,6 +23,7 @@ from a5ocr.cli.reproduce_cmd import reproduce
 from a5ocr.cli.robustify_cmd import robustify
 from a5ocr.cli.scan_cmd import render_text, scan
 from a5ocr.errors import A5Error
+from a5ocr.training.interrupt import RunInterrupted
 
 app = typer.Typer(
     add_completion=False,
@@ -40,15 +44,37 @@ def _root(ctx: typer.Context) -> None:
         refuse_distributed(ctx.invoked_subcommand)
 
 
+class _Interrupted(Exception):
+    """A command's Ctrl-C (``err``, a ``KeyboardInterrupt``) carried past typer, which would turn it
+    into a bare exit code 130 and drop what the run says about its checkpoint."""
+
+    def __init__(self, err: KeyboardInterrupt):
+        super().__init__(str(err))
+        self.err = err
+
+
+def _interruptible(command):
+    """``command`` with its ``KeyboardInterrupt`` raised as ``_Interrupted`` (for ``main``)."""
+
+    @functools.wraps(command)  # typer reads the options from the wrapped signature
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt as err:
+            raise _Interrupted(err) from err
+
+    return run
+
+
 # One module per command.
-app.command()(design)
-app.command()(evaluate)
-app.command()(reproduce)
-app.command()(export)
-app.command()(robustify)
-app.command()(scan)
-app.command(name="render-text")(render_text)
-app.command(name="certify-range")(certify_range)
+app.command()(_interruptible(design))
+app.command()(_interruptible(evaluate))
+app.command()(_interruptible(reproduce))
+app.command()(_interruptible(export))
+app.command()(_interruptible(robustify))
+app.command()(_interruptible(scan))
+app.command(name="render-text")(_interruptible(render_text))
+app.command(name="certify-range")(_interruptible(certify_range))
 
 
 def main() -> None:
@@ -60,9 +86,10 @@ def main() -> None:
         # soft_wrap: one line however long (a path in the message must not fold it at 80 columns)
         console.print(f"[bold red]error:[/] {_escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: the last checkpoint is intact; run again with --resume to continue")
-        sys.exit(130)
+    except _Interrupted as ex:
+        _stopped(ex.err)
+    except KeyboardInterrupt as err:  # outside a command (typer returns 130 for one while it parses)
+        _stopped(err)
     except typer.Exit as ex:
         sys.exit(ex.exit_code)
     except typer.Abort:
@@ -77,6 +104,29 @@ def main() -> None:
             console.print(f"[bold red]error:[/] {_escape(err.format_message())}{where}", highlight=False, soft_wrap=True)
             sys.exit(2)
         raise
+
+
+def _stopped(err: KeyboardInterrupt) -> None:
+    """Ctrl-C or SIGTERM: one line (``_interrupted``), exit 128 + the signal (the shell's code of a
+    death by it: 130 for SIGINT, 143 for SIGTERM)."""
+    said = _interrupted(err, sys.argv[1:2])
+    # soft_wrap: one line, as the errors' (the folder's path is in it)
+    console.print("[yellow]interrupted[/]" + (f": {_escape(said)}" if said else ""), highlight=False, soft_wrap=True)
+    sys.exit(128 + int(getattr(err, "signum", signal.SIGINT)))
+
+
+def _interrupted(err: KeyboardInterrupt, command: list[str]) -> str:
+    """What a Ctrl-C or SIGTERM left: a training run's ``RunInterrupted`` says what its checkpoint
+    holds, and this adds how to go on with ``command`` (``reproduce`` resumes by itself, ``design``
+    and ``robustify`` with ``--resume``); anything else stopped outside a training run ("": nothing
+    to add)."""
+    if not isinstance(err, RunInterrupted):
+        return ""
+    again = "run the same command again" if command == ["reproduce"] else "run the same command with --resume"
+    if err.resumable:
+        return f"{err.message}; {again} to continue from it"
+    start_over = "run the same command again" if command == ["reproduce"] else "run the command again without --resume"
+    return f"{err.message}; {start_over} to start over"
 
 
 def _escape(text: str) -> str:

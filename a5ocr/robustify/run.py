@@ -30,6 +30,7 @@ from a5ocr.robustify.defence import DefenceStats, defence_transform
 from a5ocr.robustify.model import Robustifier, load_robustifier, save_robustifier
 from a5ocr.runs import RunFolder, slug
 from a5ocr.runtime import Reporter, pick_device
+from a5ocr.training.interrupt import RunState
 from a5ocr.training.trainer import RobustGlyphs, StageSpec, Trainer, make_stage, run_stages
 
 CLASSIFIER = "classifier.safetensors"
@@ -38,9 +39,19 @@ ROBUSTIFIER = "robustifier.safetensors"
 
 
 def run_robustify(cfg: RobustifyConfig, *, resume: bool = False, reporter=None) -> dict:
-    """Run an image-side recipe end to end; returns the summary (also ``summary.json``)."""
-    rep = reporter or Reporter()
+    """Run an image-side recipe end to end; returns the summary (also ``summary.json``). Ctrl-C
+    or SIGTERM stops training at the next step with a checkpoint there; at any point the run
+    raises ``a5ocr.training.interrupt.RunInterrupted``, whose message says what the checkpoint holds."""
     cfg = cfg.resolved()
+    reached = RunState(Path(cfg.out) / "checkpoint.pt" if cfg.out else None, resume=resume)
+    try:
+        return _run(cfg, resume, reporter or Reporter(), reached)
+    except KeyboardInterrupt as err:
+        raise reached.interrupted(err) from None
+
+
+def _run(cfg: RobustifyConfig, resume: bool, rep, reached: RunState) -> dict:
+    """``run_robustify`` of a resolved config; ``reached`` follows it (the folder, the trainer)."""
     device = pick_device(cfg.device, RobustifyError)
     t_start = time.monotonic()
     torch.manual_seed(cfg.seed)
@@ -48,6 +59,7 @@ def run_robustify(cfg: RobustifyConfig, *, resume: bool = False, reporter=None) 
     out = Path(cfg.out) if cfg.out else default_out(cfg, data)
     cfg = replace(cfg, out=str(out))
     folder = RunFolder.open(out, RobustifyError, started=t_start)
+    reached.checkpoint = folder.checkpoint
     legacy = legacy_classifier(cfg, data)
     if legacy is not None:
         cfg = replace(cfg, arch=legacy.meta["arch"])
@@ -60,6 +72,7 @@ def run_robustify(cfg: RobustifyConfig, *, resume: bool = False, reporter=None) 
                       robustifier=robustifier, batch=data.batch_source(cfg.batch_size, device),
                       num_classes=len(data.classes))
     stages = robustify_stages(cfg, trains_classifier=legacy is None)
+    reached.trainer, reached.stages = trainer, stages
     _train(trainer, stages, folder, cfg, data, legacy, resume=resume, reporter=rep)
     baseline, final = _test(trainer, folder, cfg, data, device, rep)
     summary = _summary(cfg, data, legacy, baseline, final, device, folder.elapsed())

@@ -43,6 +43,7 @@ from a5ocr.runs import RunFolder, read_json, save_glyphs, slug
 from a5ocr.runtime import Reporter, pick_device
 from a5ocr.training.config import PRESETS, TrainingConfig
 from a5ocr.training.distributed import Distributed
+from a5ocr.training.interrupt import RunState
 from a5ocr.training.parameterisation import Parameterisation
 from a5ocr.training.trainer import RobustGlyphs, StageSpec, Trainer, bounds_label, make_stage, run_stages
 
@@ -177,17 +178,23 @@ class _Design:
 def run_design(cfg: DesignConfig, *, resume: bool = False, reporter: Reporter | None = None) -> dict | None:
     """Run a whole design; returns the summary dict (also written to ``summary.json``). Under
     ``torchrun`` (the module doc): the processes train and evaluate together, rank 0 reports to
-    ``reporter``, writes and returns the summary; the others return None."""
+    ``reporter``, writes and returns the summary; the others return None. Ctrl-C or SIGTERM stops
+    training at the next step with a checkpoint there; at any point the run raises
+    ``a5ocr.training.interrupt.RunInterrupted``, whose message says what the checkpoint holds."""
     cfg = cfg.resolved()
     dist = Distributed.from_env(DesignError)
     _check_split(cfg, dist)
     rep = (reporter or Reporter()) if dist.is_main else Reporter()
     device = dist.start(pick_device(cfg.device))
+    # what the run has reached, for the message of a Ctrl-C or SIGTERM (``RunInterrupted``)
+    reached = RunState(Path(cfg.out) / "checkpoint.pt" if cfg.out else None, resume=resume)
     try:
         t_start = time.monotonic()
         torch.manual_seed(cfg.seed)
         run = _open_run(cfg, device, t_start, resume, dist)
+        reached.checkpoint = run.folder.checkpoint
         _build_trainer(run)
+        reached.trainer, reached.stages = run.trainer, run.stages
         _train(run, resume, rep)
         baseline, final, w_final = _evaluate_baseline_and_final(run, rep)  # shared by the processes
         if not dist.is_main:
@@ -196,6 +203,8 @@ def run_design(cfg: DesignConfig, *, resume: bool = False, reporter: Reporter | 
         summary = _summary(run, baseline, final)
         run.folder.write_summary(summary)
         return summary
+    except KeyboardInterrupt as err:
+        raise reached.interrupted(err) from None
     finally:
         dist.close()
 

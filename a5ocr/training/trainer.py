@@ -27,6 +27,7 @@ scaled with the eps schedule: eps_print * eps / eps_A); A5/R and A5/RC put the a
 from __future__ import annotations
 
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from a5ocr.acquisition import Acquisition
 from a5ocr.errors import CheckpointError, CollapseError
 from a5ocr.runio import atomic_path
 from a5ocr.training.distributed import Distributed
+from a5ocr.training.interrupt import StopRequest, TrainingStopped, stop_on_signals
 from a5ocr.training.losses import PrintBox, a5_loss
 from a5ocr.training.parameterisation import Parameterisation
 from a5ocr.training.schedule import EpsSchedule
@@ -159,8 +161,11 @@ class Trainer:
     stages ``r`` and ``rc`` put between the batch and the classifier.
 
     ``checkpoint(path)`` / ``restore(path)`` save and load everything needed to continue a
-    stage exactly where it stopped: weights, glyph parameters, optimiser states, the step,
-    and the generator's state (so an interrupted run replays the same draws).
+    stage exactly where it stopped: weights, glyph parameters, optimiser states, the step, the
+    records since the last log, and the generator's state (so an interrupted run replays the
+    same draws and logs the same figures); ``saved`` is (stage index, step) of the last one
+    written or restored. ``run_stage`` stops with a checkpoint on Ctrl-C or SIGTERM
+    (``a5ocr.training.interrupt``).
 
     ``dist``: the processes of a ``torchrun`` run (``a5ocr.training.distributed``; default the
     single process, which changes nothing). With several, each draws its share of every batch
@@ -193,6 +198,8 @@ class Trainer:
                                  for t in (*m.parameters(), *m.buffers()))
         self.stage_index = 0
         self.step = 0
+        self.window: list[dict] = []  # the steps' records since the last log (``run_stage``)
+        self.saved: tuple[int, int] | None = None  # (stage_index, step) of the last checkpoint written or restored
         self.opt_classifier: torch.optim.Optimizer | None = None
         self.opt_glyphs: torch.optim.Optimizer | None = None
         self.opt_robustifier: torch.optim.Optimizer | None = None
@@ -204,6 +211,7 @@ class Trainer:
         if spec.trains_glyphs and self.glyphs is None:
             raise ValueError(f"stage {spec.recipe!r} needs glyphs")
         self.step = 0
+        self.window = []
         self.opt_classifier = torch.optim.Adam(self.model.parameters(), lr=spec.lr) if spec.trains_classifier else None
         self.opt_glyphs = torch.optim.Adam(self.glyphs.parameters(), lr=spec.lr_glyphs) if spec.trains_glyphs else None
         self.opt_robustifier = (torch.optim.Adam(self.robustifier.parameters(), lr=spec.lr_robustifier)
@@ -301,6 +309,7 @@ class Trainer:
         return {
             "stage_index": self.stage_index,
             "step": self.step,
+            "window": list(self.window),  # so that the resumed run logs the same means
             "model": self.model.state_dict(),
             "glyphs": None if self.glyphs is None else self.glyphs.state_dict(),
             "robustifier": None if self.robustifier is None else self.robustifier.state_dict(),
@@ -319,9 +328,11 @@ class Trainer:
             state["generators"] = torch.stack(self.dist.gather(state["generator"]))
             state["world_size"] = self.dist.world_size
             if not self.dist.is_main:
+                self.saved = (self.stage_index, self.step)
                 return
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
+        self.saved = (self.stage_index, self.step)
 
     def restore(self, path: Path, stages: list[StageSpec]) -> None:
         """Continue from ``checkpoint(path)``: only tensors and plain containers are read."""
@@ -341,6 +352,8 @@ class Trainer:
                 if state.get(name) is not None and getattr(self, name) is not None:
                     getattr(self, name).load_state_dict(state[name])
         self.step = int(state["step"])
+        self.window = list(state.get("window", []))  # none in checkpoints from before it was kept
+        self.saved = (self.stage_index, self.step)
         self.generator.set_state(self._saved_generator(state).cpu())  # RNG states are CPU byte tensors on every device
 
     def _saved_generator(self, state: dict) -> torch.Tensor:
@@ -361,6 +374,7 @@ class Trainer:
         on_checkpoint: Callable[[], None] | None = None,
         log_every: int = 25,
         checkpoint_seconds: float = 120.0,
+        stop: StopRequest | None = None,
     ) -> None:
         """Run ``spec`` from ``self.step`` to ``spec.steps``; checkpoint every ``checkpoint_seconds``.
 
@@ -369,30 +383,49 @@ class Trainer:
         message ends with ``spec.collapse_advice``. The check's window (``log_every`` batches,
         from step ``2 * log_every``) stays in steps whatever the stage's length: it is the
         evidence of a collapse (that many constant batches in a row), not a point of the schedule.
+
+        Ctrl-C or SIGTERM (``stop``, a ``StopRequest`` a signal sets; None: the stage sets up its
+        own ``stop_on_signals``): after the step in progress, every process at the same step,
+        ``on_checkpoint`` writes the state at that step and ``TrainingStopped`` is raised.
         """
+        if stop is None:
+            with stop_on_signals() as own:
+                return self.run_stage(spec, on_log=on_log, on_checkpoint=on_checkpoint, log_every=log_every,
+                                      checkpoint_seconds=checkpoint_seconds, stop=own)
         last_ckpt = time.monotonic()
-        window: list[dict] = []
-        k = self.num_classes
         while self.step < spec.steps:
-            rec = self.train_step(spec)
-            window.append(rec)
+            self.window.append(self.train_step(spec))
             if self.step % log_every == 0 or self.step == spec.steps:
-                summary = {key: _mean(r[key] for r in window) for key in ("loss", "clean_error", "certified_error")}
-                constant = all(r["distinct_predictions"] == 1 for r in window)
-                rec = {**rec, **summary, "stage": spec.recipe}
-                window.clear()
-                if on_log is not None:
-                    on_log(rec)
-                # The collapse signature: every batch of the window predicted one class only.
-                if spec.trains_classifier and k > 2 and constant and rec["eps"] > 0 and self.step >= 2 * log_every:
-                    raise CollapseError(
-                        f"the classifier collapsed to a constant at step {self.step} of {spec.recipe} "
-                        f"(clean error {summary['clean_error']:.1%}); {spec.collapse_advice}"
-                    )
+                self._log_window(spec, on_log, log_every)
+            self.stop_if_requested(stop, on_checkpoint)
             # every process checkpoints together (the generator states are gathered): rank 0's clock decides
             if on_checkpoint is not None and self.dist.agree(time.monotonic() - last_ckpt >= checkpoint_seconds):
                 on_checkpoint()
                 last_ckpt = time.monotonic()
+
+    def _log_window(self, spec: StageSpec, on_log: Callable[[dict], None] | None, log_every: int) -> None:
+        """Log the steps since the last log (their mean loss and errors, with the last step's
+        record) and check them for a collapse (``run_stage``)."""
+        window, self.window = self.window, []
+        summary = {key: _mean(r[key] for r in window) for key in ("loss", "clean_error", "certified_error")}
+        constant = all(r["distinct_predictions"] == 1 for r in window)
+        rec = {**window[-1], **summary, "stage": spec.recipe}
+        if on_log is not None:
+            on_log(rec)
+        # The collapse signature: every batch of the window predicted one class only.
+        if spec.trains_classifier and self.num_classes > 2 and constant and rec["eps"] > 0 and self.step >= 2 * log_every:
+            raise CollapseError(
+                f"the classifier collapsed to a constant at step {self.step} of {spec.recipe} "
+                f"(clean error {summary['clean_error']:.1%}); {spec.collapse_advice}"
+            )
+
+    def stop_if_requested(self, stop: StopRequest, on_checkpoint: Callable[[], None] | None) -> None:
+        """When a signal has set ``stop`` (rank 0's flag decides, so every process stops at the
+        same step): the checkpoint at this step (``on_checkpoint``), then ``TrainingStopped``."""
+        if self.dist.agree(stop.requested):
+            if on_checkpoint is not None:
+                on_checkpoint()
+            raise TrainingStopped(stop.signum or signal.SIGINT)
 
 
 def run_stages(trainer: Trainer, stages: list[StageSpec], *, reporter, on_log: Callable[[dict], None],
@@ -400,17 +433,22 @@ def run_stages(trainer: Trainer, stages: list[StageSpec], *, reporter, on_log: C
                after_stage: Callable[[int, StageSpec], None] | None = None) -> None:
     """Run ``stages`` from where ``trainer`` stands (``stage_index``, ``step``) to the end:
     ``reporter.stage`` at each start, ``after_stage(index, spec)`` when one ends, and a
-    checkpoint after every stage (and every ``checkpoint_seconds`` within one)."""
-    while trainer.stage_index < len(stages):
-        spec = stages[trainer.stage_index]
-        reporter.stage(spec.display_name, spec.steps, trainer.step)
-        trainer.run_stage(spec, on_log=on_log, on_checkpoint=on_checkpoint, checkpoint_seconds=checkpoint_seconds)
-        if after_stage is not None:
-            after_stage(trainer.stage_index, spec)
-        trainer.stage_index += 1
-        if trainer.stage_index < len(stages):
-            trainer.start_stage(stages[trainer.stage_index])
-        on_checkpoint()
+    checkpoint after every stage (and every ``checkpoint_seconds`` within one). Ctrl-C or
+    SIGTERM, from the first stage's start to the last checkpoint, stops at the next step or
+    stage end with a checkpoint there (``Trainer.run_stage``; ``TrainingStopped``)."""
+    with stop_on_signals() as stop:
+        while trainer.stage_index < len(stages):
+            spec = stages[trainer.stage_index]
+            reporter.stage(spec.display_name, spec.steps, trainer.step)
+            trainer.run_stage(spec, on_log=on_log, on_checkpoint=on_checkpoint, checkpoint_seconds=checkpoint_seconds,
+                              stop=stop)
+            if after_stage is not None:
+                after_stage(trainer.stage_index, spec)
+            trainer.stage_index += 1
+            if trainer.stage_index < len(stages):
+                trainer.start_stage(stages[trainer.stage_index])
+            on_checkpoint()
+            trainer.stop_if_requested(stop, None)  # the checkpoint is the one just written
 
 
 def make_stage(recipe: str, steps: int, eps_a: float, *, warmup: int = 0, ramp: int = 0, lr: float = 1e-3,
