@@ -13,6 +13,8 @@ Entry points (shapes: B samples, K classes, S specs):
 * ``robust_margins(model, x_lower, x_upper, labels, method, f=None, k=None) -> [B, K]``: training
   margins, optionally mixed with IBP (f) and with <method> only on the k hardest margins by IBP
 * ``robust_loss(...)`` = ``worst_case_cross_entropy(robust_margins(...), labels)`` (a scalar)
+* ``robust_loss_and_margins(...) -> (robust_loss, margins [B, K] detached)``: what training
+  uses; a crown-ibp pass over the memory budget runs in chunks differentiated one at a time
 * ``compute_bounds(model, x_lower, x_upper, C [B, S, K], method, bound_upper) -> (lb, ub)``
 * ``certify(model, x_lower, x_upper, labels, method, ibp_first=False) -> BoolTensor [B]``
 * ``ibp_first_margin_lower_bounds(model, x_lower, x_upper, labels, method) -> [B, K]``: the
@@ -36,6 +38,7 @@ from a5ocr.bounds.api import (
     margin_spec,
     mixed_margin_lower_bounds,
     robust_loss,
+    robust_loss_and_margins,
     robust_margins,
 )
 from a5ocr.bounds.camera import CameraAffine, camera_margin_lower_bounds, camera_net, certify_print, print_box
@@ -62,6 +65,7 @@ __all__ = [
     "mixed_margin_lower_bounds",
     "print_box",
     "robust_loss",
+    "robust_loss_and_margins",
     "robust_margins",
     "rule_for",
     "worst_case_cross_entropy",

@@ -9,7 +9,9 @@ from typing import Optional
 import torch
 from torch import nn
 
+from a5ocr.bounds.chunked import chunked_robust_loss
 from a5ocr.bounds.engine import METHODS, BoundedSequential, bounds_for
+from a5ocr.bounds.loss import scatter_margins as _scatter_margins
 from a5ocr.bounds.loss import worst_case_cross_entropy
 from a5ocr.bounds.pruned import best_on_hardest, margin_ibp_pass, pruned_margin_bounds
 
@@ -26,12 +28,6 @@ def _other_classes(labels: Tensor, num_classes: int) -> Tensor:
     """labels [B] -> [B, K-1]: the classes other than the label, in increasing order."""
     j = torch.arange(num_classes - 1, device=labels.device).unsqueeze(0)
     return j + (j >= labels.unsqueeze(1)).long()
-
-
-def _scatter_margins(lb: Tensor, others: Tensor, num_classes: int) -> Tensor:
-    """lb [B, K-1] for the classes ``others`` -> [B, K] with exact zeros at the label."""
-    out = torch.zeros(lb.shape[0], num_classes, dtype=lb.dtype, device=lb.device)
-    return out.scatter(1, others, lb)
 
 
 def _num_classes(model: nn.Module, x: Tensor) -> int:
@@ -177,8 +173,39 @@ def robust_loss(
 
     ``worst_case_cross_entropy(robust_margins(...), labels)``; arguments as ``robust_margins``.
     For every x in [x_lower, x_upper] (per sample), CE(model(x), labels) <= the per-sample
-    worst-case CE, since each margin lower bound is below the margin at x."""
-    return worst_case_cross_entropy(robust_margins(model, x_lower, x_upper, labels, method, f, k, **options), labels)
+    worst-case CE, since each margin lower bound is below the margin at x. The first output of
+    ``robust_loss_and_margins`` (see there for the chunked CROWN-IBP pass)."""
+    return robust_loss_and_margins(model, x_lower, x_upper, labels, method, f, k, **options)[0]
+
+
+_OPTIONS = {"alpha_steps", "alpha_lr", "max_memory_gib", "crown_patches"}
+
+
+def robust_loss_and_margins(
+    model: nn.Module, x_lower: Tensor, x_upper: Tensor, labels: Tensor, method: str = "crown-ibp",
+    f: Optional[float] = None, k: Optional[int] = None, *, checkpoint_chunks: bool = False, **options,
+) -> tuple[Tensor, Tensor]:
+    """(``robust_loss``, the margins of ``robust_margins`` detached [B, K]): the same values.
+
+    For "crown-ibp" (any f, k) under autograd, a final CROWN pass over the memory budget
+    (``max_memory_gib``, see ``compute_bounds``) runs chunk by chunk, each chunk's share of the
+    loss differentiated at once and its graph freed (``chunked.chunked_robust_loss``: no
+    recompute; the gradients equal the unchunked ones up to rounding). ``checkpoint_chunks``:
+    through ``robust_margins`` instead (checkpointed chunks recomputed by the backward pass).
+    """
+    _check_mix(method, f, k)
+    unknown = set(options) - _OPTIONS
+    if unknown:
+        raise TypeError(f"unknown bound options: {', '.join(sorted(unknown))}")
+    K = _num_classes(model, x_lower)
+    ibp_only = method == "ibp" or (f is not None and float(f) <= _F_TOL) or k == 0
+    if method == "crown-ibp" and not ibp_only and not checkpoint_chunks:
+        mix = f if f is not None and float(f) < 1.0 - _F_TOL else None
+        kk = None if k is None or k >= K - 1 else int(k)
+        return chunked_robust_loss(model, x_lower, x_upper, labels, _other_classes(labels, K), mix, kk,
+                                   options.get("max_memory_gib"))
+    margins = robust_margins(model, x_lower, x_upper, labels, method, f, k, **options)
+    return worst_case_cross_entropy(margins, labels), margins.detach()
 
 
 def _auto_chunk(model: nn.Module, x: Tensor, num_specs: int, method: str) -> int:
@@ -299,6 +326,7 @@ __all__ = [
     "margin_lower_bounds",
     "mixed_margin_lower_bounds",
     "robust_loss",
+    "robust_loss_and_margins",
     "robust_margins",
     "compute_bounds",
     "certify",

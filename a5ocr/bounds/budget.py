@@ -1,5 +1,6 @@
-"""The memory budget of the final CROWN pass: above it the pass runs in checkpointed chunks of
-samples (``engine._crown_final``)."""
+"""The memory budget of the final CROWN pass: above it the pass runs in chunks of samples
+(``engine.final_chunk``): checkpointed ones for bounds under autograd (``engine._crown_final``),
+for the training loss chunks differentiated one at a time (``chunked``, no recompute)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import torch
 _CROWN_WORK_FACTOR = 5.0
 # The budget of the final CROWN pass when none is given (``max_memory_gib=None``). Without
 # gradients (certification) 6 GiB. Under autograd (training) it follows the IBP pass: twice the
-# bytes of the pre-activation bounds, at least 0.25 GiB, so that the chunked, checkpointed CROWN
-# pass adds about what the IBP pass holds and the step's peak stays within ~2x IBP's. Measured
-# (paper net, batch 124, k = 4, 1 torch thread, quiet machine; RESULTS.md): 64x64 peak RSS
+# bytes of the pre-activation bounds, at least 0.25 GiB, so that the chunked CROWN pass adds
+# about what the IBP pass holds and the step's peak stays within ~2x IBP's. Measured with the
+# checkpointed chunks (paper net, batch 124, k = 4, 1 torch thread, quiet machine; RESULTS.md): 64x64 peak RSS
 # 1.80 -> 1.25 GiB (IBP 0.70) for 1.37x the time; 128x128 4.82 -> 2.97 GiB (IBP 1.55) for 1.11x.
 NO_GRAD_BUDGET_GIB = 6.0
 TRAIN_BUDGET_FACTOR = 2.0

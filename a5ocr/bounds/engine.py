@@ -332,45 +332,57 @@ def _alpha_optimise(
     return best
 
 
+def crown_chunk(net: BoundedSequential, shapes, pre_c, box_c, spec, margin, upper: bool, lo: int, hi: int):
+    """The final CROWN pass on the samples lo:hi, whose pre-activation bounds ``pre_c`` and box
+    ``box_c`` are given (rows lo:hi only); ``spec`` and ``margin`` cover all samples.
+    With a margin spec and a last Linear, the spec is folded by gathers.
+    Returns (lb [hi-lo, S], ub [hi-lo, S] or None)."""
+    L = len(net.layers)
+    last = net.layers[-1]
+    ub = None
+    if margin is not None and isinstance(last, BoundLinear):
+        A, bias = margin_fold(last.module.weight, last.module.bias, margin[0][lo:hi], margin[1][lo:hi])
+        lb, _ = net.backward_bound(L - 2, A, shapes, pre_c, box_c)
+        lb = lb + bias
+        if upper:
+            C = spec()
+            _, ub = net.backward_bound(L - 1, C[lo:hi], shapes, pre_c, box_c, lower=False, upper=True)
+        return lb, ub
+    C = spec()
+    C = C if C.shape[0] == 1 else C[lo:hi]
+    return net.backward_bound(L - 1, C, shapes, pre_c, box_c, lower=True, upper=upper)
+
+
+def final_chunk(net: BoundedSequential, shapes, pre, box, num_specs: int, upper: bool,
+                max_memory_gib: Optional[float]) -> int:
+    """Samples per chunk of the final CROWN pass: its estimated memory (``_CROWN_WORK_FACTOR``
+    times the widest A tensor) within ``crown_budget_gib``; >= the batch size: one piece."""
+    widest = max(math.prod(sh) for sh in shapes[net.exact_prefix :])
+    per_sample = num_specs * widest * box[0].element_size() * _CROWN_WORK_FACTOR * (2 if upper else 1)
+    return max(1, int(crown_budget_gib(max_memory_gib, pre) * 2**30 // max(1, per_sample)))
+
+
 def _crown_final(net: BoundedSequential, shapes, pre, box, spec, margin, upper: bool, max_memory_gib: Optional[float]):
     """The final CROWN backward pass (lower, optionally upper) for ``crown``/``crown-ibp``.
 
-    With a margin spec and a last Linear, the spec is folded by gathers. When the estimated
-    memory exceeds ``max_memory_gib``, samples are processed in chunks; under autograd each chunk
-    is checkpointed (its backward pass recomputes it), so only one chunk's graph is alive.
-    Returns (lb [N, S], ub [N, S] or None).
+    When the estimated memory exceeds ``max_memory_gib`` (``final_chunk``), samples are
+    processed in chunks (``crown_chunk``); under autograd each chunk is checkpointed (its
+    backward pass recomputes it), so only one chunk's graph is alive (the training loss avoids
+    the recompute: ``a5ocr.bounds.chunked``). Returns (lb [N, S], ub [N, S] or None).
     """
-    L = len(net.layers)
-    last = net.layers[-1]
     c, r = box
     N = c.shape[0]
     S = margin[1].shape[1] if margin is not None else spec().shape[1]
-    widest = max(math.prod(sh) for sh in shapes[net.exact_prefix :])
-    per_sample = S * widest * c.element_size() * _CROWN_WORK_FACTOR * (2 if upper else 1)
-    chunk = max(1, int(crown_budget_gib(max_memory_gib, pre) * 2**30 // max(1, per_sample)))
+    chunk = final_chunk(net, shapes, pre, box, S, upper, max_memory_gib)
     relu_ids = sorted(pre)
 
     def run(lo: int, hi: int, c_, r_, *pre_flat):
         pre_c = {i: (pre_flat[2 * k], pre_flat[2 * k + 1]) for k, i in enumerate(relu_ids)}
-        box_c = (c_, r_)
-        ub = None
-        if margin is not None and isinstance(last, BoundLinear):
-            A, bias = margin_fold(last.module.weight, last.module.bias, margin[0][lo:hi], margin[1][lo:hi])
-            lb, _ = net.backward_bound(L - 2, A, shapes, pre_c, box_c)
-            lb = lb + bias
-            if upper:
-                C = spec()
-                _, ub = net.backward_bound(L - 1, C[lo:hi], shapes, pre_c, box_c, lower=False, upper=True)
-        else:
-            C = spec()
-            C = C if C.shape[0] == 1 else C[lo:hi]
-            lb, ub = net.backward_bound(L - 1, C, shapes, pre_c, box_c, lower=True, upper=upper)
+        lb, ub = crown_chunk(net, shapes, pre_c, (c_, r_), spec, margin, upper, lo, hi)
         return (lb, ub) if upper else (lb,)
 
     if chunk >= N:
-        flat = [t for i in relu_ids for t in pre[i]]
-        out = run(0, N, c, r, *flat)
-        return out[0], (out[1] if upper else None)
+        return crown_chunk(net, shapes, pre, box, spec, margin, upper, 0, N)
     grad = torch.is_grad_enabled()
     lbs, ubs = [], []
     for lo in range(0, N, chunk):

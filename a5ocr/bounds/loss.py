@@ -1,4 +1,4 @@
-"""The paper's worst-case cross entropy (Eq. 2-3) of margin lower bounds."""
+"""The paper's worst-case cross entropy (Eq. 2-3) of margin lower bounds, and their [B, K] layout."""
 
 from __future__ import annotations
 
@@ -8,6 +8,13 @@ import torch
 import torch.nn.functional as F
 
 Tensor = torch.Tensor
+
+
+def scatter_margins(lb: Tensor, others: Tensor, num_classes: int) -> Tensor:
+    """Margin bounds lb [B, K-1] of the classes ``others`` [B, K-1] -> [B, K] with exact zeros
+    at the label (the layout ``worst_case_cross_entropy`` takes)."""
+    out = torch.zeros(lb.shape[0], num_classes, dtype=lb.dtype, device=lb.device)
+    return out.scatter(1, others, lb)
 
 
 def worst_case_logits(margins: Tensor) -> Tensor:

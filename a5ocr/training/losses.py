@@ -60,7 +60,8 @@ def a5_loss(
     ``crown_k``: the relaxation (CROWN-IBP, ...) only on the k hardest margins by IBP per sample,
     IBP on the others (``bounds.robust_margins``); None = on every margin. ``printed``: the
     worst case over the print box too (x must be the acquisition of ``printed.w``).
-    Returns (loss, stats) with stats["logits"] [B, K] and stats["margins"] [B, K] (or None at eps 0).
+    Returns (loss, stats) with stats["logits"] [B, K] and stats["margins"] [B, K] (detached; None
+    at eps 0).
     """
     logits = model(x)
     ce = F.cross_entropy(logits, labels)
@@ -72,9 +73,11 @@ def a5_loss(
     if printed is not None and printed.eps_print > 0:
         margins = bounds.camera_margin_lower_bounds(model, printed.w, printed.params, printed.camera, labels,
                                                     printed.eps_print, eps, method, f=mix, k=crown_k)
+        wce, margins = bounds.worst_case_cross_entropy(margins, labels), margins.detach()
     else:
+        # the margins come back detached: a crown-ibp pass over the memory budget is
+        # differentiated chunk by chunk (``bounds.robust_loss_and_margins``)
         xl, xu = attack_box(x, eps)
-        margins = bounds.robust_margins(model, xl, xu, labels, method, f=mix, k=crown_k)
-    wce = bounds.worst_case_cross_entropy(margins, labels)
+        wce, margins = bounds.robust_loss_and_margins(model, xl, xu, labels, method, f=mix, k=crown_k)
     loss = f * ce + (1.0 - f) * wce
     return loss, {"logits": logits, "margins": margins, "ce": ce.detach(), "wce": wce.detach()}
