@@ -105,7 +105,7 @@ class _ChunkedMarginLoss(torch.autograd.Function):
             for g in p_grads:
                 if (gi := next(got)) is not None:
                     g += gi
-            del leaves, pre, m, share  # the chunk's graph goes before the next chunk is bounded
+            del leaves, pre, m, share, wrt, got  # the chunk's graph and gradients go before the next chunk
         margins = torch.cat(margins)
         ctx.grads, ctx.p_grads = grads, p_grads
         ctx.p_need = [bool(need) for need in needs[len(tensors):]]
