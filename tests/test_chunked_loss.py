@@ -49,6 +49,12 @@ def mlp(seed: int = 0, dtype=D) -> tuple[nn.Module, tuple]:
     return _init(net, seed).to(dtype), (5,)
 
 
+def conv_head(seed: int = 0, dtype=D) -> tuple[nn.Module, tuple]:
+    """3x6x6 -> Conv(3->4) ReLU -> Conv(4->6, 4x4) -> Flatten: no last Linear, the dense spec path."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, K, 4), nn.Flatten())
+    return _init(net, seed).to(dtype), (3, 6, 6)
+
+
 def _batch(shape, n: int, seed: int, dtype=D):
     g = torch.Generator().manual_seed(seed)
     return torch.rand((n,) + shape, generator=g).to(dtype), torch.arange(n) % K
@@ -76,7 +82,7 @@ def _count_chunks(monkeypatch) -> list:
 
 
 @pytest.mark.parametrize("f,k", CASES)
-@pytest.mark.parametrize("arch", [conv, mlp])
+@pytest.mark.parametrize("arch", [conv, mlp, conv_head])
 def test_chunked_values_exact_and_gradients_equal_the_unchunked(arch, f, k, monkeypatch):
     net, shape = arch(1)
     x, labels = _batch(shape, 7, 1)
