@@ -12,7 +12,9 @@ Pipeline (running text, ``a5ocr.scan.text.scan_text``); each step is described i
    the coordinates of the page as read.
 4. **Characters** (``segmentation``): connected components, grouped into lines and characters (the dots
    of i and j, strokes broken by a light print); each owns the page pixels nearest to it.
-   Characters in pieces are joined and letters that touch split by recognition (``regroup``); a
+   Characters in pieces are joined and letters that touch -- each other or a punctuation mark --
+   split by recognition (``regroup``, ``split``: the cuts whose pieces the classifier, or the
+   source font's marks, read best; such pieces are flagged ``split`` in the JSON); a
    space is emitted where the ink gap exceeds what the font leaves, by half a space (``text``).
 5. **Normalisation** (``geometry``), exactly as ``a5ocr.glyphs.rasterize`` frames prototypes: each
    character to the design's R x R canvas, at a page scale and line baselines fitted by a fixed

@@ -52,6 +52,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import freetype
 import numpy as np
 import torch
 from scipy import ndimage
@@ -67,6 +68,7 @@ OUTSIDE_ERROR = 0.4  # prototype ink error above which a character may be outsid
 OUTSIDE_BOX = 0.1  # and top / bottom mismatch, as a fraction of the prototype's height
 OUTSIDE_WIDTH = 0.45  # or width mismatch, as a fraction of the prototype's height
 OUTSIDE_MARK = "\ufffd"  # what such a character is reported as (the Unicode replacement character)
+MARKS = "-/.:,;"  # punctuation of labels and serial numbers that a split may find beside a letter (``mark_prototypes``)
 
 
 @dataclass
@@ -87,6 +89,7 @@ class Reader:
     eps_a_design: float | None = None
     print_scale: int = 1  # the design's glyphs are S*R; everything above is on the sensor's R
     pose_scale: float = 1.0  # the acquisition's mean pose (module doc): what the classifier is shown
+    marks: dict | None = None  # the source font's ``MARKS`` on the canvas (``mark_prototypes``); None without the font
 
     def classify(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Normalised canvases [n, R, R] -> (probabilities [n, K], classifier inputs x [n, 3, R, R]),
@@ -203,7 +206,48 @@ def load_reader(run_dir: Path | str, classifier: Path | str | None = None) -> Re
         space_units=space, tables=tables, bearings=bearings,
         run_dir=str(run_dir), classifier_path=str(path), eps_a_design=design.eps_a, print_scale=s,
         pose_scale=_pose_of_run(Path(run_dir)),
+        marks=mark_prototypes(design, MARKS),
     )
+
+
+def mark_prototypes(design, marks: str, oversample: int = 8) -> dict | None:
+    """The source font's punctuation ``marks`` (those it maps and the run does not design) framed
+    as ``a5ocr.glyphs.rasterize`` frames the designed glyphs, on the sensor canvas: the design's
+    font units per pixel and baseline, each centred on its own ink box, rendered by FreeType
+    ``oversample`` times finer and box-filtered down. The exported robust font keeps the source's
+    punctuation, so these are how a page in either font prints them. {"chars", "glyphs" [M, R, R],
+    "top", "bottom", "left", "right" [M]}; None when the font is gone or maps none of them."""
+    path = fonts.shipped_twin(design.font_path)
+    if path is None:
+        return None
+    try:
+        mapped = fonts.cmap(path)
+        face = fonts.open_face(path)
+    except GlyphError:
+        return None
+    chars = "".join(c for c in marks if ord(c) in mapped and c not in design.chars)
+    if not chars:
+        return None
+    r, s = design.resolution, design.print_scale
+    big = r * oversample
+    face.set_char_size(int(round(design.units_per_em / (design.units_per_pixel * s) * oversample * 64)))
+    base = int(round(design.baseline / s * oversample))
+    glyphs = np.zeros((len(chars), r, r), np.float64)
+    for k, c in enumerate(chars):
+        face.load_char(c, freetype.FT_LOAD_RENDER | freetype.FT_LOAD_NO_HINTING | freetype.FT_LOAD_TARGET_NORMAL)
+        cov, _, top = fonts.bitmap(face.glyph)
+        cols = np.nonzero(cov.max(axis=0) > 0)[0] if cov.size else np.zeros(0, int)
+        if not cols.size:
+            continue
+        canvas = np.zeros((big + cov.shape[0], big + cov.shape[1]), np.float64)  # room for a glyph past the edge
+        x0, y0 = int(round(big / 2 - (cols[0] + cols[-1] + 1) / 2)), base - top
+        ys, xs = max(0, y0), max(0, x0)
+        canvas[ys : y0 + cov.shape[0], xs : x0 + cov.shape[1]] = cov[ys - y0 :, xs - x0 :]
+        glyphs[k] = canvas[:big, :big].reshape(r, oversample, r, oversample).mean(axis=(1, 3))
+    chars, glyphs = _with_pieces(chars, glyphs)
+    tops, bottoms = (np.array(v, np.float64) for v in zip(*(ink_extents(g.max(axis=1)) for g in glyphs)))
+    lefts, rights = (np.array(v, np.float64) for v in zip(*(ink_extents(g.max(axis=0)) for g in glyphs)))
+    return {"chars": chars, "glyphs": glyphs.astype(np.float32), "top": tops, "bottom": bottoms, "left": lefts, "right": rights}
 
 
 def as_printed(w: np.ndarray, ink: str = "gray", oversample: int = 8) -> np.ndarray:
@@ -240,6 +284,21 @@ def outside_alphabet(canv: np.ndarray, labels: np.ndarray, table: dict) -> tuple
     box = np.maximum(rows, width * (OUTSIDE_BOX / OUTSIDE_WIDTH))  # one number: > OUTSIDE_BOX is outside
     box = np.where(np.isfinite(box), box, np.inf)
     return (err > OUTSIDE_ERROR) & (box > OUTSIDE_BOX), err, box
+
+
+def _with_pieces(chars: str, glyphs: np.ndarray) -> tuple[str, np.ndarray]:
+    """Marks that print in pieces (the dots of a colon, a semicolon's dot and comma) and each of
+    their pieces apart, as the same mark: a letter touching one dot of a colon takes it into its
+    own component, and the split that frees the letter leaves the dot alone. Pieces are the
+    8-connected components of the ink above 0.05, each with the ink within a pixel of it."""
+    out_chars, out = list(chars), list(glyphs)
+    for c, g in zip(chars, glyphs):
+        lab, n = ndimage.label(g > 0.05, structure=np.ones((3, 3), bool))
+        for i in range(1, n + 1 if n > 1 else 1):
+            near = ndimage.binary_dilation(lab == i, structure=np.ones((3, 3), bool))
+            out_chars.append(c)
+            out.append(np.where(near, g, 0.0))
+    return "".join(out_chars), np.stack(out)
 
 
 def classify(model: torch.nn.Module, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

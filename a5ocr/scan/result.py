@@ -49,6 +49,7 @@ class ScanChar:
     expected: str | None = None  # the true character here; "" nothing there; None: no truth known
     read_as: str = ""  # for a character outside the alphabet (char = OUTSIDE_MARK): the class the classifier said
     prototype_error: tuple[float, float] | None = None  # ``reader.outside_alphabet``'s (ink, box) of the class read
+    split: bool = False  # a piece of a component cut by recognition (``a5ocr.scan.split``): its image is part of one
 
     @property
     def outside_alphabet(self) -> bool:
@@ -63,7 +64,7 @@ class ScanChar:
                 "confidence": round(self.confidence, 6), "certified": bool(self.certified), "radius": round(self.radius, 6),
                 "runner_up": self.second, "runner_up_confidence": round(self.second_confidence, 6),
                 "expected": self.expected, "correct": self.correct, "outside_alphabet": self.outside_alphabet,
-                "read_as": self.read_as or self.char,
+                "read_as": self.read_as or self.char, "split": bool(self.split),
                 "prototype_error": None if self.prototype_error is None else
                 {"ink": round(self.prototype_error[0], 4), "box": round(self.prototype_error[1], 4)}}
 
@@ -191,11 +192,13 @@ def compare_with_truth(result: ScanResult, truth_text: str, source: str) -> Scan
 
 
 def scan_chars(reader: Reader, probs: np.ndarray, x: torch.Tensor, eps_a: float, method: str, boxes, lines, spaces,
-               expected=None, outside: tuple | None = None) -> list[ScanChar]:
+               expected=None, outside: tuple | None = None, split=None) -> list[ScanChar]:
     """The characters read (probabilities [n, K], classifier inputs x [n, 3, R, R]), certified.
 
     ``outside``: ``reader.outside_alphabet``'s (mask, ink error, box mismatch) (running text);
-    a character in the mask is reported as ``OUTSIDE_MARK`` (outside the alphabet), not certified, radius 0."""
+    a character in the mask is reported as ``OUTSIDE_MARK`` (outside the alphabet), not certified, radius 0.
+    ``split``: per character, whether it is a piece cut from a component by recognition (``Glyph.cols``
+    set); the certificate covers its normalised image as for any other character."""
     pred = probs.argmax(1) if len(probs) else np.zeros(0, np.int64)
     inside = np.ones(len(pred), bool) if outside is None else ~np.asarray(outside[0], bool)
     cert, radius = np.zeros(len(pred), bool), np.zeros(len(pred))
@@ -214,6 +217,7 @@ def scan_chars(reader: Reader, probs: np.ndarray, x: torch.Tensor, eps_a: float,
             second=reader.chars[second], second_confidence=float(probs[i, second]),
             expected=None if expected is None else expected[i], read_as="" if inside[i] else label,
             prototype_error=None if outside is None else (float(outside[1][i]), float(outside[2][i])),
+            split=bool(split[i]) if split is not None else False,
         ))
     return out
 
