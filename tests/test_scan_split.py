@@ -9,17 +9,15 @@ what is tested is the segmentation, not the briefly trained classifier."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
-import torch
 
 from a5ocr import scan as sc
 from a5ocr.scan.geometry import fit_geometry
 from a5ocr.scan.regroup import join_broken, split_merged
 from a5ocr.scan.render_text import RenderOptions, render_text
 from a5ocr.scan.result import compare_with_truth, scan_chars
+from test_scan import _template_reader  # the nearest-prototype reader of tests/test_scan.py
 
 CHARS = "FKPVWbfm"
 TOUCHING = "F/W.K P/V:b fb/W\nPK/W VK.W fm/P"
@@ -46,19 +44,7 @@ def font(run):
 
 @pytest.fixture(scope="module")
 def reader(run):
-    return template_reader(sc.load_reader(run))
-
-
-def template_reader(base):
-    """``base`` with a nearest-prototype classifier (logits -|x - p|^2 / 2 up to a common term,
-    p = the robust glyphs as printed), shown the identity canvases (pose scale 1)."""
-    protos = 1 - torch.from_numpy(base.tables["robust"]["glyphs"]).float()
-    k, r, _ = protos.shape
-    lin = torch.nn.Linear(3 * r * r, k)
-    with torch.no_grad():
-        lin.weight.copy_((2 * protos / 3).reshape(k, 1, r * r).expand(k, 3, r * r).reshape(k, -1) / 2)
-        lin.bias.copy_(-(protos**2).flatten(1).sum(1) / 2)
-    return dataclasses.replace(base, model=torch.nn.Sequential(torch.nn.Flatten(), lin).eval(), pose_scale=1.0)
+    return _template_reader(sc.load_reader(run))
 
 
 def _regrouped(gray, reader):
