@@ -25,6 +25,8 @@ boxes are both in the degraded page's pixels), and reports:
 * outside-alphabet characters (``-/.:``): how many were found as a component at all, how many the
   scan reported as outside the alphabet (``outside_flagged``), what the others were read as, and
   how many of those were certified (``certified_outside``: a certificate of a wrong letter);
+* designed characters read from a piece of a split (the scan's ``split`` flag: a component cut
+  by recognition, ``a5ocr.scan.split``), how many of them are right, and how many certified but wrong;
 * components read where no true character is (``spurious``), and the scan's own text alignment
   (``a5ocr scan``'s ``accuracy`` against render-text's truth, over all characters, punctuation
   included: every punctuation mark is an error there).
@@ -123,6 +125,9 @@ def score_page(truth: dict, scan: dict, alphabet: str) -> dict:
             c["designed_certified_correct"] += ok and r["certified"]
             c["designed_certified_wrong"] += (not ok) and r["certified"]
             c["designed_flagged_outside"] += bool(r.get("outside_alphabet"))
+            c["designed_split"] += bool(r.get("split"))  # read from a piece of a split (scan's JSON "split")
+            c["designed_split_correct"] += bool(r.get("split")) and ok
+            c["designed_split_certified_wrong"] += bool(r.get("split")) and (not ok) and r["certified"]
         else:
             c["outside_found"] += 1
             c["outside_flagged"] += bool(r.get("outside_alphabet"))
@@ -163,6 +168,8 @@ def measure(args, text: str, alphabet: str, fname: str, fpath: str, size: float,
             "outside_characters": tot["outside"], "outside_found": tot["outside_found"],
             "certified_outside": tot["certified_outside"], "outside_flagged": tot["outside_flagged"],
             "designed_flagged_outside": tot["designed_flagged_outside"], "spurious": tot["spurious"],
+            "designed_split": tot["designed_split"], "designed_split_correct": tot["designed_split_correct"],
+            "designed_split_certified_wrong": tot["designed_split_certified_wrong"],
             "outside_read_as": dict(outside_read.most_common()), "scan_accuracy_all_characters": float(np.mean(acc)),
             "counts": dict(tot)}
 
