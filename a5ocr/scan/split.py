@@ -157,8 +157,10 @@ def best_segmentation(seg: Segmentation, reader: Reader, geo: PageGeometry, g: G
     is read (one batch), and the path of at least two pieces with the largest product of
     ``read_score`` is found by dynamic programming over (cut, pieces so far). Returns the pieces
     and their scores, left to right; ([], []) when no path of two or more pieces exists."""
-    cols = _segment_columns(seg, reader, geo, g)
     lo_w, hi_w = width_limits(reader, geo, g)
+    if g.right - g.left + 1 > max_pieces * (hi_w + 2):  # no path: each piece spans at most hi_w + 2 of the columns
+        return [], []
+    cols = _segment_columns(seg, reader, geo, g)
     n = len(cols)
     spans, pieces = [], []
     for i in range(n - 1):
