@@ -25,8 +25,8 @@ def design(
     classifier: Optional[Path] = typer.Option(None, help="Legacy classifier (safetensors from a5ocr) for A5/P; without it a CROWN-IBP classifier is trained first."),
     preset: str = typer.Option("cpu", help="cpu (32x32, minutes on a laptop), paper (128x128 and the paper's net, for a GPU), tiny (seconds, smoke test)."),
     resolution: Optional[int] = typer.Option(None, help="Canvas size in pixels (default from the preset)."),
-    print_scale: Optional[int] = typer.Option(None, "--print-scale", help="Design the glyphs S times finer than the sensor (the print; the classifier still sees --resolution px): default 1 (every preset; 4 is the print-resolution design: a 128 px print for the cpu preset's 32 px sensor)."),
-    defence: str = typer.Option("pixel", "--defence", help="The glyph change: pixel (one value per print pixel, the paper's) or coarse:F (on a grid F times coarser than the print, upsampled smoothly: clean strokes)."),
+    print_scale: Optional[int] = typer.Option(None, "--print-scale", help="Design the glyphs S times finer than the sensor (the print; the classifier still sees --resolution px): default from the preset (cpu 4: a 128 px print for its 32 px sensor; paper and tiny 1)."),
+    defence: Optional[str] = typer.Option(None, "--defence", help="The glyph change: pixel (one value per print pixel, the paper's) or coarse:F (on a grid F times coarser than the print, upsampled smoothly: clean strokes); default from the preset (cpu coarse:4, paper and tiny pixel)."),
     defence_tv: float = typer.Option(0.0, "--defence-tv", help="Weight of a total-variation penalty on the glyph change (0: none)."),
     ink: str = typer.Option("gray", help="gray (any ink level) or binary (each pixel ink or paper: printable exactly)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -47,7 +47,7 @@ def design(
     On several processes: torchrun --nproc-per-node N -m a5ocr.cli design ... (gloo on the CPU,
     NCCL on GPUs; copies x characters must divide by N; resume with the same N)."""
     from a5ocr.runtime import set_threads  # local: keep a5ocr --help fast (torch)
-    from a5ocr.training.design import DesignConfig, parameterisation_option, run_design  # local: keep a5ocr --help fast
+    from a5ocr.training.design import DesignConfig, defence_option, run_design  # local: keep a5ocr --help fast
     from a5ocr.training.distributed import launched_rank  # local: keep a5ocr --help fast (torch)
 
     set_threads(threads, DesignError)
@@ -56,7 +56,7 @@ def design(
         classifier=str(classifier) if classifier else None, preset=preset, resolution=resolution,
         ink=ink, device=device, seed=seed, out=str(out) if out else None,
         stage1_steps=steps, stage2_steps=design_steps, warmup=warmup, ramp=ramp, samples_per_char=eval_samples, train_bounds=train_bounds,
-        crown_k=crown_k, print_scale=print_scale, parameterisation=parameterisation_option(defence, defence_tv),
+        crown_k=crown_k, print_scale=print_scale, parameterisation=defence_option(defence, defence_tv, preset),
     )
     if launched_rank() != 0:  # torchrun's other processes: they train, rank 0 shows and writes
         run_design(cfg, resume=resume)

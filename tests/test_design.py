@@ -210,7 +210,8 @@ def test_a_print_scale_design_runs_through_evaluation_and_is_read_back(tmp_path)
     scale, and the coarse change keeps |dw| <= eps_D. A bad scale or defence is one DesignError."""
     from a5ocr.evaluation import evaluate_run
     from a5ocr.runs import load_run
-    from a5ocr.training.design import parameterisation_option
+    from a5ocr.training.design import defence_option, parameterisation_option
+    from a5ocr.training.parameterisation import Parameterisation
 
     out = tmp_path / "run"
     defence = parameterisation_option("coarse:2", 0.01)
@@ -235,8 +236,17 @@ def test_a_print_scale_design_runs_through_evaluation_and_is_read_back(tmp_path)
         DesignConfig(**TINY, print_scale=1, parameterisation={"kind": "coarse", "factor": 3}).resolved()
     with pytest.raises(DesignError, match="--defence"):
         parameterisation_option("coarse:x")
-    assert DesignConfig(**TINY).resolved().print_scale == 1 and DesignConfig(font="comic-neue").resolved().print_scale == 1
-    assert DesignConfig(font="comic-neue", print_scale=4).resolved().print_scale == 4
+    # the presets' defaults: tiny (and paper) one grid, per pixel; cpu the print-resolution design
+    tiny = DesignConfig(**TINY).resolved()
+    assert (tiny.print_scale, tiny.parameterisation) == (1, None)
+    cpu = DesignConfig(font="comic-neue").resolved()
+    assert cpu.print_scale == 4 and cpu.glyph_parameterisation() == Parameterisation.parse("coarse:4")
+    assert DesignConfig(font="comic-neue", print_scale=1, parameterisation=None).resolved().parameterisation is None
+    assert DesignConfig(font="comic-neue", preset="paper").resolved().parameterisation is None
+    # the CLI's --defence / --defence-tv: unset = the preset's; the penalty alone joins the preset's
+    assert defence_option(None, 0.0, "cpu") == "preset"
+    assert Parameterisation.from_dict(defence_option(None, 0.01, "cpu")) == Parameterisation.parse("coarse:4", 0.01)
+    assert defence_option("pixel", 0.0, "cpu") is None
 
 
 # ----------------------------------------------------------------------------- --eps-print

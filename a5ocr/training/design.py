@@ -69,8 +69,9 @@ class DesignConfig(TrainingConfig):
     lr_glyphs: float = 0.05
     # The print is print_scale times finer than the sensor (None: the preset's; 1: one grid).
     print_scale: int | None = None
-    # The glyph change's parameterisation (``Parameterisation.to_dict``); None: the paper's per pixel.
-    parameterisation: dict | None = None
+    # The glyph change's parameterisation (``Parameterisation.to_dict``); None: the paper's per
+    # pixel; "preset": the preset's ``defence`` (resolved; a record never holds "preset").
+    parameterisation: dict | str | None = "preset"
     eps_print: float = 0.0  # the A5 stage's print budget (0: the image attack alone)
 
     def to_dict(self) -> dict:
@@ -90,7 +91,9 @@ class DesignConfig(TrainingConfig):
         self._check_recipe()
         self.check_samples()
         preset = PRESETS[self.preset]
-        cfg = self.with_scaled_schedule(preset).with_preset(preset)
+        cfg = self.with_scaled_schedule(preset).with_preset({k: v for k, v in preset.items() if k != "defence"})
+        if cfg.parameterisation == "preset":
+            cfg = replace(cfg, parameterisation=parameterisation_option(preset["defence"]))
         cfg.check_resolution()
         cfg._check_print()
         cfg = cfg.with_eval_seed()
@@ -134,6 +137,14 @@ def parameterisation_option(text: str, tv: float = 0.0) -> dict | None:
     except ValueError as err:
         raise DesignError(f"--defence: {err}") from None
     return None if p == Parameterisation() else p.to_dict()
+
+
+def defence_option(text: str | None, tv: float, preset: str) -> dict | str | None:
+    """``DesignConfig.parameterisation`` for ``--defence TEXT --defence-tv TV``: "preset" (the
+    preset's defence) when neither is given; TV alone applies to the preset's defence."""
+    if text is None and tv == 0.0:
+        return "preset"
+    return parameterisation_option(text if text is not None else PRESETS.get(preset, {}).get("defence", "pixel"), tv)
 
 
 def default_out(cfg: DesignConfig, family: str) -> Path:

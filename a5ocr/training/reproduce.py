@@ -98,7 +98,7 @@ def _design_configs(cfg: ReproduceConfig, out: Path) -> dict[str, DesignConfig]:
         stage1_steps=cfg.stage1_steps, stage2_steps=cfg.stage2_steps, warmup=cfg.warmup, ramp=cfg.ramp,
         samples_per_char=cfg.design_eval_samples,
         # Table 9 is the paper's setup: the glyph on the sensor's grid (``extra`` may ask for a print scale)
-        certify_methods=("ibp",), **{"print_scale": 1, **cfg.extra},
+        certify_methods=("ibp",), **{"print_scale": 1, "parameterisation": None, **cfg.extra},
     )
     baseline = out / "a5pc" / "baseline_classifier.safetensors"
     return {
