@@ -18,6 +18,8 @@ never cut.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from a5ocr.scan.geometry import PageGeometry, normalize_glyph
@@ -84,7 +86,7 @@ def split_merged(seg: Segmentation, reader: Reader, geo: PageGeometry, canv: np.
             continue
         score, a, b = _best_split(seg, reader, geo, g, lookahead=1 if pieces + 1 < max_pieces else 0)
         path, s_path = best_segmentation(seg, reader, geo, g, max_pieces - pieces + 1)
-        if path and min(s_path) > max(score, whole, 0.3):
+        if path and min(s_path) > max(score, whole, 0.5) and math.prod(s_path) > whole:  # an l is not two half-l's
             new, s_new = path, s_path
         elif score > max(whole, 0.3):
             new = list(cut_pieces(seg, g, a, b))
@@ -120,7 +122,7 @@ def _regrouping(seg: Segmentation, reader: Reader, geo: PageGeometry, u: Glyph, 
         if min(s_pair) - floor > move[0]:
             move = (min(s_pair) - floor, list(pair), s_pair)
     path, s_path = best_segmentation(seg, reader, geo, u, max_pieces=3)
-    if path and min(s_path) - floor > move[0]:
+    if path and min(s_path) - floor > move[0] and math.prod(s_path) > su:
         move = (min(s_path) - floor, path, s_path)
     return move
 

@@ -139,6 +139,13 @@ def width_limits(reader: Reader, geo: PageGeometry, g: Glyph) -> tuple[float, fl
     return 0.6 * float(widths.min()) * k, 1.3 * float(widths.max()) * k
 
 
+def too_narrow_to_cut(reader: Reader, geo: PageGeometry, g: Glyph) -> bool:
+    """Whether ``g`` is narrower than two of the narrowest prototypes side by side (an i or an l
+    blurred wide, whose halves each read as an i or an l, is one letter)."""
+    lo_w, _ = width_limits(reader, geo, g)
+    return g.right - g.left < 2 * lo_w / 0.6
+
+
 def _segment_columns(seg: Segmentation, reader: Reader, geo: PageGeometry, g: Glyph) -> list[int]:
     """The columns a segmentation may cut ``g`` at: its ends, the candidates of ``cut_candidates``
     and a column every 0.04 em at least 0.05 em from either end (a mark beside a letter)."""
@@ -159,6 +166,8 @@ def best_segmentation(seg: Segmentation, reader: Reader, geo: PageGeometry, g: G
     and their scores, left to right; ([], []) when no path of two or more pieces exists."""
     lo_w, hi_w = width_limits(reader, geo, g)
     if g.right - g.left + 1 > max_pieces * (hi_w + 2):  # no path: each piece spans at most hi_w + 2 of the columns
+        return [], []
+    if too_narrow_to_cut(reader, geo, g):
         return [], []
     cols = _segment_columns(seg, reader, geo, g)
     n = len(cols)
