@@ -93,6 +93,7 @@ def test_letters_touching_marks_and_letters_are_split_and_read(reader, touching,
     assert any(g.cols is not None for g in seg.glyphs)  # some characters are pieces of a split
     letters = [c.char for c in touching_read.chars if not c.outside_alphabet]
     assert "".join(letters) == "".join(c for c in TOUCHING if c in CHARS)
+    assert any(c.split for c in touching_read.chars)  # and the scan's record says which
 
 
 def test_a_split_piece_is_certified_only_when_right(touching_read):

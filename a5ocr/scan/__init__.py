@@ -3,7 +3,7 @@
 The stages of a read, one module each (the pipeline is described in ``a5ocr.scan.read``):
 ``page`` (image I/O, rotations), ``binarize`` (paper and ink levels, skew), ``segmentation``
 (lines and characters), ``reader`` (the run's classifier and prototypes), ``geometry``
-(normalisation to the design canvas), ``regroup`` (pieces joined, touching letters split),
+(normalisation to the design canvas), ``regroup`` (pieces joined, touching letters split), ``split`` (recognition-driven cuts of touching characters),
 ``certify`` (certificates and radii), ``result`` (the result, JSON, overlay), ``text`` and
 ``sheet`` (running text and glyph sheets), ``read`` (the entry points); ``render_text`` draws
 test pages.

@@ -80,8 +80,9 @@ def scan_text(gray: np.ndarray, reader: Reader, eps_a: float, method: str = "cro
     boxes = [seg.page_box(g.box) for g in glyphs]
     outside = outside_alphabet(canv, probs.argmax(1), reader.tables[geo.table or "robust"])
     info["outside_alphabet"] = int(outside[0].sum())
+    info["split_pieces"] = sum(g.cols is not None for g in glyphs)
     chars = scan_chars(reader, probs, x, eps_a, method, boxes, [g.line for g in glyphs], [g.space_before for g in glyphs],
-                       outside=outside)
+                       outside=outside, split=[g.cols is not None for g in glyphs])
     return ScanResult(page=page_name, mode="text", eps_a=eps_a, method=method, chars=chars,
                       page_px=(gray.shape[1], gray.shape[0]), info=info)
 
