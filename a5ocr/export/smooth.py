@@ -35,11 +35,9 @@ import math
 
 import numpy as np
 from fontTools.pens.basePen import decomposeQuadraticSegment
-from fontTools.pens.qu2cuPen import Qu2CuPen
 from fontTools.pens.recordingPen import RecordingPen
 from matplotlib.path import Path as MplPath
 
-from a5ocr.export import cubic
 from a5ocr.export import outline as tracers
 
 
@@ -77,12 +75,6 @@ def fit_field(w: np.ndarray, oversample: int = 8, margin: float = 0.2, iters: in
 
 # RDP tolerances tried, coarse to fine, in design px at 32 px per canvas (scaled with the canvas above 32).
 TOLERANCES = (0.3, 0.22, 0.16, 0.12, 0.09, 0.06, 0.04)
-# qu2cu's tolerance merging the splines into cubics (one candidate of ``smooth_cubics``), same units.
-MERGE_PX = 0.1
-# The cubic fit's distance tolerances (``smooth_cubics``), same units.
-# ``_refine``'s tolerance factors per round (each tried: neither is always the leaner).
-SHRINK = (1.0, 0.75)
-CUBIC_TOLERANCES = (0.5, 0.4, 0.3, 0.25, 0.2)
 
 
 def smooth_polygons(w: np.ndarray, oversample: int = 8, target_iou: float = 0.99, corner_deg: float = 65.0
@@ -96,7 +88,8 @@ def smooth_polygons(w: np.ndarray, oversample: int = 8, target_iou: float = 0.99
     once y points up), loops with fewer than 3 points or under 0.05 px^2 dropped.
     """
     w = np.asarray(w, np.float64)
-    dense = dense_outline(w, oversample)
+    f, x0, step = tracers.bilinear_upsample(fit_field(w, oversample), oversample)
+    dense = [x0 + loop * step for loop in tracers.trace_level(f, 0.5)]
     scale = max(1.0, w.shape[0] / 32.0)
     best: tuple[float, list] = (-1.0, [])
     for tol in TOLERANCES:
@@ -107,130 +100,6 @@ def smooth_polygons(w: np.ndarray, oversample: int = 8, target_iou: float = 0.99
         if score >= target_iou:
             break
     return best[1]
-
-
-def dense_outline(w: np.ndarray, oversample: int) -> list[np.ndarray]:
-    """The 0.5 iso-line of the bilinear interpolant of ``fit_field(w)`` on an ``oversample``-times
-    finer grid: closed loops [n, 2] in canvas px, TrueType orientation (the curves' data)."""
-    f, x0, step = tracers.bilinear_upsample(fit_field(w, oversample), oversample)
-    return [x0 + loop * step for loop in tracers.trace_level(f, 0.5)]
-
-
-def smooth_cubics(w: np.ndarray, oversample: int = 8, target_iou: float = 0.99, corner_deg: float = 65.0,
-                  stats: dict | None = None) -> list[np.ndarray]:
-    """Cubic pieces [m, 4, 2] per closed loop of the smooth outline of ink ``w`` [R, R], canvas px.
-
-    Candidates: the splines of ``smooth_polygons`` merged into cubics by fontTools' qu2cu
-    (within ``MERGE_PX``; the previous CFF outline), and two data fitted (``cubic.fit_loop``): the iso-line itself (``dense_outline``, loops
-    under 0.05 px^2 at 32 px per canvas dropped) and the spline of ``smooth_polygons`` (the
-    iso-line smoothed, sampled 16 times per piece); each from every tolerance of
-    ``CUBIC_TOLERANCES`` (scaled with the canvas above 32 px, as the iso-line's detail is), then
-    refined where it matters (``_refine``) until the cubics' coverage reaches ``target_iou`` as
-    ``smooth_polygons`` counts it. The fit with the fewest pieces that reaches it is kept (the
-    best scoring one if none does). ``stats`` (optional) counts ``fits`` and ``coverages``.
-    """
-    w = np.asarray(w, np.float64)
-    scale = max(1.0, w.shape[0] / 32.0)
-    dense = [lp for lp in dense_outline(w, oversample) if abs(tracers.signed_area(lp)) >= 0.05 * scale ** 2]
-    rec = RecordingPen()
-    for poly, corner in smooth_polygons(w, oversample, target_iou, corner_deg):
-        draw_spline(rec, poly, corner)
-    rings = [ring[:-1] if np.array_equal(ring[0], ring[-1]) else ring for ring in _flatten(rec, 16)]
-    merged = _qu2cu_loops(rec, MERGE_PX)
-    out = RecordingPen()
-    draw_cubics(out, merged)
-    score = _score(recording_coverage(out, w.shape[0], oversample), w > 0.5)[0]
-    best: tuple[bool, int, float, list] = (score >= target_iou, -sum(len(lp) for lp in merged), score, merged)
-    for data in (dense, rings):
-        for tol, shrink in ((t, f) for t in CUBIC_TOLERANCES for f in SHRINK):
-            fits = [cubic.fit_loop(lp, tol * scale, corner_deg, 0.75 * scale, stats) for lp in data]
-            score, loops = _refine(w, data, fits, tol * scale, shrink, target_iou, oversample, stats)
-            cand = (score >= target_iou, -sum(len(lp) for lp in loops), score, loops)
-            if cand[:2] > best[:2] if cand[0] or best[0] else score > best[2]:
-                best = cand
-    return best[3]
-
-
-def _score(cov: np.ndarray, ink: np.ndarray, margin: float = 0.04) -> tuple[float, np.ndarray]:
-    """The ink-mask IoU of coverage ``cov`` against ``ink`` with a pixel within ``margin`` of 0.5
-    counted as wrong (a rasteriser's exact areas differ from the sampled ``cov``: measured,
-    FreeType put 4 of 62 glyphs below IoU 0.97 that the plain count put at 0.985 and above),
-    and the [R, R] mask of the wrong pixels."""
-    bad = np.where(ink, cov <= 0.5 + margin, cov >= 0.5 - margin)
-    union = int((ink | bad).sum())
-    return (float((ink & ~bad).sum()) / union if union else 1.0), bad
-
-
-def _qu2cu_loops(rec: RecordingPen, max_err: float) -> list[np.ndarray]:
-    """The splines of ``rec`` merged into cubics by fontTools' qu2cu within ``max_err`` (lines
-    as straight cubics): cubic pieces [m, 4, 2] per loop."""
-    out = RecordingPen()
-    rec.replay(Qu2CuPen(out, max_err, all_cubic=True))
-    loops, cur, start = [], [], None
-    for op, args in out.value:
-        pts = [np.asarray(a, np.float64) for a in args]
-        if op == "moveTo":
-            cur, start = [], pts[0]
-        elif op in ("lineTo", "curveTo", "closePath"):
-            p0 = cur[-1][3] if cur else start
-            if op == "curveTo":
-                cur.append(np.array([p0, *pts]))
-                continue
-            end = pts[0] if op == "lineTo" else start
-            if op == "lineTo" or not np.array_equal(p0, end):
-                cur.append(np.array([p0, (2 * p0 + end) / 3, (p0 + 2 * end) / 3, end]))
-            if op == "closePath":
-                loops.append(np.array(cur))
-    return loops
-
-
-def _refine(w: np.ndarray, data: list, fits: list, tol: float, shrink: float, target_iou: float, oversample: int,
-            stats: dict | None, rounds: int = 10) -> tuple[float, list[np.ndarray]]:
-    """Split (``cubic.refit``, the tolerance times ``shrink`` each round) the piece nearest each
-    pixel whose ink > 0.5 the cubics get wrong (``_score``), at its point nearest that pixel,
-    until the IoU of the masks reaches ``target_iou`` or no piece is within 1 px of a wrong
-    pixel: the pieces are spent where the design needs them, not over the whole outline.
-    Returns (IoU, the loops [m, 4, 2])."""
-    for _ in range(rounds + 1):
-        loops = [np.array([ctrl for ctrl, _ in f]) for f in fits]
-        rec = RecordingPen()
-        draw_cubics(rec, loops)
-        score, bad = _score(recording_coverage(rec, w.shape[0], oversample), w > 0.5)
-        if stats is not None:
-            stats["coverages"] = stats.get("coverages", 0) + 1
-        wrong = np.argwhere(bad)[:, ::-1] + 0.5  # (x, y) pixel centres
-        if score >= target_iou or not len(wrong):
-            break
-        tol = tol * shrink
-        pieces = [(k, q) for k, f in enumerate(fits) for q in range(len(f))]
-        gaps = np.array([np.abs(data[k][fits[k][q][1]][:, None, :] - wrong[None]).max(-1).min(0) for k, q in pieces])
-        owner = np.argmin(gaps, axis=0)  # each wrong pixel's nearest piece splits there
-        split = {}
-        for px, o in enumerate(owner):
-            if gaps[o, px] <= 1.0 and (o not in split or gaps[o, px] < gaps[o, split[o]]):
-                split[o] = px
-        if not split:
-            break
-        at = {pieces[o]: wrong[px] for o, px in split.items()}
-        for k in range(len(fits)):
-            fits[k] = [new for q, piece in enumerate(fits[k]) for new in
-                       (cubic.refit(data[k], piece, tol, at[k, q], stats) if (k, q) in at else [piece])]
-    return score, loops
-
-
-def draw_cubics(pen, loops: list[np.ndarray], line_tol: float = 0.01) -> None:
-    """Draw closed loops of cubic pieces [m, 4, 2] (``curveTo``); straight pieces (handles within
-    ``line_tol`` of their chord) as ``lineTo``."""
-    for pieces in loops:
-        straight = cubic.is_line(pieces, line_tol)
-        pen.moveTo(tuple(float(v) for v in pieces[0, 0]))
-        for k, piece in enumerate(pieces):
-            end = tuple(float(v) for v in piece[3])
-            if straight[k]:
-                pen.lineTo(end)
-            else:
-                pen.curveTo(*(tuple(float(v) for v in p) for p in piece[1:3]), end)
-        pen.closePath()
 
 
 def _control_loops(dense: list[np.ndarray], tolerance: float, corner_deg: float) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -253,28 +122,22 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def spline_coverage(loops: list[tuple[np.ndarray, np.ndarray]], r: int, oversample: int) -> np.ndarray:
-    """[r, r] fraction of each pixel inside the splines of ``loops`` (``recording_coverage`` of ``draw_spline``)."""
-    rec = RecordingPen()
-    for poly, corner in loops:
-        draw_spline(rec, poly, corner)
-    return recording_coverage(rec, r, oversample)
-
-
-def recording_coverage(rec: RecordingPen, r: int, oversample: int) -> np.ndarray:
-    """[r, r] fraction of each pixel inside the closed contours of ``rec`` (even-odd over the
-    contours), counted at the centres of an ``oversample``-times finer grid; the curves
-    flattened to 8 points per piece."""
+    """[r, r] fraction of each pixel inside the splines of ``loops`` (even-odd over the loops),
+    counted at the centres of an ``oversample``-times finer grid; the splines flattened to 8 points per piece."""
     sub = (np.arange(r * oversample) + 0.5) / oversample
     yy, xx = np.meshgrid(sub, sub, indexing="ij")
     centres = np.c_[xx.ravel(), yy.ravel()]
     inside = np.zeros(centres.shape[0], bool)
+    rec = RecordingPen()
+    for poly, corner in loops:
+        draw_spline(rec, poly, corner)
     for ring in _flatten(rec):
         inside ^= MplPath(ring).contains_points(centres)
     return inside.reshape(r, oversample, r, oversample).mean(axis=(1, 3))
 
 
 def _flatten(rec: RecordingPen, per_piece: int = 8) -> list[np.ndarray]:
-    """Closed polygons along the lines, quadratic and cubic pieces of a recording (moveTo/lineTo/qCurveTo/curveTo/closePath)."""
+    """Closed polygons along the lines and quadratic pieces of a recording (moveTo/lineTo/qCurveTo/closePath)."""
     rings, cur = [], []
     t = (np.arange(per_piece) + 1.0)[:, None] / per_piece
     for op, args in rec.value:
@@ -286,9 +149,6 @@ def _flatten(rec: RecordingPen, per_piece: int = 8) -> list[np.ndarray]:
             for off, on in decomposeQuadraticSegment(args):
                 p0, p1, p2 = cur[-1], np.asarray(off), np.asarray(on)
                 cur.extend((1 - t) ** 2 * p0 + 2 * t * (1 - t) * p1 + t ** 2 * p2)
-        elif op == "curveTo":  # a cubic may span many pixels: 4 times the points
-            p0, (p1, p2, p3) = cur[-1], (np.asarray(a, np.float64) for a in args)
-            cur.extend(cubic.evaluate(np.array([p0, p1, p2, p3]), (np.arange(4 * per_piece) + 1.0) / (4 * per_piece)))
         elif op == "closePath":
             rings.append(np.array(cur))
     return rings
