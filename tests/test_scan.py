@@ -19,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import exported_ttf, tiny_scan_run
 from a5ocr import scan as sc
 from a5ocr.evaluation import radius_cap
 from a5ocr.scan import page as pg
@@ -30,21 +31,12 @@ TEXT = "BAD CAFE FACE\nHEAD BEACH EDGE\nDEAF GAB HEDGE"
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from a5ocr.training.design import DesignConfig, run_design
-
-    out = tmp_path_factory.mktemp("scanrun") / "run"
-    run_design(DesignConfig(font="comic-neue", chars=CHARS, preset="tiny", resolution=32, eps_a=0.02, samples_per_char=5,
-                            device="cpu", certify_methods=("ibp",), out=str(out), stage1_steps=60, stage2_steps=30))
-    return out
+    return tiny_scan_run(tmp_path_factory, "scanrun", CHARS)
 
 
 @pytest.fixture(scope="module")
 def font(run):
-    from a5ocr.export import export_font
-
-    path = run / "a5.ttf"
-    export_font(run, path)
-    return path
+    return exported_ttf(run)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import exported_ttf, tiny_scan_run
 from a5ocr import scan as sc
 from a5ocr.scan.geometry import fit_geometry
 from a5ocr.scan.regroup import join_broken, split_merged
@@ -25,21 +26,12 @@ TOUCHING = "F/W.K P/V:b fb/W\nPK/W VK.W fm/P"
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from a5ocr.training.design import DesignConfig, run_design
-
-    out = tmp_path_factory.mktemp("splitrun") / "run"
-    run_design(DesignConfig(font="comic-neue", chars=CHARS, preset="tiny", resolution=32, eps_a=0.02, samples_per_char=5,
-                            device="cpu", certify_methods=("ibp",), out=str(out), stage1_steps=60, stage2_steps=30))
-    return out
+    return tiny_scan_run(tmp_path_factory, "splitrun", CHARS)
 
 
 @pytest.fixture(scope="module")
 def font(run):
-    from a5ocr.export import export_font
-
-    path = run / "a5.ttf"
-    export_font(run, path)
-    return path
+    return exported_ttf(run)
 
 
 @pytest.fixture(scope="module")
