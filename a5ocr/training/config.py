@@ -33,7 +33,8 @@ from a5ocr.runs import LEGACY_CONFIG_DEFAULTS, current_config_names, default_eva
 PRESETS: dict[str, dict] = {
     # CPU default: 32x32, the wider small net, IBP bounds in training (the paper's mix costs 2.1x
     # an IBP step with --crown-k 4, 22x on every margin: benchmarks/RESULTS.md). Steps: 3000 IBP
-    # steps of ~0.16 s fit `a5ocr design` in 10 minutes on a 2-core CPU (the schedule's shape is
+    # steps of ~0.16 s fit `a5ocr design` in 10 minutes on a 2-core CPU at print scale 1 (at 4 the
+    # acquisition adds ~0.1 s a step: not re-measured on a quiet machine; the schedule's shape is
     # benchmarks/tune_design.py's 2400/240/1200 + 1600, shortened in proportion).
     # print_scale 4 with the change on the sensor's grid (coarse:4): the glyph is designed at 128 px
     # per canvas and prints as smooth strokes. The default-length design measured (README):
