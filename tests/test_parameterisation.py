@@ -6,10 +6,11 @@ import torch
 from a5ocr.acquisition import sensor_integrate
 from a5ocr.glyphs import rasterize
 from a5ocr.training.losses import defended
-from a5ocr.training.parameterisation import Parameterisation
+from a5ocr.training.parameterisation import Parameterisation, signed_distance
 
-ALL = [Parameterisation(), Parameterisation("coarse", 2), Parameterisation("coarse", 4),
+INK = [Parameterisation(), Parameterisation("coarse", 2), Parameterisation("coarse", 4),
        Parameterisation("coarse", 4, "bilinear"), Parameterisation("coarse", 8, tv=0.1)]
+ALL = INK + [Parameterisation("outline", 4), Parameterisation("outline", 2, "bilinear", tv=0.1)]
 
 
 def _print_glyphs(scale: int = 4) -> torch.Tensor:
@@ -17,7 +18,7 @@ def _print_glyphs(scale: int = 4) -> torch.Tensor:
     return rasterize("comic-neue", "AgQ8", 16, print_scale=scale).images
 
 
-@pytest.mark.parametrize("p", ALL, ids=lambda p: f"{p.kind}{p.factor}{p.mode}")
+@pytest.mark.parametrize("p", INK, ids=lambda p: f"{p.kind}{p.factor}{p.mode}")
 def test_the_change_is_bounded_by_eps_d_for_any_z(p):
     w = _print_glyphs()
     assert (w == 0).any() and (w == 1).any()
@@ -115,10 +116,72 @@ def test_shapes_records_and_bad_settings():
         p.glyphs(torch.zeros(2, 8, 8), torch.zeros(2, 8, 8), 0.5)
     assert Parameterisation.parse("coarse:4") == p and Parameterisation.parse("pixel", 0.1) == Parameterisation(tv=0.1)
     assert Parameterisation.parse("coarse:2:bilinear") == Parameterisation("coarse", 2, "bilinear")
-    for text in ("coarse", "coarse:x", "pixel:2", "coarse:2:nearest", "speckle", "coarse:0"):
+    for text in ("coarse", "coarse:x", "pixel:2", "coarse:2:nearest", "speckle", "coarse:0", "outline", "outline:0"):
         with pytest.raises(ValueError):
             Parameterisation.parse(text)
-    for bad in (dict(kind="outline"), dict(kind="coarse", factor=0), dict(kind="coarse", factor=2.0),
+    assert Parameterisation.parse("outline:4:bilinear", 0.2) == Parameterisation("outline", 4, "bilinear", 0.2)
+    for bad in (dict(kind="edges"), dict(kind="coarse", factor=0), dict(kind="coarse", factor=2.0),
                 dict(factor=2), dict(kind="coarse", factor=2, mode="nearest"), dict(tv=-1.0), dict(tv=math.nan)):
         with pytest.raises(ValueError):
             Parameterisation(**bad)
+
+
+def _edge(n: int = 64, x: float = 30.3, angle: float = 0.0) -> torch.Tensor:
+    """[1, n, n] ink left of a straight edge through (x, n/2) turned by ``angle`` (radians),
+    each pixel its exact-enough coverage (16x16 samples per pixel)."""
+    sub = (torch.arange(n * 16, dtype=torch.float64) + 0.5) / 16
+    yy, xx = torch.meshgrid(sub, sub, indexing="ij")
+    inside = (xx - x) * math.cos(angle) + (yy - n / 2) * math.sin(angle) < 0
+    return inside.double().reshape(n, 16, n, 16).mean(dim=(1, 3))[None].float()
+
+
+def test_signed_distance_gives_the_glyph_back_and_is_the_distance_to_the_edge():
+    w = _print_glyphs()
+    phi = signed_distance(w)
+    assert torch.allclose((0.5 + phi).clamp(0, 1), w, atol=1e-6)
+    assert ((phi > 0) == (w > 0.5)).all()
+    e = _edge(x=30.3)
+    true = 30.3 - (torch.arange(64) + 0.5)  # signed distance of each column's centres, ink on the left
+    assert (signed_distance(e)[0] - true).abs().max() < 0.5 + 1e-6  # the transform's half-pixel grid
+    assert torch.equal(signed_distance(torch.zeros(2, 8, 8)), torch.full((2, 8, 8), -8.0))
+
+
+@pytest.mark.parametrize("angle", [0.0, 0.4])
+def test_an_outline_change_moves_a_straight_edge_by_the_offset_and_keeps_it_sharp(angle):
+    """A constant z moves the edge by d = eps_D f (2 sigmoid(z) - 1) print px: the ink per row
+    grows by d (exactly for a vertical edge, never more than eps_D f; on average less than
+    d / cos, by up to 30%, for a slanted one), and the moved glyph is monochrome but for its
+    1-px anti-aliased edge (as many gray pixels as the source's edge has, about)."""
+    p, eps = Parameterisation("outline", 4), 0.5
+    e = _edge(angle=angle)
+    rows = slice(16, 48)  # away from the canvas's top and bottom
+    for zc in (-30.0, -1.0, 0.5, 30.0):
+        z = torch.full(p.z_shape(e.shape), zc)
+        out = p.glyphs(e, z, eps)
+        d = eps * 4 * (2 * torch.sigmoid(torch.tensor(zc)) - 1)
+        grown = (out - e)[0, rows].sum(dim=-1)  # per row: d / cos(angle) for an edge moved by d along its normal
+        if angle == 0:
+            assert (grown - d).abs().max() <= 1e-4 and grown.abs().max() <= p.max_offset(eps) + 1e-4
+        else:  # rows see the slanted ramp at different phases; their mean is the area's. The
+            # distances between pixel centres overestimate |phi| off the grid's axes: the edge
+            # moves less than d (by up to 30% at 23 degrees for a sub-pixel d), never more
+            moved = grown.mean().abs()
+            assert 0.7 * abs(d) / math.cos(angle) <= moved <= abs(d) / math.cos(angle) + 0.02
+        gray = lambda g: int(((g > 1e-6) & (g < 1 - 1e-6)).sum())  # noqa: E731
+        assert gray(out) <= 1.5 * gray(e) + 4
+
+
+def test_an_outline_design_is_monochrome_while_a_coarse_one_is_gray():
+    """The point of the outline: for random saturating z on real glyphs the coarse change leaves
+    most changed pixels gray (a font loses them), the outline's changed pixels are ink or paper
+    but for the moved edge's ramp; its pixels far from every edge do not change at all."""
+    w = _print_glyphs()
+    g = torch.Generator().manual_seed(5)
+    outline, coarse = Parameterisation("outline", 4), Parameterisation("coarse", 4)
+    z = 30 * torch.randn(coarse.z_shape(w.shape), generator=g)
+    gray = lambda x: ((x > 0.02) & (x < 0.98)).float().mean().item()  # noqa: E731
+    assert gray(coarse.glyphs(w, z, 0.5)) > 0.4
+    out = outline.glyphs(w, z, 0.5)
+    assert gray(out) < 2 * gray(w) + 0.01
+    far = signed_distance(w).abs() > outline.max_offset(0.5) + 0.5
+    assert torch.equal(out[far], w[far]) and not torch.equal(out, w)

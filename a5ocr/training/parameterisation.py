@@ -11,9 +11,26 @@ squash, so dw is a smooth field (clean stroke edges moved, thickened or thinned)
 to [0, 1] only moves a value towards w. ``tv`` adds a total-variation penalty on dw (Kornia's
 ``total_variation``, mean over pixels) to the training loss, for smoother changes still.
 
+An ``outline`` parameterisation moves the glyph's edges instead of its ink levels: a print is
+monochrome (ink or paper; a font outline can hold nothing else), and the gray levels a camera
+sees come from how much of each sensor pixel the ink covers. The designed glyph is the
+anti-aliased rendering (a 1-print-px ramp, what a rasteriser makes of an outline) of the region
+{phi + d > 0}, phi the source glyph's signed distance in print pixels (``signed_distance``:
+Euclidean distance transform of the ink > 0.5 mask, the anti-aliased edge pixels' own coverage
+inside the 1-px band, so that d = 0 gives the source glyph back exactly) and d an offset field
+on the same coarse grid as ``coarse`` (z ``factor`` times coarser, upsampled smoothly),
+d = eps_D factor (2 sigmoid(up(z)) - 1): every edge moves by at most eps_D grid cells (at factor
+= S: eps_D sensor pixels, 2 print px for eps_D 0.5 at S = 4). The budget is on the edge motion,
+not on the ink: a print pixel flips from paper to ink (|dw| up to 1), while a straight edge
+moved by eps_D sensor pixels changes each sensor pixel's ink by at most eps_D, as the per-pixel
+budget does at the sensor grid (more at corners and thin strokes; the design's summary says how
+much, measured). The shape stays one clean shape: edges move smoothly, no speckle, no gray ink
+for a font to lose.
+
 API: ``Parameterisation(kind, factor, mode, tv)`` with ``z_shape`` / ``init`` (z = 0: no
 change), ``glyphs(w, z, eps_d)`` (the designed glyphs), ``change`` (dw before the clamp) and
-``penalty``; ``to_dict`` / ``from_dict`` for ``config.json``.
+``penalty`` (``level``: the outline's signed distance, ``signed_distance(w)``, computed when not
+given); ``to_dict`` / ``from_dict`` for ``config.json``.
 
 Shape: w [..., N, N] (N the print resolution); z [..., N, N] (``pixel``) or
 [..., N / factor, N / factor] (``coarse``).
@@ -24,12 +41,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import kornia
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from a5ocr.training.losses import defended
 
-KINDS = ("pixel", "coarse")
+KINDS = ("pixel", "coarse", "outline")
 MODES = ("bicubic", "bilinear")
 
 
@@ -37,8 +56,9 @@ MODES = ("bicubic", "bilinear")
 class Parameterisation:
     """The glyph change's free parameters.
 
-    ``kind``: ``pixel`` (the paper's: one z per print pixel) or ``coarse`` (z on a grid
-    ``factor`` times coarser, upsampled with ``mode``); ``tv``: the weight of the total-variation
+    ``kind``: ``pixel`` (the paper's: one z per print pixel), ``coarse`` (z on a grid
+    ``factor`` times coarser, upsampled with ``mode``) or ``outline`` (z on that grid moves the
+    edges of a monochrome glyph, module doc); ``tv``: the weight of the total-variation
     penalty on dw (0: none). ``Parameterisation()`` is the paper's.
 
     Example: ``p = Parameterisation("coarse", factor=4); z = p.init(w.shape); w_rob = p.glyphs(w, z, 0.5)``.
@@ -71,14 +91,14 @@ class Parameterisation:
 
     @classmethod
     def parse(cls, text: str, tv: float = 0.0) -> "Parameterisation":
-        """An option's text: ``pixel``, ``coarse:F`` or ``coarse:F:MODE`` (MODE bicubic or
-        bilinear), with total-variation weight ``tv``; ValueError (one line) on anything else."""
+        """An option's text: ``pixel``, ``coarse:F``, ``outline:F``, or either with ``:MODE``
+        (bicubic or bilinear), with total-variation weight ``tv``; ValueError (one line) on anything else."""
         kind, *rest = text.strip().split(":")
         if kind == "pixel" and not rest:
             return cls(tv=tv)
-        if kind != "coarse" or not 1 <= len(rest) <= 2 or not rest[0].isdigit():
-            raise ValueError(f"the glyph change is pixel, coarse:F or coarse:F:MODE (F an integer), got {text!r}")
-        return cls("coarse", int(rest[0]), *rest[1:], tv=tv)
+        if kind not in ("coarse", "outline") or not 1 <= len(rest) <= 2 or not rest[0].isdigit():
+            raise ValueError(f"the glyph change is pixel, coarse:F, outline:F or either with :MODE (F an integer), got {text!r}")
+        return cls(kind, int(rest[0]), *rest[1:], tv=tv)
 
     def z_shape(self, shape: tuple[int, ...] | torch.Size) -> tuple[int, ...]:
         """The shape of z for glyphs of ``shape`` [..., N, N]; ValueError unless ``factor`` divides N."""
@@ -104,18 +124,60 @@ class Parameterisation:
             raise ValueError(f"z of shape {tuple(z.shape)} for glyphs {tuple(w.shape)}: expected {self.z_shape(w.shape)}")
         return self.field(z, w.shape[-2:])
 
-    def glyphs(self, w: torch.Tensor, z: torch.Tensor, eps_d: float) -> torch.Tensor:
-        """The designed glyphs clamp(w + eps_D (2 sigmoid(up(z)) - 1), 0, 1): |result - w| <= eps_D."""
-        return defended(w, self._checked_field(w, z), eps_d)
+    def max_offset(self, eps_d: float) -> float:
+        """How far an ``outline`` change moves an edge at most, in print pixels (eps_D grid cells)."""
+        return float(eps_d) * self.factor
 
-    def change(self, w: torch.Tensor, z: torch.Tensor, eps_d: float) -> torch.Tensor:
-        """dw = ``glyphs(w, z, eps_d)`` - w (what the print changes, after the clamp to [0, 1])."""
-        return self.glyphs(w, z, eps_d) - w
+    def glyphs(self, w: torch.Tensor, z: torch.Tensor, eps_d: float, level: torch.Tensor | None = None) -> torch.Tensor:
+        """The designed glyphs: clamp(w + eps_D (2 sigmoid(up(z)) - 1), 0, 1) (pixel, coarse:
+        |result - w| <= eps_D), or for ``outline`` clamp(0.5 + phi + d, 0, 1) with phi = ``level``
+        (``signed_distance(w)`` when None) and |d| <= ``max_offset(eps_d)`` print px."""
+        u = self._checked_field(w, z)
+        if self.kind != "outline":
+            return defended(w, u, eps_d)
+        phi = signed_distance(w) if level is None else level
+        moved = (0.5 + phi + self.max_offset(eps_d) * (2.0 * torch.sigmoid(u) - 1.0)).clamp(0.0, 1.0)
+        # w plus the rendering's change (not the rendering itself): exactly w at d = 0, where
+        # clamp(0.5 + phi) rounds an edge pixel's coverage in float32 (phi = w - 0.5)
+        return (w + (moved - (0.5 + phi).clamp(0.0, 1.0))).clamp(0.0, 1.0)
 
-    def penalty(self, w: torch.Tensor, z: torch.Tensor, eps_d: float) -> torch.Tensor:
+    def change(self, w: torch.Tensor, z: torch.Tensor, eps_d: float, level: torch.Tensor | None = None) -> torch.Tensor:
+        """dw = ``glyphs(w, z, eps_d, level)`` - w (what the print changes, after the clamp to [0, 1])."""
+        return self.glyphs(w, z, eps_d, level) - w
+
+    def penalty(self, w: torch.Tensor, z: torch.Tensor, eps_d: float, level: torch.Tensor | None = None) -> torch.Tensor:
         """``tv`` x the mean total variation of dw over the glyphs (a scalar; 0 when ``tv`` is 0):
         the mean absolute difference of dw between neighbouring print pixels, both directions."""
         if self.tv == 0:
             return torch.zeros((), device=z.device, dtype=z.dtype)
-        dw = self.change(w, z, eps_d)
+        dw = self.change(w, z, eps_d, level)
         return self.tv * kornia.losses.total_variation(dw, reduction="mean").mean()
+
+
+def signed_distance(w: torch.Tensor) -> torch.Tensor:
+    """phi [..., N, N] (w's dtype and device), in pixels, > 0 in the ink: for glyph ink ``w`` in
+    [0, 1] with anti-aliased edges, clamp(0.5 + phi, 0, 1) == w (to rounding).
+
+    On an anti-aliased edge pixel (0 < w < 1) phi is its coverage less one half (a straight
+    edge's signed distance at the pixel's centre, for the rasteriser's box filter). Elsewhere
+    phi = +-|x - f| + phi_f, f the nearest "edge feature" (scipy's exact Euclidean feature
+    transform): an edge pixel (phi_f its own) or a pixel of the other side of the ink > 0.5
+    mask that no edge pixel separates (the edge half-way: phi_f = -+0.5). Exact for a straight
+    edge along the pixel grid; off it, within a fraction of a pixel. A glyph without ink (or
+    without paper) is at -N (N) everywhere. Not differentiable (the source glyph is a constant)."""
+    arr = w.detach().to("cpu", torch.float64).numpy().reshape(-1, *w.shape[-2:])
+    out = np.empty_like(arr)
+    far = float(max(w.shape[-2:]))
+    for i, a in enumerate(arr):
+        ink, edge = a > 0.5, (a > 0) & (a < 1)
+        if ink.all() or not ink.any():
+            out[i] = far if ink.all() else -far
+            continue
+        own = np.where(edge, a - 0.5, np.where(ink, 0.5, -0.5))  # each feature's own signed distance
+        phi = own.copy()
+        for side, sign in ((ink & ~edge, 1.0), (~ink & ~edge, -1.0)):
+            features = edge | (~ink if sign > 0 else ink)  # the edge, or the other side itself
+            dist, (fr, fc) = ndimage.distance_transform_edt(~features, return_indices=True)
+            phi[side] = (own[fr, fc] + sign * dist)[side]
+        out[i] = phi
+    return torch.from_numpy(out.reshape(w.shape)).to(device=w.device, dtype=w.dtype)

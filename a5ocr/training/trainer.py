@@ -42,7 +42,7 @@ from a5ocr.runio import atomic_path
 from a5ocr.training.distributed import Distributed
 from a5ocr.training.interrupt import StopRequest, TrainingStopped, stop_on_signals
 from a5ocr.training.losses import PrintBox, a5_loss
-from a5ocr.training.parameterisation import Parameterisation
+from a5ocr.training.parameterisation import Parameterisation, signed_distance
 from a5ocr.training.schedule import EpsSchedule
 
 RECIPES = ("vanilla", "crown-ibp", "p", "pc", "r", "rc")
@@ -64,15 +64,18 @@ class RobustGlyphs(nn.Module):
             raise ValueError(f"unknown ink {ink!r} (gray or binary)")
         self.parameterisation = parameterisation or Parameterisation()
         self.register_buffer("base", base.detach().clone())
+        # the outline's signed distance of the source glyphs, computed once (not in checkpoints: it follows from base)
+        level = signed_distance(self.base) if self.parameterisation.kind == "outline" else None
+        self.register_buffer("level", level, persistent=False)
         self.z = nn.Parameter(self.parameterisation.init(base.shape, device=base.device, dtype=base.dtype))
         self.eps_d = float(eps_d)
         self.ink = ink
 
     def penalty(self) -> torch.Tensor:
-        return self.parameterisation.penalty(self.base, self.z, self.eps_d)
+        return self.parameterisation.penalty(self.base, self.z, self.eps_d, self.level)
 
     def forward(self) -> torch.Tensor:
-        w = self.parameterisation.glyphs(self.base, self.z, self.eps_d)
+        w = self.parameterisation.glyphs(self.base, self.z, self.eps_d, self.level)
         if self.ink == "binary":
             w = w + ((w > 0.5).to(w.dtype) - w).detach()
         return w
