@@ -221,6 +221,8 @@ def test_a_print_scale_design_runs_through_evaluation_and_is_read_back(tmp_path)
     run = load_run(out)
     assert run.resolution == 16 and run.print_scale == 2 and run.robust.shape == (4, 32, 32)
     assert (run.robust - run.original).abs().max() <= 0.5 + 1e-6
+    assert s["change"]["print_max"] == pytest.approx((run.robust - run.original).abs().max().item(), abs=1e-4)
+    assert 0 < s["change"]["sensor_max"] <= s["change"]["print_max"]
     z = torch.load(out / "checkpoint.pt", weights_only=True)["glyphs"]["z"]
     assert z.shape == (4, 16, 16)  # the coarse grid: one z per sensor pixel
     # the fast attack: the camera is what follows the print scale; the attack acts on the sensor

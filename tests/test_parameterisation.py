@@ -6,7 +6,7 @@ import torch
 from a5ocr.acquisition import sensor_integrate
 from a5ocr.glyphs import rasterize
 from a5ocr.training.losses import defended
-from a5ocr.training.parameterisation import Parameterisation, signed_distance
+from a5ocr.training.parameterisation import Parameterisation, change_record, signed_distance
 
 INK = [Parameterisation(), Parameterisation("coarse", 2), Parameterisation("coarse", 4),
        Parameterisation("coarse", 4, "bilinear"), Parameterisation("coarse", 8, tv=0.1)]
@@ -185,3 +185,33 @@ def test_an_outline_design_is_monochrome_while_a_coarse_one_is_gray():
     assert gray(out) < 2 * gray(w) + 0.01
     far = signed_distance(w).abs() > outline.max_offset(0.5) + 0.5
     assert torch.equal(out[far], w[far]) and not torch.equal(out, w)
+
+
+def test_the_change_record_measures_print_and_sensor_grids():
+    """A coarse change of eps on mid-gray glyphs shows eps on both grids; one print pixel of ink
+    added (|dw| 1 on the print) is 1 / S^2 of its sensor pixel."""
+    w = torch.full((2, 16, 16), 0.5)
+    coarse = Parameterisation("coarse", 4)
+    rec = change_record(w, coarse.glyphs(w, torch.full(coarse.z_shape(w.shape), 30.0), 0.4), 4)
+    assert rec["print_max"] == pytest.approx(0.4, abs=1e-4) and rec["sensor_max"] == pytest.approx(0.4, abs=1e-4)
+    speck = torch.zeros(2, 16, 16)
+    speck[1, 5, 6] = 1.0
+    rec = change_record(torch.zeros(2, 16, 16), speck, 4)
+    assert rec["print_max"] == 1.0 and rec["sensor_max"] == 1 / 16 and rec["sensor_mean"] == pytest.approx(1 / 16 / 32, abs=1e-5)
+    assert change_record(speck, speck, 1) == {"print_max": 0.0, "sensor_max": 0.0, "sensor_mean": 0.0}
+
+
+def test_robust_glyphs_with_an_outline_learn_and_checkpoint_only_z():
+    """The trainer's glyph module: the source's signed distance is computed once (a buffer left
+    out of checkpoints), the loss reaches z through the moved edges, and a step changes the glyphs."""
+    from a5ocr.training.trainer import RobustGlyphs
+
+    w = _print_glyphs()
+    m = RobustGlyphs(w, 0.5, parameterisation=Parameterisation("outline", 4))
+    assert torch.equal(m(), w) and torch.equal(m.level, signed_distance(w))
+    assert set(m.state_dict()) == {"base", "z"}
+    (m()[:, 20:40, 20:40].sum()).backward()  # more ink in a window
+    assert m.z.grad is not None and m.z.grad.abs().sum() > 0
+    with torch.no_grad():
+        m.z += 10 * m.z.grad  # ascent
+    assert m()[:, 20:40, 20:40].sum() > w[:, 20:40, 20:40].sum()

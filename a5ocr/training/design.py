@@ -44,7 +44,7 @@ from a5ocr.runtime import Reporter, pick_device
 from a5ocr.training.config import PRESETS, TrainingConfig
 from a5ocr.training.distributed import Distributed
 from a5ocr.training.interrupt import RunState
-from a5ocr.training.parameterisation import Parameterisation
+from a5ocr.training.parameterisation import Parameterisation, change_record
 from a5ocr.training.trainer import RobustGlyphs, StageSpec, Trainer, bounds_label, make_stage, run_stages
 
 
@@ -211,7 +211,7 @@ def run_design(cfg: DesignConfig, *, resume: bool = False, reporter: Reporter | 
         if not dist.is_main:
             return None
         _write_artefacts(run, w_final)
-        summary = _summary(run, baseline, final)
+        summary = _summary(run, baseline, final, change_record(run.glyphs.images, w_final.cpu(), cfg.print_scale))
         run.folder.write_summary(summary)
         return summary
     except KeyboardInterrupt as err:
@@ -395,7 +395,7 @@ def stage1_label(classifier_recipe: str, train_bounds: str, crown_k: int | None 
     return f"certified classifier trained with {bounds_label(train_bounds, crown_k)} bounds"
 
 
-def _summary(run: _Design, baseline: dict, final: dict) -> dict:
+def _summary(run: _Design, baseline: dict, final: dict, change: dict) -> dict:
     cfg, glyphs = run.cfg, run.glyphs
     return {
         "recipe": cfg.recipe,
@@ -409,6 +409,7 @@ def _summary(run: _Design, baseline: dict, final: dict) -> dict:
         "resolution": cfg.resolution,
         "print_scale": cfg.print_scale,
         "parameterisation": cfg.glyph_parameterisation().to_dict(),
+        "change": change,  # how much the design changed the ink, measured (print and sensor grids)
         "arch": cfg.arch,
         "seed": cfg.seed,
         "eval_seed": cfg.eval_seed,

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from a5ocr.acquisition import sensor_integrate
 from a5ocr.training.losses import defended
 
 KINDS = ("pixel", "coarse", "outline")
@@ -152,6 +153,16 @@ class Parameterisation:
             return torch.zeros((), device=z.device, dtype=z.dtype)
         dw = self.change(w, z, eps_d, level)
         return self.tv * kornia.losses.total_variation(dw, reduction="mean").mean()
+
+
+def change_record(w: torch.Tensor, designed: torch.Tensor, scale: int) -> dict:
+    """How much ``designed`` [K, N, N] changed the ink of ``w``, measured: the largest |dw| on the
+    print grid, and on the sensor grid (each S x S block's mean, the glyph as a camera in the
+    identity pose sees it; what eps_D bounds at S = 1), with the mean |dw| there."""
+    dw = (designed - w).to(torch.float64)
+    sensor = sensor_integrate(dw[:, None], scale)[:, 0]
+    return {"print_max": round(dw.abs().max().item(), 4), "sensor_max": round(sensor.abs().max().item(), 4),
+            "sensor_mean": round(sensor.abs().mean().item(), 5)}
 
 
 def signed_distance(w: torch.Tensor) -> torch.Tensor:
