@@ -6,6 +6,7 @@ relations, gradients, unsupported layers, float64 certification.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -617,23 +618,33 @@ def hardest_classes(ibp_margins, labels, k: int) -> list[list[int]]:
     return out
 
 
-@pytest.mark.parametrize("seed", range(3))
-@pytest.mark.parametrize("arch", list(ARCHS6))
-def test_pruned_margins_sound_against_milp(arch, seed):
-    model, shape = ARCHS6[arch](200 + seed)
-    x, xl, xu = box(shape, 200 + seed, [0.1, 0.2, 0.25][seed])
+@functools.cache
+def six_class_case(arch: str, seed: int):
+    """A 6-class net, a batch of 3 boxes, its labels and every margin's exact MILP minimum
+    [3, K6] (0 at the label): (model, xl, xu, labels, exact). The MILPs are the slow part, so the
+    two MILP tests of the 6-class nets (pruned margins, IBP-first margins) share them: built
+    once per (arch, seed), read only."""
+    model, shape = ARCHS6[arch](300 + seed)
+    x, xl, xu = box(shape, 300 + seed, [0.08, 0.15, 0.25][seed], batch=3)
     labels = model(x).argmax(1)
     exact = torch.zeros(x.shape[0], K6, dtype=D)
     for n in range(x.shape[0]):
         for j in range(K6):
             if j != labels[n]:
                 exact[n, j] = exact_margin_min(model, xl[n], xu[n], int(labels[n]), j)[0]
+    return model, xl, xu, labels, exact
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("arch", list(ARCHS6))
+def test_pruned_margins_sound_against_milp(arch, seed):
+    model, xl, xu, labels, exact = six_class_case(arch, seed)
     for method in METHODS:
         for k in KS:
             for f in FS:
                 lb = bounds.robust_margins(model, xl, xu, labels, method, f=f, k=k).detach()
-                assert lb.shape == (x.shape[0], K6)
-                assert torch.all(lb[torch.arange(x.shape[0]), labels] == 0)
+                assert lb.shape == (xl.shape[0], K6)
+                assert torch.all(lb[torch.arange(xl.shape[0]), labels] == 0)
                 assert torch.all(lb <= exact + 1e-6), (method, k, f, (lb - exact).max().item())
 
 
@@ -815,20 +826,13 @@ def test_ibp_first_margins_sound_against_milp_and_equal_to_the_best_of_both(arch
     elsewhere max(IBP, <method> on every margin) (CROWN-IBP: exactly; CROWN and alpha-CROWN,
     whose pruned path also keeps the IBP intermediate bounds: at least that); certify(ibp_first)
     certifies a superset of each method alone."""
-    model, shape = ARCHS6[arch](300 + seed)
-    x, xl, xu = box(shape, 300 + seed, [0.08, 0.15, 0.25][seed], batch=3)
-    labels = model(x).argmax(1)
-    exact = torch.zeros(x.shape[0], K6, dtype=D)
-    for n in range(x.shape[0]):
-        for j in range(K6):
-            if j != labels[n]:
-                exact[n, j] = exact_margin_min(model, xl[n], xu[n], int(labels[n]), j)[0]
+    model, xl, xu, labels, exact = six_class_case(arch, seed)
     ibp = bounds.margin_lower_bounds(model, xl, xu, labels, "ibp").detach()
     for method in METHODS:
         lb = bounds.ibp_first_margin_lower_bounds(model, xl, xu, labels, method)
         full = bounds.margin_lower_bounds(model, xl, xu, labels, method).detach()
         assert torch.all(lb <= exact + 1e-6), (method, (lb - exact).max().item())
-        assert torch.all(lb[torch.arange(x.shape[0]), labels] == 0)
+        assert torch.all(lb[torch.arange(xl.shape[0]), labels] == 0)
         want = torch.where(ibp > 0, ibp, torch.maximum(ibp, full))  # (extra margins of a group may be tighter)
         assert torch.all(lb >= ibp - 1e-12)  # (the pruned pass redoes IBP on a sub-batch: last-bit differences)
         done = ((ibp > 0) | (torch.arange(K6) == labels.view(-1, 1))).all(1)  # proven by IBP alone
