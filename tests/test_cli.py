@@ -12,13 +12,6 @@ import sys
 
 import pytest
 
-A5 = [sys.executable, "-m", "a5ocr.cli.app"]
-
-
-def run(*args, cwd=None):
-    return subprocess.run([*A5, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
-
-
 @pytest.mark.parametrize(
     "args,needle",
     [
@@ -56,16 +49,15 @@ def test_corrupt_classifier_and_unwritable_out(tmp_path, a5ocr_main):
     assert code == 2 and "cannot write" in err and "Traceback" not in err
 
 
-def test_design_command_runs_and_writes_summary(tmp_path):
+def test_design_command_runs_and_writes_summary(design_process):
     """``python -m a5ocr.cli.app design`` in its own process, a short schedule (what is checked is
-    the command's run and its summary, not the training) on one torch thread."""
-    out = tmp_path / "run"
-    r = run("design", "--preset", "tiny", "--chars", "AOo0", "--eps-a", "0.05", "--steps", "12", "--design-steps", "4",
-            "--eval-samples", "3", "--device", "cpu", "--threads", "1", "--out", str(out))
-    assert r.returncode == 0, r.stderr[-2000:]
-    s = json.loads((out / "summary.json").read_text())
+    the command's run and its summary, not the training) on one torch thread: the session's one
+    design process (conftest; its stdout in run.log, also read by the progress tests)."""
+    code, tmp = design_process
+    assert code == 0, (tmp / "err.log").read_text()[-2000:]
+    s = json.loads((tmp / "run" / "summary.json").read_text())
     assert s["chars"] == "AOo0" and s["samples"] == 12
-    assert "certified error" in r.stdout
+    assert "certified error" in (tmp / "run.log").read_text()
 
 
 def test_errors_are_one_line_however_long_and_for_usage_errors_too(tmp_path):
@@ -73,19 +65,21 @@ def test_errors_are_one_line_however_long_and_for_usage_errors_too(tmp_path):
     click usage error (an option value that is no integer) each print one line, exit 2; the
     module form ``python -m a5ocr.cli`` is the same command line (shown on the long path, the
     case the terminal width could fold: both forms call the same ``main``, so the other messages
-    need not be run twice)."""
+    need not be run twice). The four processes run at once (each one's time is its imports)."""
     import os
 
     env = {**os.environ, "COLUMNS": "40"}
     deep = tmp_path / ("a-long-folder-name-" * 6) / "font.ttf"
     script, module = [os.path.join(os.path.dirname(sys.executable), "a5ocr")], [sys.executable, "-m", "a5ocr.cli"]
-    for argv, needle, commands in (
+    cases = [(cmd, argv, needle) for argv, needle, commands in (
         (["design", "--font", str(deep)], str(deep), (script, module)),
         (["design", "--threads", "x"], "--threads", (script,)),
         (["design", "--font", "[red]x[/red].ttf"], "[red]x[/red].ttf", (script,)),  # markup in user input is shown as typed
-    ):
-        for cmd in commands:
-            p = subprocess.run(cmd + argv, capture_output=True, text=True, env=env, timeout=120)
-            lines = [line for line in p.stderr.splitlines() if line.strip()]
-            assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (cmd, argv, p.stderr)
-            assert needle in lines[0], (argv, lines)
+    ) for cmd in commands]
+    procs = [subprocess.Popen(cmd + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for cmd, argv, _ in cases]
+    for (cmd, argv, needle), p in zip(cases, procs):
+        _, stderr = p.communicate(timeout=120)
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (cmd, argv, stderr)
+        assert needle in lines[0], (argv, lines)

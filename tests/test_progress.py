@@ -3,15 +3,14 @@ lines when the output goes to a file (``a5ocr design ... > run.log`` used to pri
 the end), on stdout when stdout is redirected, on stderr when only stderr is; ``--threads``.
 
 The plain display is checked line by line with a hand-driven clock; the real console script is
-run once with stdout and stderr redirected to files, as a user's ``> run.log`` does."""
+run once with stdout and stderr redirected to files, as a user's ``> run.log`` does (the
+session's ``design_process``, conftest, whose run the CLI tests also check)."""
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import subprocess
 import sys
 
 import pytest
@@ -20,7 +19,6 @@ from rich.progress import Progress
 from a5ocr.cli import progress as pr
 from a5ocr.errors import A5Error
 
-A5 = [sys.executable, "-m", "a5ocr.cli.app"]
 STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
 
 
@@ -153,14 +151,10 @@ def test_reproduce_reporter_draws_into_the_plain_display():
 
 
 @pytest.fixture(scope="module")
-def piped_design(tmp_path_factory):
-    """``a5ocr design --preset tiny > run.log 2> err.log`` with a progress line at every update."""
-    tmp = tmp_path_factory.mktemp("piped")
-    env = {**os.environ, pr.SECONDS_ENV: "0"}
-    with open(tmp / "run.log", "w") as out, open(tmp / "err.log", "w") as err:
-        r = subprocess.run([*A5, "design", "--preset", "tiny", "--chars", "AB", "--eval-samples", "2", "--device", "cpu",
-                            "--threads", "1", "--out", str(tmp / "run")], stdout=out, stderr=err, env=env, timeout=300)
-    return r.returncode, tmp
+def piped_design(design_process):
+    """``a5ocr design --preset tiny ... > run.log 2> err.log`` with a progress line at every update
+    (the session's one design process, conftest; 4 characters)."""
+    return design_process
 
 
 def test_design_redirected_to_a_file_writes_progress_lines(piped_design):
@@ -181,15 +175,16 @@ def test_design_redirected_to_a_file_writes_progress_lines(piped_design):
     assert not any(STAMP.match(line) for line in err.splitlines())  # stdout redirected: progress there only
 
 
-def test_evaluate_prints_plain_progress_and_checks_threads(piped_design, a5ocr_main, monkeypatch):
+def test_evaluate_prints_plain_progress_and_checks_threads(piped_design, a5ocr_main, monkeypatch, tmp_path):
     _, tmp = piped_design
     monkeypatch.setenv(pr.SECONDS_ENV, "0")
+    js = tmp_path / "e.json"
     code, out, err = a5ocr_main("evaluate", tmp / "run", "--samples-per-char", "2", "--attack", "none",
-                                "--radius-steps", "0", "--device", "cpu", "--threads", "1", "--json", tmp / "e.json")
+                                "--radius-steps", "0", "--device", "cpu", "--threads", "1", "--json", js)
     assert code == 0, err
     body = [line[20:] for line in out.splitlines() if STAMP.match(line)]
-    assert body[0] == "start  certify + radius  (4)" and body[-1].startswith("done   certify + radius  4/4 (100%)")
-    assert json.loads((tmp / "e.json").read_text())["samples"] == 4
+    assert body[0] == "start  certify + radius  (8)" and body[-1].startswith("done   certify + radius  8/8 (100%)")
+    assert json.loads(js.read_text())["samples"] == 8  # 4 characters x 2
     for bad in ("0", "-3"):
         code, out, err = a5ocr_main("evaluate", tmp / "run", "--threads", bad)
         assert code == 2 and err.strip() == "error: --threads must be at least 1"
