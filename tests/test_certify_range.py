@@ -32,12 +32,9 @@ from a5ocr.certify_range.split import initial_grid, split_box
 from a5ocr.evaluation import attacks
 from a5ocr.glyphs import rasterize
 from a5ocr.runs import load_run
-from a5ocr.training.design import DesignConfig, run_design
 
 R = 32
 CFG = AcquisitionConfig().scaled(R)
-TINY = dict(font="comic-neue", chars="AOo0", preset="tiny", eps_a=0.05, samples_per_char=5, device="cpu",
-            certify_methods=("ibp",))
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +43,9 @@ def glyphs():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("range") / "run"
-    run_design(DesignConfig(**TINY, out=str(out)))
-    return out
+def tiny_run(tiny_preset_run):
+    """The design run of conftest.TINY_DESIGN (the tiny preset), the session's."""
+    return tiny_preset_run
 
 
 def _box(rows):

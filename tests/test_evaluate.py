@@ -16,17 +16,16 @@ from a5ocr.acquisition import Acquisition
 from a5ocr.evaluation import EvaluateError, acquisitions, certify_batch, evaluate, evaluate_full, evaluate_run
 from a5ocr.runs import load_run
 from a5ocr.training.design import DesignConfig, run_design
+from conftest import TINY_DESIGN
 
-TINY = dict(font="comic-neue", chars="AOo0", preset="tiny", eps_a=0.05, samples_per_char=5, device="cpu",
-            certify_methods=("ibp",))
+TINY = TINY_DESIGN  # the session's tiny_preset_run has these settings (conftest)
 FAST = dict(samples_per_char=8, attack="fast", device="cpu")
 
 
 @pytest.fixture(scope="module")
-def pc_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pc") / "run"
-    run_design(DesignConfig(**TINY, out=str(out)))
-    return out
+def pc_run(tiny_preset_run):
+    """The design run of TINY (the session's, conftest)."""
+    return tiny_preset_run
 
 
 @pytest.fixture(scope="module")

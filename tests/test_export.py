@@ -36,9 +36,10 @@ def _design_run(tmp_path_factory, name: str, ink: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def gray_run(tmp_path_factory) -> Path:
-    """A tiny A5/PC design (gray ink), 32x32, seconds."""
-    return _design_run(tmp_path_factory, "gray", "gray")
+def gray_run(gray_design_run) -> Path:
+    """A tiny A5/PC design (gray ink), 32x32, seconds: the session's (conftest), the same
+    settings as ``binary_run`` but the ink."""
+    return gray_design_run
 
 
 @pytest.fixture(scope="module")

@@ -25,15 +25,9 @@ LABEL = "SN-4521/B."
 
 
 @pytest.fixture(scope="module")
-def comic_run(tmp_path_factory) -> Path:
-    """A tiny gray A5/PC design of Comic Neue (a CFF source), 32x32, seconds."""
-    from a5ocr.training.design import DesignConfig, run_design
-
-    out = tmp_path_factory.mktemp("comic") / "run"
-    run_design(DesignConfig(font="comic-neue", chars=CHARS, preset="tiny", resolution=32, ink="gray", eps_a=0.01,
-                            stage1_steps=20, warmup=2, ramp=6, stage2_steps=10, samples_per_char=2, device="cpu",
-                            certify_methods=("ibp",), out=str(out)))
-    return out
+def comic_run(gray_design_run) -> Path:
+    """A tiny gray A5/PC design of Comic Neue (a CFF source) of CHARS, 32x32: the session's (conftest)."""
+    return gray_design_run
 
 
 @pytest.fixture(scope="module")

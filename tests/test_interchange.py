@@ -31,15 +31,9 @@ N = 10  # samples exported (of K * SPC = 12)
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """A tiny A5/PC design run (the recipe of test_export: seconds), eps_A 0.01."""
-    from a5ocr.training.design import DesignConfig, run_design
-
-    out = tmp_path_factory.mktemp("interchange") / "run"
-    run_design(DesignConfig(font="comic-neue", chars=CHARS, preset="tiny", resolution=R, ink="gray", eps_a=0.01,
-                            stage1_steps=20, warmup=2, ramp=6, stage2_steps=10, samples_per_char=2, device="cpu",
-                            certify_methods=("ibp",), out=str(out)))
-    return out
+def run_dir(gray_design_run) -> Path:
+    """A tiny A5/PC design run of CHARS at R px, eps_A 0.01 (the session's, conftest: seconds)."""
+    return gray_design_run
 
 
 @pytest.fixture(scope="module")
