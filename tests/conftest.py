@@ -79,6 +79,26 @@ def gray_design_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def gray_design_font(gray_design_run, tmp_path_factory):
+    """``gray_design_font(suffix) -> (path, info)``: ``export_font(gray_design_run, ...)`` with its
+    defaults, once per suffix (.ttf, .otf) for the session; what export_font returned with it.
+    Read only: the tests that read an exported font with the default options check their
+    properties of this one file instead of exporting it again."""
+    from a5ocr.export import export_font  # local: only for the tests that read an exported font
+
+    folder = tmp_path_factory.mktemp("gray_design_font")
+    fonts: dict[str, tuple] = {}
+
+    def font(suffix: str):
+        if suffix not in fonts:
+            path = folder / f"robust{suffix}"
+            fonts[suffix] = (path, export_font(gray_design_run, path))
+        return fonts[suffix]
+
+    return font
+
+
+@pytest.fixture(scope="session")
 def tiny_preset_run(tmp_path_factory):
     """The design run of TINY_DESIGN: the tiny preset itself (16x16, its own schedule).
     Read by the evaluation and certify-range tests."""

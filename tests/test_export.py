@@ -160,13 +160,12 @@ def test_large_glyphs_make_a_multipage_pdf_but_not_a_png(gray_run, tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".ttf", ".otf"])
-def test_font_round_trips_through_ttx_and_maps_every_character(gray_run, tmp_path, suffix):
+def test_font_round_trips_through_ttx_and_maps_every_character(gray_run, gray_design_font, tmp_path, suffix):
     import freetype
     from fontTools.pens.areaPen import AreaPen
     from fontTools.ttLib import TTFont
 
-    path = tmp_path / f"robust{suffix}"
-    info = ex.export_font(gray_run, path)
+    path, info = gray_design_font(suffix)  # export_font(gray_run, ...), shared (conftest)
     assert info["method"] == "smooth"
     font = TTFont(str(path))
     xml = io.StringIO()
@@ -227,8 +226,11 @@ def test_design_geometry_reproduces_the_source_font(gray_run):
 def test_font_rendering_matches_the_prototypes(request, tmp_path, run_name, outline_method, suffix, min_iou):
     run = request.getfixturevalue(run_name)
     d = load_design(run)
-    path = tmp_path / f"f{suffix}"
-    info = ex.export_font(run, path, outline=outline_method)
+    if run_name == "gray_run" and outline_method == "auto":  # the defaults: the session's export (conftest)
+        path, info = request.getfixturevalue("gray_design_font")(suffix)
+    else:
+        path = tmp_path / f"f{suffix}"
+        info = ex.export_font(run, path, outline=outline_method)
     if run_name == "binary_run":
         assert info["method"] == "pixels"
     rendered = ex.rasterize_at_design(path, d)
@@ -238,16 +240,16 @@ def test_font_rendering_matches_the_prototypes(request, tmp_path, run_name, outl
         assert (rendered - d.robust).abs().mean() < 0.01
 
 
-def test_glyphs_rasterize_rederives_the_geometry(gray_run, binary_run, tmp_path):
+def test_glyphs_rasterize_rederives_the_geometry(gray_run, binary_run, gray_design_font, tmp_path):
     """a5ocr.glyphs.rasterize on the exported font re-derives scale and placement from the new
     outlines' union box, which is not the source's (the design and the 0.5 threshold move the
     ink extremes), so it only approximately matches the design canvas; rasterize_at_design is exact."""
     from a5ocr.glyphs import rasterize
 
-    for run in (gray_run, binary_run):
+    ex.export_font(binary_run, tmp_path / "f.ttf")
+    for run, font in ((gray_run, gray_design_font(".ttf")[0]), (binary_run, tmp_path / "f.ttf")):
         d = load_design(run)
-        ex.export_font(run, tmp_path / "f.ttf")
-        g = rasterize(tmp_path / "f.ttf", d.chars, d.resolution)
+        g = rasterize(font, d.chars, d.resolution)
         assert g.units_per_em == d.units_per_em and g.family == "Comic Neue A5"
         assert g.units_per_pixel == pytest.approx(d.units_per_pixel, rel=0.03)
         assert abs(g.baseline - d.baseline) < 1.0
@@ -267,8 +269,12 @@ def test_certified_error_survives_the_font_round_trip(request, tmp_path, run_nam
     cfg = json.loads((run / "config.json").read_text())["config"]
     acq = Acquisition(d.resolution, AcquisitionConfig(**{**cfg["acquisition"], "blur_sigma": tuple(cfg["acquisition"]["blur_sigma"])}))
     model, _ = load_classifier(run / "classifier.safetensors")
-    ex.export_font(run, tmp_path / "f.ttf")
-    rendered = ex.rasterize_at_design(tmp_path / "f.ttf", d)
+    if run_name == "gray_run":  # the default export: the session's (conftest)
+        font = request.getfixturevalue("gray_design_font")(".ttf")[0]
+    else:
+        font = tmp_path / "f.ttf"
+        ex.export_font(run, font)
+    rendered = ex.rasterize_at_design(font, d)
 
     def certified_error(glyphs):
         res = evaluate(model, glyphs, d.chars, acq, eps_a=cfg["eps_a"], samples_per_char=50,

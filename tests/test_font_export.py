@@ -110,11 +110,10 @@ def test_a_failed_atomic_write_keeps_the_old_file(tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".otf", ".ttf"])
-def test_the_font_keeps_every_glyph_of_a_cff_source(comic_run, tmp_path, suffix):
+def test_the_font_keeps_every_glyph_of_a_cff_source(comic_run, gray_design_font, suffix):
     d = load_design(comic_run)
     src = TTFont(d.font_path)
-    path = tmp_path / f"f{suffix}"
-    info = ex.export_font(comic_run, path)
+    path, info = gray_design_font(suffix)  # export_font(comic_run, ...), shared (conftest)
     out = TTFont(str(path))
     assert out.getBestCmap() == src.getBestCmap()  # every character, same glyph names
     assert out.getGlyphOrder() == src.getGlyphOrder() and info["glyphs"] == len(src.getGlyphOrder())
@@ -167,15 +166,15 @@ def test_exported_fonts_are_readable_by_others(comic_run, tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".ttf", ".otf"])
-def test_smooth_outlines_match_the_design_with_few_points(comic_run, tmp_path, suffix):
+def test_smooth_outlines_match_the_design_with_few_points(comic_run, gray_design_font, suffix):
     d = load_design(comic_run)
-    info = ex.export_font(comic_run, tmp_path / f"f{suffix}")
+    path, info = gray_design_font(suffix)  # export_font(comic_run, ...), shared (conftest)
     assert info["method"] == "smooth"
-    ious = ex.iou(ex.rasterize_at_design(tmp_path / f"f{suffix}", d), d.robust)
+    ious = ex.iou(ex.rasterize_at_design(path, d), d.robust)
     assert ious.min().item() >= 0.97, ious.tolist()
     for c in CHARS:
         assert info["points_by_char"][c] <= 3 * info["source_points"][c], (c, info["points_by_char"], info["source_points"])
-    font = TTFont(str(tmp_path / f"f{suffix}"))
+    font = TTFont(str(path))
     ops = {op for c in CHARS for op, _ in _outline(font, font.getBestCmap()[ord(c)])}
     assert ("qCurveTo" if suffix == ".ttf" else "curveTo") in ops
 
@@ -204,7 +203,7 @@ def _record(loops):
     return rec
 
 
-def test_a_scan_of_the_vector_sheet_aligns_by_its_marks(comic_run, tmp_path):
+def test_a_scan_of_the_vector_sheet_aligns_by_its_marks(comic_run, gray_design_font, tmp_path):
     """Rasterize the PDF sheet (pdfium, 150 dpi), degrade it as a scanner would, scan it with its
     layout: the marks are found, the glyphs read; each box sampled back is the font's rendering."""
     import json
@@ -238,8 +237,7 @@ def test_a_scan_of_the_vector_sheet_aligns_by_its_marks(comic_run, tmp_path):
 
     src, dst = find_marks(gray, json.loads((tmp_path / "scan.layout.json").read_text()), paper_and_ink(gray))
     assert np.abs(src * [img.width / lay["page_px"][0], img.height / lay["page_px"][1]] - dst).max() < 0.5
-    ex.export_font(comic_run, tmp_path / "f.ttf")
-    font_ink = ex.rasterize_at_design(tmp_path / "f.ttf", d)
+    font_ink = ex.rasterize_at_design(gray_design_font(".ttf")[0], d)  # export_font(comic_run, ...), shared
     for b in lay["boxes"]:
         x0, y0, x1, y1 = b["box_px"]
         crop = fine.crop((4 * x0, 4 * y0, 4 * x1, 4 * y1)).resize((32, 32), Image.BOX)  # area average onto the canvas
