@@ -62,8 +62,8 @@ def test_the_print_raster_box_filtered_is_the_sensor_raster(font):
     curve flattening, to a fraction of a *rendered* pixel), measured here at max |d| ~0.03 and
     mean ~4e-4 with oversample 4, and shrinking as the rendered grid gets finer."""
     sensor = rasterize(font, "62", 32)
-    for s in (2, 4):
-        g = rasterize(font, "62", 32, print_scale=s)
+    prints = {s: rasterize(font, "62", 32, print_scale=s) for s in (2, 4)}
+    for s, g in prints.items():
         assert g.images.shape == (62, 32 * s, 32 * s) and g.resolution == 32 and g.print_resolution == 32 * s
         d = (torch.nn.functional.avg_pool2d(g.images[:, None], s)[:, 0] - sensor.images).abs()
         assert d.max() < 0.05 and d.mean() < 1e-3, (s, d.max(), d.mean())
@@ -75,7 +75,7 @@ def test_the_print_raster_box_filtered_is_the_sensor_raster(font):
     d = (torch.nn.functional.avg_pool2d(fine_print.images[:, None], 4)[:, 0] - fine.images).abs()
     assert d.max() < 0.012
     # the comparison can fail: the print one print pixel off its place is far from the R raster
-    moved = torch.roll(rasterize(font, "62", 32, print_scale=4).images, 1, dims=2)
+    moved = torch.roll(prints[4].images, 1, dims=2)
     assert (torch.nn.functional.avg_pool2d(moved[:, None], 4)[:, 0] - sensor.images).abs().max() > 0.1
 
 
