@@ -244,6 +244,9 @@ def test_a_print_scale_design_runs_through_evaluation_and_is_read_back(tmp_path)
     cpu = DesignConfig(font="comic-neue").resolved()
     assert cpu.print_scale == 4 and cpu.glyph_parameterisation() == Parameterisation.parse("coarse:4")
     assert DesignConfig(font="comic-neue", print_scale=1, parameterisation=None).resolved().parameterisation is None
+    # an outline's edge offset is in sensor px: the design records its print scale with it
+    ol = DesignConfig(font="comic-neue", parameterisation=parameterisation_option("outline:8")).resolved()
+    assert ol.glyph_parameterisation() == Parameterisation("outline", 8, scale=4)
     assert DesignConfig(font="comic-neue", preset="paper").resolved().parameterisation is None
     # the CLI's --defence / --defence-tv: unset = the preset's; the penalty alone joins the preset's
     assert defence_option(None, 0.0, "cpu") == "preset"

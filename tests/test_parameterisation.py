@@ -120,6 +120,14 @@ def test_shapes_records_and_bad_settings():
         with pytest.raises(ValueError):
             Parameterisation.parse(text)
     assert Parameterisation.parse("outline:4:bilinear", 0.2) == Parameterisation("outline", 4, "bilinear", 0.2)
+    # the outline's offset: eps_D x scale print px (the design's S), whatever the grid; eps_D x factor without it
+    ol = Parameterisation("outline", 8, scale=4)
+    assert ol.max_offset(0.5) == 2.0 and ol.z_shape((3, 128, 128)) == (3, 16, 16)
+    assert Parameterisation("outline", 4).max_offset(0.5) == 2.0 and Parameterisation("outline", 8).max_offset(0.5) == 4.0
+    assert Parameterisation.from_dict(ol.to_dict()) == ol and "scale" not in Parameterisation("outline", 4).to_dict()
+    for bad in (dict(kind="coarse", factor=2, scale=2), dict(kind="outline", factor=2, scale=0), dict(kind="outline", factor=2, scale=2.0)):
+        with pytest.raises(ValueError, match="scale"):
+            Parameterisation(**bad)
     for bad in (dict(kind="edges"), dict(kind="coarse", factor=0), dict(kind="coarse", factor=2.0),
                 dict(factor=2), dict(kind="coarse", factor=2, mode="nearest"), dict(tv=-1.0), dict(tv=math.nan)):
         with pytest.raises(ValueError):

@@ -94,6 +94,10 @@ class DesignConfig(TrainingConfig):
         cfg = self.with_scaled_schedule(preset).with_preset({k: v for k, v in preset.items() if k != "defence"})
         if cfg.parameterisation == "preset":
             cfg = replace(cfg, parameterisation=parameterisation_option(preset["defence"]))
+        p = cfg.parameterisation
+        if isinstance(p, dict) and p.get("kind") == "outline" and "scale" not in p and isinstance(cfg.print_scale, int):
+            # an outline moves edges by eps_D sensor px: eps_D x S print px, whatever z's grid
+            cfg = replace(cfg, parameterisation={**p, "scale": cfg.print_scale})
         cfg.check_resolution()
         cfg._check_print()
         cfg = cfg.with_eval_seed()

@@ -19,8 +19,9 @@ anti-aliased rendering (a 1-print-px ramp, what a rasteriser makes of an outline
 Euclidean distance transform of the ink > 0.5 mask, the anti-aliased edge pixels' own coverage
 inside the 1-px band, so that d = 0 gives the source glyph back exactly) and d an offset field
 on the same coarse grid as ``coarse`` (z ``factor`` times coarser, upsampled smoothly),
-d = eps_D factor (2 sigmoid(up(z)) - 1): every edge moves by at most eps_D grid cells (at factor
-= S: eps_D sensor pixels, 2 print px for eps_D 0.5 at S = 4). The budget is on the edge motion,
+d = eps_D scale (2 sigmoid(up(z)) - 1), ``scale`` the print scale S (a design sets it): every edge
+moves by at most eps_D sensor pixels (2 print px for eps_D 0.5 at S = 4), however coarse z's grid
+(``outline:8`` at S = 4: z on a 16x16 grid, smoother edges, the same offset budget). The budget is on the edge motion,
 not on the ink: a print pixel flips from paper to ink (|dw| up to 1), while a straight edge
 moved by eps_D sensor pixels changes each sensor pixel's ink by at most eps_D, as the per-pixel
 budget does at the sensor grid (more at corners and thin strokes; the design's summary says how
@@ -69,6 +70,9 @@ class Parameterisation:
     factor: int = 1
     mode: str = "bicubic"
     tv: float = 0.0
+    # outline only: print px per unit of eps_D in the edge offset (the print scale S: eps_D sensor
+    # px); None: ``factor`` (a record from before the field; the design fills in its S)
+    scale: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -81,9 +85,15 @@ class Parameterisation:
             raise ValueError(f"unknown upsampling {self.mode!r} (one of: {', '.join(MODES)})")
         if not self.tv >= 0:  # also refuses NaN
             raise ValueError(f"the total-variation weight must be at least 0, got {self.tv!r}")
+        if self.scale is not None and (self.kind != "outline" or isinstance(self.scale, bool)
+                                       or not isinstance(self.scale, int) or self.scale < 1):
+            raise ValueError(f"an outline's offset scale is an integer of at least 1 (other kinds have none), got {self.scale!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["scale"] is None:  # records without it stay as they were
+            del d["scale"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "Parameterisation":
@@ -126,8 +136,9 @@ class Parameterisation:
         return self.field(z, w.shape[-2:])
 
     def max_offset(self, eps_d: float) -> float:
-        """How far an ``outline`` change moves an edge at most, in print pixels (eps_D grid cells)."""
-        return float(eps_d) * self.factor
+        """How far an ``outline`` change moves an edge at most, in print pixels: eps_D x ``scale``
+        (eps_D sensor pixels once the design sets scale = S; eps_D grid cells without it)."""
+        return float(eps_d) * (self.scale or self.factor)
 
     def glyphs(self, w: torch.Tensor, z: torch.Tensor, eps_d: float, level: torch.Tensor | None = None) -> torch.Tensor:
         """The designed glyphs: clamp(w + eps_D (2 sigmoid(up(z)) - 1), 0, 1) (pixel, coarse:
