@@ -169,13 +169,18 @@ def _template_reader(reader):
     return dataclasses.replace(reader, model=torch.nn.Sequential(torch.nn.Flatten(), lin).eval(), pose_scale=1.0)
 
 
+SPLIT_TEXT = "HEAD FACE\nBADGE"  # the page of the split and join tests (13 letters, two lines)
+
+
 def test_touching_letters_are_split_by_recognition(reader, font):
-    """Letters emboldened until some touch (fewer components than letters) are read one by one."""
+    """Letters emboldened until some touch (fewer components than letters: two pairs at least)
+    are read one by one. Two short lines: the recognition-driven split's search is the slow
+    part of the suite (HEAD BEACH FACE / CAGE BADGE took 5x as long for one pair more)."""
     from scipy import ndimage
 
-    gray, truth = render_text("HEAD BEACH FACE\nCAGE BADGE", font, RenderOptions(clean=True, size_pt=20.0, width_in=6.0, margin_in=0.4))
+    gray, truth = render_text(SPLIT_TEXT, font, RenderOptions(clean=True, size_pt=20.0, width_in=6.0, margin_in=0.4))
     bold = ndimage.grey_erosion(gray, size=(3, 7))
-    assert len(sc.segment(bold).glyphs) < len(truth["chars"])
+    assert len(sc.segment(bold).glyphs) <= len(truth["chars"]) - 2
     result = sc.scan_text(bold, _template_reader(reader), 0.02, "ibp")
     assert result.text == truth["text"]
 
@@ -183,7 +188,7 @@ def test_touching_letters_are_split_by_recognition(reader, font):
 def test_letters_in_pieces_are_joined_by_recognition(reader, font):
     """Letters cut in two by a thin white gap (as a defended glyph or a light print may come
     out: more components than letters, pieces side by side) are read as one letter each."""
-    gray, truth = render_text("HEAD BEACH FACE\nCAGE BADGE", font, RenderOptions(clean=True, size_pt=20.0, width_in=6.0, margin_in=0.4))
+    gray, truth = render_text(SPLIT_TEXT, font, RenderOptions(clean=True, size_pt=20.0, width_in=6.0, margin_in=0.4))
     broken = gray.copy()
     for c in truth["chars"]:
         x0, y0, x1, y1 = (int(round(v)) for v in c["box"])
