@@ -9,8 +9,12 @@ the same ``main`` behind all three command lines."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+FIXTURE_RUN = Path(__file__).parent / "fixtures" / "premove" / "design"  # a small design run folder
+
 
 @pytest.mark.parametrize(
     "args,needle",
@@ -65,12 +69,14 @@ def test_errors_are_one_line_however_long_and_for_usage_errors_too(tmp_path):
     click usage error (an option value that is no integer) each print one line, exit 2; the
     module form ``python -m a5ocr.cli`` is the same command line (shown on the long path, the
     case the terminal width could fold: both forms call the same ``main``, so the other messages
-    need not be run twice); ``python -m a5ocr.cli.app evaluate`` on a missing run folder (the
-    evaluate command's real process). The five processes run at once (each one's time is its imports)."""
+    need not be run twice); ``python -m a5ocr.cli.app`` evaluate on a missing run folder and scan
+    of a page that is no image (with a real run folder: the pre-move fixture's), the evaluate and
+    scan commands' real processes. The six processes run at once (each one's time is its imports)."""
     import os
 
     env = {**os.environ, "COLUMNS": "40"}
     deep = tmp_path / ("a-long-folder-name-" * 6) / "font.ttf"
+    (tmp_path / "x.png").write_text("text")
     script, module = [os.path.join(os.path.dirname(sys.executable), "a5ocr")], [sys.executable, "-m", "a5ocr.cli"]
     app_module = [sys.executable, "-m", "a5ocr.cli.app"]
     cases = [(cmd, argv, needle) for argv, needle, commands in (
@@ -78,6 +84,7 @@ def test_errors_are_one_line_however_long_and_for_usage_errors_too(tmp_path):
         (["design", "--threads", "x"], "--threads", (script,)),
         (["design", "--font", "[red]x[/red].ttf"], "[red]x[/red].ttf", (script,)),  # markup in user input is shown as typed
         (["evaluate", str(tmp_path / "nope")], "run folder not found", (app_module,)),
+        (["scan", str(tmp_path / "x.png"), "--run", str(FIXTURE_RUN)], "not an image", (app_module,)),
     ) for cmd in commands]
     procs = [subprocess.Popen(cmd + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for cmd, argv, _ in cases]
