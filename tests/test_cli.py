@@ -7,13 +7,8 @@ slowest part of the suite) and proved nothing more than the real-process tests b
 the same ``main`` behind all three command lines."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-FIXTURE_RUN = Path(__file__).parent / "fixtures" / "premove" / "design"  # a small design run folder
 
 
 @pytest.mark.parametrize(
@@ -64,32 +59,17 @@ def test_design_command_runs_and_writes_summary(design_process):
     assert "certified error" in (tmp / "run.log").read_text()
 
 
-def test_errors_are_one_line_however_long_and_for_usage_errors_too(tmp_path):
+def test_errors_are_one_line_however_long_and_for_usage_errors_too(console_errors):
     """The real console script in a narrow terminal: a long A5Error message (a long path) and a
     click usage error (an option value that is no integer) each print one line, exit 2; the
     module form ``python -m a5ocr.cli`` is the same command line (shown on the long path, the
     case the terminal width could fold: both forms call the same ``main``, so the other messages
     need not be run twice); ``python -m a5ocr.cli.app`` evaluate on a missing run folder and scan
     of a page that is no image (with a real run folder: the pre-move fixture's), the evaluate and
-    scan commands' real processes. The six processes run at once (each one's time is its imports)."""
-    import os
-
-    env = {**os.environ, "COLUMNS": "40"}
-    deep = tmp_path / ("a-long-folder-name-" * 6) / "font.ttf"
-    (tmp_path / "x.png").write_text("text")
-    script, module = [os.path.join(os.path.dirname(sys.executable), "a5ocr")], [sys.executable, "-m", "a5ocr.cli"]
-    app_module = [sys.executable, "-m", "a5ocr.cli.app"]
-    cases = [(cmd, argv, needle) for argv, needle, commands in (
-        (["design", "--font", str(deep)], str(deep), (script, module)),
-        (["design", "--threads", "x"], "--threads", (script,)),
-        (["design", "--font", "[red]x[/red].ttf"], "[red]x[/red].ttf", (script,)),  # markup in user input is shown as typed
-        (["evaluate", str(tmp_path / "nope")], "run folder not found", (app_module,)),
-        (["scan", str(tmp_path / "x.png"), "--run", str(FIXTURE_RUN)], "not an image", (app_module,)),
-    ) for cmd in commands]
-    procs = [subprocess.Popen(cmd + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for cmd, argv, _ in cases]
-    for (cmd, argv, needle), p in zip(cases, procs):
-        _, stderr = p.communicate(timeout=120)
+    scan commands' real processes. The cases are conftest's ``_console_error_cases``: their six
+    processes run at once, in the background from the end of the collection."""
+    assert len(console_errors) == 6
+    for cmd, argv, needle, code, _, stderr in console_errors:
         lines = [line for line in stderr.splitlines() if line.strip()]
-        assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (cmd, argv, stderr)
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (cmd, argv, stderr)
         assert needle in lines[0], (argv, lines)

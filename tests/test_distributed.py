@@ -5,15 +5,14 @@ replays every process's draws, and the command line (rank 0 writes one run folde
 Two groups of checks, each paying the start of its processes once (module-scoped fixtures):
 ``two_workers`` runs the library on 2 processes started with ``torch.multiprocessing`` (the same
 ``RANK``/``WORLD_SIZE`` environment torchrun sets); ``torchrun_run`` runs the command line under
-``python -m torch.distributed.run --standalone --nproc-per-node 2``.
+``python -m torch.distributed.run --standalone --nproc-per-node 2`` (conftest's
+``torchrun_process``: started in the background as the session's collection ends).
 """
 
 import json
 import math
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -32,10 +31,7 @@ from a5ocr.training.trainer import RobustGlyphs, Trainer, make_stage
 
 TINY = dict(font="comic-neue", chars="AOo0", preset="tiny", eps_a=0.05, samples_per_char=5, device="cpu",
             certify_methods=("ibp",), stage1_steps=10, stage2_steps=10)
-# The command-line comparison trains long enough to learn (the pre-move fixture's schedule): the
-# summaries then compare figures well away from chance (75% error for 4 characters).
-CLI = ["design", "--preset", "tiny", "--chars", "AOo0", "--eps-a", "0.02", "--steps", "150", "--design-steps", "60",
-       "--warmup", "5", "--ramp", "10", "--eval-samples", "25", "--device", "cpu", "--threads", "1"]
+# The command line under torchrun: conftest.TORCHRUN_CLI (started in the background at collection).
 VOLATILE = {"wall_seconds", "out"}
 
 
@@ -196,15 +192,12 @@ def test_a_process_count_that_does_not_divide_the_batch_is_refused_in_one_line(a
 
 
 @pytest.fixture(scope="module")
-def torchrun_run(tmp_path_factory):
-    """(the run folder, the output) of a 2-process run of the command line, in a parent folder of its own."""
-    run = tmp_path_factory.mktemp("torchrun") / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "a5ocr.cli",
-           *CLI, "--out", str(run)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "A5OCR_PROGRESS_SECONDS": "0"}
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:]
-    return run, done.stdout
+def torchrun_run(torchrun_process):
+    """(the run folder, the output) of a 2-process run of the command line (conftest.TORCHRUN_CLI),
+    in a parent folder of its own: the session's, started in the background at collection."""
+    code, run, log = torchrun_process
+    assert code == 0, log[-3000:]
+    return run, log
 
 
 def test_two_torchrun_processes_write_one_run_folder_from_rank_0(torchrun_run):

@@ -3,9 +3,6 @@ with one line and exit 2, before it writes anything (N copies would all write th
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -33,16 +30,14 @@ def _refused(name: str, code: int, out: str, err: str) -> None:
     assert "only a5ocr design" in lines[0] and out == ""
 
 
-def test_other_commands_refuse_to_run_on_several_processes(tmp_path):
-    """The real console script (``python -m a5ocr.cli``, as torchrun starts it), two commands at once."""
-    env = {**os.environ, **TORCHRUN_ENV}
-    procs = {name: subprocess.Popen([sys.executable, "-m", "a5ocr.cli", *_commands(tmp_path)[name]], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
-             for name in ("export", "robustify")}
-    for name, p in procs.items():
-        out, err = p.communicate(timeout=120)
-        _refused(name, p.returncode, out, err)
-    assert list(tmp_path.iterdir()) == []  # nothing written, not even a folder
+def test_other_commands_refuse_to_run_on_several_processes(refused_under_torchrun):
+    """The real console script (``python -m a5ocr.cli``, as torchrun starts it), two commands at
+    once, in a folder of their own (conftest: started in the background as the collection ends)."""
+    results, folder = refused_under_torchrun
+    assert [name for name, *_ in results] == ["export", "robustify"]
+    for name, code, out, err in results:
+        _refused(name, code, out, err)
+    assert list(folder.iterdir()) == []  # nothing written, not even a folder
 
 
 def test_a_refused_command_runs_as_one_process(a5ocr_main, monkeypatch, tmp_path):
