@@ -37,47 +37,27 @@ def a5ocr_main(monkeypatch, capsys):
     return run
 
 
-def tiny_scan_run(tmp_path_factory, name: str, chars: str):
-    """A tiny design run of ``chars`` on a 32 px canvas (the scan tests' run), in a fresh folder."""
-    from a5ocr.training.design import DesignConfig, run_design  # local: torch-heavy, only for the scan tests
-
-    out = tmp_path_factory.mktemp(name) / "run"
-    run_design(DesignConfig(font="comic-neue", chars=chars, preset="tiny", resolution=32, eps_a=0.02, samples_per_char=5,
-                            device="cpu", certify_methods=("ibp",), out=str(out), stage1_steps=60, stage2_steps=30))
-    return out
-
-
-def exported_ttf(run):
-    """The run's robust font exported as ``RUN/a5.ttf``."""
-    from a5ocr.export import export_font  # local: only for the scan tests
-
-    path = run / "a5.ttf"
-    export_font(run, path)
-    return path
-
-
 # --------------------------------------------------------------------- shared design runs
-# Design runs that several test files read with the same settings, trained once per session.
+# Design runs that several test files read with the same settings, trained once per session, in
+# the background (below: gray_design_run, tiny_preset_run, scan_run, split_run, scan_run_s2).
 # Read only: a test that changes a run works on a copy (shutil.copytree).
-
 
 # The tiny preset's design of 4 characters at eps_A 0.05, IBP certificates (tiny_preset_run).
 TINY_DESIGN = dict(font="comic-neue", chars="AOo0", preset="tiny", eps_a=0.05, samples_per_char=5, device="cpu",
                    certify_methods=("ibp",))
-
-
-@pytest.fixture(scope="session")
-def gray_design_run(tmp_path_factory):
-    """A tiny gray A5/PC design of Comic Neue (a CFF source), 4 characters, 32x32, fewer steps
-    than the tiny preset (seconds); eps_A 0.01 keeps the certified error inside (0, 1) so that
-    comparisons of it mean something. Read by the export, font-export and interchange tests."""
-    from a5ocr.training.design import DesignConfig, run_design  # local: torch-heavy, only for the tests that train
-
-    out = tmp_path_factory.mktemp("gray_design") / "run"
-    run_design(DesignConfig(font="comic-neue", chars="AOo0", preset="tiny", resolution=32, ink="gray", eps_a=0.01,
-                            stage1_steps=20, warmup=2, ramp=6, stage2_steps=10, samples_per_char=2, device="cpu",
-                            certify_methods=("ibp",), out=str(out)))
-    return out
+# A tiny gray A5/PC design of Comic Neue (a CFF source), 4 characters, 32x32, fewer steps than
+# the tiny preset (seconds); eps_A 0.01 keeps the certified error inside (0, 1) so that
+# comparisons of it mean something (gray_design_run: the export, font-export and interchange tests).
+GRAY_DESIGN = dict(font="comic-neue", chars="AOo0", preset="tiny", resolution=32, ink="gray", eps_a=0.01, stage1_steps=20,
+                   warmup=2, ramp=6, stage2_steps=10, samples_per_char=2, device="cpu", certify_methods=("ibp",))
+# The scan tests' runs: a tiny design on a 32 px canvas, with its robust font exported as RUN/a5.ttf.
+SCAN_CHARS, SPLIT_CHARS = "ABCDEFGH", "FKPVWbfm"  # scan_run (tests/test_scan.py), split_run (test_scan_split.py)
+SCAN_DESIGN = dict(font="comic-neue", preset="tiny", resolution=32, eps_a=0.02, samples_per_char=5, device="cpu",
+                   certify_methods=("ibp",), stage1_steps=60, stage2_steps=30)
+# A tiny design at print scale 2 made by the real CLI: glyphs 64x64 (print), classifier 32x32 (sensor).
+SCAN_S2_CLI = ["design", "--font", "comic-neue", "--chars", SCAN_CHARS, "--preset", "tiny", "--resolution", "32",
+               "--print-scale", "2", "--eps-a", "0.02", "--steps", "60", "--design-steps", "30", "--eval-samples", "5",
+               "--device", "cpu", "--threads", "1"]
 
 
 @pytest.fixture(scope="session")
@@ -98,17 +78,6 @@ def gray_design_font(gray_design_run, tmp_path_factory):
         return fonts[suffix]
 
     return font
-
-
-@pytest.fixture(scope="session")
-def tiny_preset_run(tmp_path_factory):
-    """The design run of TINY_DESIGN: the tiny preset itself (16x16, its own schedule).
-    Read by the evaluation and certify-range tests."""
-    from a5ocr.training.design import DesignConfig, run_design  # local: torch-heavy, only for the tests that train
-
-    out = tmp_path_factory.mktemp("tiny_preset") / "run"
-    run_design(DesignConfig(**TINY_DESIGN, out=str(out)))
-    return out
 
 
 # ----------------------------------------------------------- real processes in the background
@@ -212,9 +181,43 @@ def _run_refused_under_torchrun(folder):
             for name in ("export", "robustify")], folder
 
 
+def _library_design(config: dict, font: bool = False):
+    """The job: ``run_design(DesignConfig(**config, out=DIR/run))`` in a Python process of its own
+    on one torch thread (and, with ``font``, ``export_font(DIR/run, DIR/run/a5.ttf)``): DIR/run."""
+
+    def run(folder):
+        out = folder / "run"
+        code = ("import torch\ntorch.set_num_threads(1)\nfrom a5ocr.training.design import DesignConfig, run_design\n"
+                f"run_design(DesignConfig(**{config!r}, out={str(out)!r}))\n")
+        if font:
+            code += f"from a5ocr.export import export_font\nexport_font({str(out)!r}, {str(out / 'a5.ttf')!r})\n"
+        rc, _, err = _process([sys.executable, "-c", code], 600, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        assert rc == 0, err[-3000:]
+        return out
+
+    return run
+
+
+def _cli_design(argv):
+    """The job: ``python -m a5ocr.cli.app *argv --out DIR/run``: DIR/run."""
+
+    def run(folder):
+        out = folder / "run"
+        rc, stdout, err = _process([sys.executable, "-m", "a5ocr.cli.app", *argv, "--out", str(out)], 600,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert rc == 0, (stdout + err)[-3000:]
+        return out
+
+    return run
+
+
 # fixture name -> the function that runs its process (or processes) in a fresh folder
 _BACKGROUND = {"design_process": _run_design, "torchrun_process": _run_torchrun, "console_errors": _run_console_errors,
-               "refused_under_torchrun": _run_refused_under_torchrun}
+               "refused_under_torchrun": _run_refused_under_torchrun,
+               "gray_design_run": _library_design(GRAY_DESIGN), "tiny_preset_run": _library_design(TINY_DESIGN),
+               "scan_run": _library_design({**SCAN_DESIGN, "chars": SCAN_CHARS}, font=True),
+               "split_run": _library_design({**SCAN_DESIGN, "chars": SPLIT_CHARS}, font=True),
+               "scan_run_s2": _cli_design(SCAN_S2_CLI)}
 _jobs: dict = {}  # fixture name -> {"done": Event, "result": ..., "error": ...}
 
 
@@ -287,3 +290,34 @@ def torchrun_process():
     """The 2-process torchrun run of TORCHRUN_CLI: (exit code, the run folder, both processes'
     output); the run folder alone in its parent folder."""
     return _background("torchrun_process")
+
+
+@pytest.fixture(scope="session")
+def gray_design_run():
+    """The run folder of GRAY_DESIGN."""
+    return _background("gray_design_run")
+
+
+@pytest.fixture(scope="session")
+def tiny_preset_run():
+    """The run folder of TINY_DESIGN: the tiny preset itself (16x16, its own schedule). Read by
+    the evaluation and certify-range tests."""
+    return _background("tiny_preset_run")
+
+
+@pytest.fixture(scope="session")
+def scan_run():
+    """The run folder of SCAN_DESIGN on SCAN_CHARS, its font RUN/a5.ttf (tests/test_scan.py)."""
+    return _background("scan_run")
+
+
+@pytest.fixture(scope="session")
+def split_run():
+    """The run folder of SCAN_DESIGN on SPLIT_CHARS, its font RUN/a5.ttf (tests/test_scan_split.py)."""
+    return _background("split_run")
+
+
+@pytest.fixture(scope="session")
+def scan_run_s2():
+    """The run folder of the real CLI's SCAN_S2_CLI (print scale 2; tests/test_scan.py)."""
+    return _background("scan_run_s2")

@@ -19,24 +19,26 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import exported_ttf, tiny_scan_run
+from conftest import SCAN_CHARS
 from a5ocr import scan as sc
 from a5ocr.evaluation import radius_cap
 from a5ocr.scan import page as pg
 from a5ocr.scan.render_text import RenderError, RenderOptions, render_text, truth_path, write_page
 
-CHARS = "ABCDEFGH"
+CHARS = SCAN_CHARS  # the characters of the shared scan_run (conftest)
 TEXT = "BAD CAFE FACE\nHEAD BEACH EDGE\nDEAF GAB HEDGE"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return tiny_scan_run(tmp_path_factory, "scanrun", CHARS)
+def run(scan_run):
+    """A tiny design of CHARS on a 32 px canvas (conftest: trained in the background)."""
+    return scan_run
 
 
 @pytest.fixture(scope="module")
 def font(run):
-    return exported_ttf(run)
+    """The run's robust font, exported beside it as RUN/a5.ttf."""
+    return run / "a5.ttf"
 
 
 @pytest.fixture(scope="module")
@@ -494,18 +496,10 @@ def test_console_script_bad_input_is_one_line_exit_2(tmp_path, run, a5ocr_main):
 
 
 @pytest.fixture(scope="module")
-def run_s2(tmp_path_factory):
-    """A tiny design at print scale 2 made by the real CLI: glyphs 64x64 (print), classifier 32x32 (sensor)."""
-    from typer.testing import CliRunner
-
-    from a5ocr.cli.app import app
-
-    out = tmp_path_factory.mktemp("scanrun_s2") / "run"
-    r = CliRunner().invoke(app, ["design", "--font", "comic-neue", "--chars", CHARS, "--preset", "tiny", "--resolution", "32",
-                                 "--print-scale", "2", "--eps-a", "0.02", "--steps", "60", "--design-steps", "30",
-                                 "--eval-samples", "5", "--device", "cpu", "--threads", "1", "--out", str(out)])
-    assert r.exit_code == 0, r.output
-    return out
+def run_s2(scan_run_s2):
+    """A tiny design at print scale 2 made by the real CLI: glyphs 64x64 (print), classifier 32x32
+    (sensor) (conftest.SCAN_S2_CLI, made in the background)."""
+    return scan_run_s2
 
 
 @pytest.fixture(scope="module")

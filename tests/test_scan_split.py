@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import exported_ttf, tiny_scan_run
+from conftest import SPLIT_CHARS
 from a5ocr import scan as sc
 from a5ocr.scan.geometry import fit_geometry
 from a5ocr.scan.regroup import join_broken, split_merged
@@ -20,18 +20,20 @@ from a5ocr.scan.render_text import RenderOptions, render_text
 from a5ocr.scan.result import compare_with_truth, scan_chars
 from test_scan import _template_reader  # the nearest-prototype reader of tests/test_scan.py
 
-CHARS = "FKPVWbfm"
+CHARS = SPLIT_CHARS  # the characters of the shared split_run (conftest)
 TOUCHING = "F/W.K P/V:b fb/W\nPK/W VK.W fm/P"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return tiny_scan_run(tmp_path_factory, "splitrun", CHARS)
+def run(split_run):
+    """A tiny design of CHARS on a 32 px canvas (conftest: trained in the background)."""
+    return split_run
 
 
 @pytest.fixture(scope="module")
 def font(run):
-    return exported_ttf(run)
+    """The run's robust font, exported beside it as RUN/a5.ttf."""
+    return run / "a5.ttf"
 
 
 @pytest.fixture(scope="module")
