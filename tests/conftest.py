@@ -233,6 +233,8 @@ def _run_jobs(todo) -> None:
 
 
 def pytest_collection_finish(session):
+    if session.config.option.collectonly:
+        return
     first_use = {}
     for index, item in enumerate(session.items):
         for name in getattr(item, "fixturenames", ()):
