@@ -26,7 +26,7 @@ def design(
     preset: str = typer.Option("cpu", help="cpu (32x32, minutes on a laptop), paper (128x128 and the paper's net, for a GPU), tiny (seconds, smoke test)."),
     resolution: Optional[int] = typer.Option(None, help="Canvas size in pixels (default from the preset)."),
     print_scale: Optional[int] = typer.Option(None, "--print-scale", help="Design the glyphs S times finer than the sensor (the print; the classifier still sees --resolution px): default from the preset (cpu 4: a 128 px print for its 32 px sensor; paper and tiny 1)."),
-    defence: Optional[str] = typer.Option(None, "--defence", help="The glyph change: pixel (one value per print pixel, the paper's) coarse:F (on a grid F times coarser than the print, upsampled smoothly: clean strokes) or outline:F (a monochrome glyph whose edges move by at most eps-d grid cells of that grid: what a font can hold); default from the preset (cpu coarse:4, paper and tiny pixel)."),
+    defence: Optional[str] = typer.Option(None, "--defence", help="The glyph change: pixel (one value per print pixel, the paper's), coarse:F (on a grid F times coarser than the print, upsampled smoothly) or outline:F (a monochrome glyph whose edges move by at most eps-d sensor pixels, smoothly on that grid: what a font can hold); default from the preset (cpu outline:4, paper and tiny pixel)."),
     defence_tv: float = typer.Option(0.0, "--defence-tv", help="Weight of a total-variation penalty on the glyph change (0: none)."),
     ink: str = typer.Option("gray", help="gray (any ink level) or binary (each pixel ink or paper: printable exactly)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
