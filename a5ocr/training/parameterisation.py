@@ -23,8 +23,8 @@ d = eps_D scale (2 sigmoid(up(z)) - 1), ``scale`` the print scale S (a design se
 moves by at most eps_D sensor pixels (2 print px for eps_D 0.5 at S = 4), however coarse z's grid
 (``outline:8`` at S = 4: z on a 16x16 grid, the same offset budget; measured, its edges were
 not visibly smoother: README). The budget is on the edge motion, not on the ink: a print
-pixel flips from paper to ink (|dw| up to 1), while a straight edge moved by eps_D sensor pixels changes each sensor pixel's ink by at most eps_D, as the per-pixel
-budget does at the sensor grid (more at corners and thin strokes; the design's summary says how
+pixel flips from paper to ink (|dw| up to 1), while a straight edge moved by eps_D sensor
+pixels changes each sensor pixel's ink by at most eps_D, as the per-pixel budget does at the sensor grid (more at corners and thin strokes; the design's summary says how
 much, measured). The shape stays one clean shape: edges move smoothly, no speckle, no gray ink
 for a font to lose.
 
