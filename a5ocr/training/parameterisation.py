@@ -25,8 +25,8 @@ moves by at most eps_D sensor pixels (2 print px for eps_D 0.5 at S = 4), howeve
 not visibly smoother: README). The budget is on the edge motion, not on the ink: a print
 pixel flips from paper to ink (|dw| up to 1), while a straight edge moved by eps_D sensor
 pixels changes each sensor pixel's ink by at most eps_D, as the per-pixel budget does at the
-sensor grid (more at corners and thin strokes; the design's summary says how much, measured). The shape stays one clean shape: edges move smoothly, no speckle, no gray ink
-for a font to lose.
+sensor grid (more at corners and thin strokes; the design's summary says how much, measured).
+The shape stays one clean shape: edges move smoothly, no speckle, no gray ink for a font to lose.
 
 API: ``Parameterisation(kind, factor, mode, tv, scale)`` with ``z_shape`` / ``init`` (z = 0: no
 change), ``glyphs(w, z, eps_d)`` (the designed glyphs), ``change`` (dw before the clamp) and
