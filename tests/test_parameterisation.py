@@ -146,20 +146,27 @@ def _edge(n: int = 64, x: float = 30.3, angle: float = 0.0) -> torch.Tensor:
 def test_signed_distance_gives_the_glyph_back_and_is_the_distance_to_the_edge():
     w = _print_glyphs()
     phi = signed_distance(w)
-    assert torch.allclose((0.5 + phi).clamp(0, 1), w, atol=1e-6)
     assert ((phi > 0) == (w > 0.5)).all()
-    e = _edge(x=30.3)
-    true = 30.3 - (torch.arange(64) + 0.5)  # signed distance of each column's centres, ink on the left
-    assert (signed_distance(e)[0] - true).abs().max() < 0.5 + 1e-6  # the transform's half-pixel grid
+    edge = (w > 0) & (w < 1)  # the ramp of phi is the coverage where the edge is straight; off at corners
+    back = ((0.5 + phi).clamp(0, 1) - w).abs()
+    assert torch.equal(back[~edge], torch.zeros(int((~edge).sum()))) and back[edge].mean() < 0.03 and back.max() < 0.35
     assert torch.equal(signed_distance(torch.zeros(2, 8, 8)), torch.full((2, 8, 8), -8.0))
+    c = torch.arange(64) + 0.5
+    inner = (slice(16, 48), slice(12, 52))  # away from where the edge leaves the canvas
+    for angle in (0.0, 0.2, 0.4, math.pi / 4):
+        e = _edge(x=30.3, angle=angle)  # coverage counted on 16 x 16 subsamples: 1/32 px of rounding
+        true = -((c[None, :] - 30.3) * math.cos(angle) + (c[:, None] - 32) * math.sin(angle))
+        band = true.abs() < 4
+        err = (signed_distance(e)[0] - true)[inner][band[inner]].abs().max()
+        assert err < 0.03, (angle, err)  # the pixel-grid transform alone: 0.14-0.47 px off the axes
 
 
-@pytest.mark.parametrize("angle", [0.0, 0.4])
+@pytest.mark.parametrize("angle", [0.0, 0.2, 0.4, 0.7])
 def test_an_outline_change_moves_a_straight_edge_by_the_offset_and_keeps_it_sharp(angle):
     """A constant z moves the edge by d = eps_D f (2 sigmoid(z) - 1) print px: the ink per row
-    grows by d (exactly for a vertical edge, never more than eps_D f; on average less than
-    d / cos, by up to 30%, for a slanted one), and the moved glyph is monochrome but for its
-    1-px anti-aliased edge (as many gray pixels as the source's edge has, about)."""
+    grows by d (exactly for a vertical edge, never more than eps_D f; on average d / cos within
+    3% for a slanted one, the grid transform alone moved it 4-7% less), and the moved glyph is
+    monochrome but for its 1-px anti-aliased edge (as many gray pixels as the source's edge has, about)."""
     p, eps = Parameterisation("outline", 4), 0.5
     e = _edge(angle=angle)
     rows = slice(16, 48)  # away from the canvas's top and bottom
@@ -170,11 +177,8 @@ def test_an_outline_change_moves_a_straight_edge_by_the_offset_and_keeps_it_shar
         grown = (out - e)[0, rows].sum(dim=-1)  # per row: d / cos(angle) for an edge moved by d along its normal
         if angle == 0:
             assert (grown - d).abs().max() <= 1e-4 and grown.abs().max() <= p.max_offset(eps) + 1e-4
-        else:  # rows see the slanted ramp at different phases; their mean is the area's. The
-            # distances between pixel centres overestimate |phi| off the grid's axes: the edge
-            # moves less than d (by up to 30% at 23 degrees for a sub-pixel d), never more
-            moved = grown.mean().abs()
-            assert 0.7 * abs(d) / math.cos(angle) <= moved <= abs(d) / math.cos(angle) + 0.02
+        else:  # rows see the slanted ramp at different phases; their mean is the area's
+            assert 0.97 <= (grown.mean() / (d / math.cos(angle))).item() <= 1.01
         gray = lambda g: int(((g > 1e-6) & (g < 1 - 1e-6)).sum())  # noqa: E731
         assert gray(out) <= 1.5 * gray(e) + 4
 

@@ -15,9 +15,9 @@ An ``outline`` parameterisation moves the glyph's edges instead of its ink level
 monochrome (ink or paper; a font outline can hold nothing else), and the gray levels a camera
 sees come from how much of each sensor pixel the ink covers. The designed glyph is the
 anti-aliased rendering (a 1-print-px ramp, what a rasteriser makes of an outline) of the region
-{phi + d > 0}, phi the source glyph's signed distance in print pixels (``signed_distance``:
-Euclidean distance transform of the ink > 0.5 mask, the anti-aliased edge pixels' own coverage
-inside the 1-px band, so that d = 0 gives the source glyph back exactly) and d an offset field
+{phi + d > 0}, phi the source glyph's signed distance in print pixels (``signed_distance``: the
+exact distance to the sub-pixel edge that the anti-aliased pixels locate; the design adds the
+rendering's change to w, so d = 0 gives the source glyph back exactly) and d an offset field
 on the same coarse grid as ``coarse`` (z ``factor`` times coarser, upsampled smoothly),
 d = eps_D scale (2 sigmoid(up(z)) - 1), ``scale`` the print scale S (a design sets it): every edge
 moves by at most eps_D sensor pixels (2 print px for eps_D 0.5 at S = 4), however coarse z's grid
@@ -40,6 +40,7 @@ Shape: w [..., N, N] (N the print resolution); z [..., N, N] (``pixel``) or
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import kornia
@@ -47,6 +48,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+from scipy.spatial import cKDTree
+from skimage import measure
 
 from a5ocr.acquisition import sensor_integrate
 from a5ocr.training.losses import defended
@@ -178,16 +181,67 @@ def change_record(w: torch.Tensor, designed: torch.Tensor, scale: int) -> dict:
 
 
 def signed_distance(w: torch.Tensor) -> torch.Tensor:
-    """phi [..., N, N] (w's dtype and device), in pixels, > 0 in the ink: for glyph ink ``w`` in
-    [0, 1] with anti-aliased edges, clamp(0.5 + phi, 0, 1) == w (to rounding).
+    """phi [..., N, N] (w's dtype and device), in pixels, > 0 in the ink: the Euclidean signed
+    distance of each pixel centre to the glyph's sub-pixel edge, for glyph ink ``w`` in [0, 1]
+    with anti-aliased edges (pixel (r, c)'s centre at (c + 0.5, r + 0.5)).
 
-    On an anti-aliased edge pixel (0 < w < 1) phi is its coverage less one half (a straight
-    edge's signed distance at the pixel's centre, for the rasteriser's box filter). Elsewhere
-    phi = +-|x - f| + phi_f, f the nearest "edge feature" (scipy's exact Euclidean feature
-    transform): an edge pixel (phi_f its own) or a pixel of the other side of the ink > 0.5
-    mask that no edge pixel separates (the edge half-way: phi_f = -+0.5). Exact for a straight
-    edge along the pixel grid; off it, within a fraction of a pixel. A glyph without ink (or
-    without paper) is at -N (N) everywhere. Not differentiable (the source glyph is a constant)."""
+    The edge is the zero line of a pixel-grid estimate (``_grid_distance``: an anti-aliased
+    pixel's coverage less one half, the Euclidean feature transform's distance beyond), traced
+    by marching squares (scikit-image's ``find_contours``: linear along the grid lines, so a
+    straight edge along the grid is found exactly and an oblique one within hundredths of a
+    pixel); phi is the exact distance to that polyline. Why not the grid estimate itself: off
+    the grid's axes its distances run between pixel centres, so its level sets {phi = -d}
+    scallop (the edges an offset d moved were ragged, measured: 2.64x the source's outline
+    points in the exported font on a 21-glyph sample against 2.06x with this one). Edge pixels
+    keep clamp(0.5 + phi, 0, 1) within a few hundredths of w (the rasteriser's coverage is not
+    linear in the distance at corners); the outline change adds the rendering's difference to w,
+    so d = 0 still gives w exactly. A glyph without ink (or without paper) is at -N (N)
+    everywhere. Not differentiable (the source glyph is a constant)."""
+    grid = _grid_distance(w)
+    n_r, n_c = grid.shape[-2:]
+    far = float(max(n_r, n_c))
+    yy, xx = np.mgrid[0:n_r, 0:n_c]
+    centres = np.c_[xx.ravel(), yy.ravel()].astype(np.float64)  # grid index units: the centres
+    out = np.empty_like(grid)
+    for i, g in enumerate(grid):
+        if (g > 0).all() or (g <= 0).all():
+            out[i] = g
+            continue
+        segments = [c[:, ::-1] - 1.0 for c in measure.find_contours(np.pad(g, 1, mode="edge"), 0.0)]
+        a = np.concatenate([c[:-1] for c in segments])
+        b = np.concatenate([c[1:] for c in segments])
+        dist = _distance_to_segments(centres, a, b)
+        out[i] = np.where(g.ravel() > 0, dist, -dist).reshape(n_r, n_c)
+    return torch.from_numpy(out.reshape(w.shape)).to(device=w.device, dtype=w.dtype)
+
+
+def _distance_to_segments(p: np.ndarray, a: np.ndarray, b: np.ndarray, step: float = 0.5, k: int = 8) -> np.ndarray:
+    """[P] distance of points p [P, 2] to the nearest of the segments a -> b [S, 2]: exact
+    point-to-segment distances to the segments of the ``k`` nearest of samples placed every
+    ``step`` along them (scipy's KD-tree). Never below the true distance; above it only if
+    none of those samples lies on the nearest segment (then by under step / 2)."""
+    length = np.hypot(*(b - a).T)
+    count = np.maximum(1, np.ceil(length / step).astype(np.int64))
+    owner = np.repeat(np.arange(len(a)), count)
+    t = (np.arange(owner.size) - np.repeat(np.cumsum(count) - count, count)) / count[owner]
+    samples = a[owner] + t[:, None] * (b - a)[owner]
+    _, idx = cKDTree(samples).query(p, k=min(k, len(samples)))
+    seg = owner[idx.reshape(len(p), -1)]  # [P, k]
+    sa, sb = a[seg], b[seg]
+    ab = sb - sa
+    u = np.clip(((p[:, None] - sa) * ab).sum(-1) / np.maximum((ab * ab).sum(-1), 1e-12), 0.0, 1.0)
+    return np.hypot(*(sa + u[..., None] * ab - p[:, None]).transpose(2, 0, 1)).min(axis=1)
+
+
+def _grid_distance(w: torch.Tensor) -> np.ndarray:
+    """[K, N, N] float64 pixel-grid signed distance of ``w`` (``signed_distance``'s first step).
+
+    On an anti-aliased edge pixel (0 < w < 1) its coverage less one half (a straight edge's
+    signed distance at the pixel's centre, for the rasteriser's box filter). Elsewhere
+    +-|x - f| + phi_f, f the nearest "edge feature" (scipy's exact Euclidean feature transform):
+    an edge pixel (phi_f its own) or a pixel of the other side of the ink > 0.5 mask that no
+    edge pixel separates (the edge half-way: phi_f = -+0.5). Exact along the grid's axes;
+    clamp(0.5 + phi, 0, 1) == w to rounding."""
     arr = w.detach().to("cpu", torch.float64).numpy().reshape(-1, *w.shape[-2:])
     out = np.empty_like(arr)
     far = float(max(w.shape[-2:]))
@@ -196,11 +250,44 @@ def signed_distance(w: torch.Tensor) -> torch.Tensor:
         if ink.all() or not ink.any():
             out[i] = far if ink.all() else -far
             continue
-        own = np.where(edge, a - 0.5, np.where(ink, 0.5, -0.5))  # each feature's own signed distance
+        own = np.where(edge, _edge_distance(a), np.where(ink, 0.5, -0.5))  # each feature's own signed distance
         phi = own.copy()
         for side, sign in ((ink & ~edge, 1.0), (~ink & ~edge, -1.0)):
             features = edge | (~ink if sign > 0 else ink)  # the edge, or the other side itself
             dist, (fr, fc) = ndimage.distance_transform_edt(~features, return_indices=True)
             phi[side] = (own[fr, fc] + sign * dist)[side]
+        # next to the edge, the tightest of the neighbouring edge pixels' estimates (each is
+        # own + |x - f| >= the distance to a straight edge; the transform breaks ties by chance)
+        p = np.pad(np.where(edge, own, np.nan), 1, constant_values=np.nan)
+        near = [p[1 + dr:p.shape[0] - 1 + dr, 1 + dc:p.shape[1] - 1 + dc] + math.hypot(dr, dc) * s
+                for s in (1.0, -1.0) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc]
+        with np.errstate(all="ignore"):
+            inner, outer = np.fmin.reduce(near[:8]), np.fmax.reduce(near[8:])
+        phi = np.where(ink & ~edge & ~np.isnan(inner), np.fmin(phi, inner), phi)
+        phi = np.where(~ink & ~edge & ~np.isnan(outer), np.fmax(phi, outer), phi)
         out[i] = phi
-    return torch.from_numpy(out.reshape(w.shape)).to(device=w.device, dtype=w.dtype)
+    return out
+
+
+def _edge_distance(a: np.ndarray) -> np.ndarray:
+    """[N, N] signed distance (> 0 in the ink) from each pixel centre to a straight edge that
+    covers the pixel by ``a``, the edge's normal taken from the image gradient (Sobel weights
+    sqrt 2): the inverse of the box filter's coverage of a unit square cut by a line (Gustavson
+    and Strand 2011, "Anti-aliased Euclidean distance transform"; hand-written, 10 lines: no
+    library has it). Along the grid's axes it is a - 1/2; meaningful on edge pixels only."""
+    r2 = math.sqrt(2.0)
+    p = np.pad(a, 1, mode="edge")
+    gx = (p[:-2, 2:] + r2 * p[1:-1, 2:] + p[2:, 2:]) - (p[:-2, :-2] + r2 * p[1:-1, :-2] + p[2:, :-2])
+    gy = (p[2:, :-2] + r2 * p[2:, 1:-1] + p[2:, 2:]) - (p[:-2, :-2] + r2 * p[:-2, 1:-1] + p[:-2, 2:])
+    norm = np.hypot(gx, gy)
+    gx, gy = np.abs(gx) / np.maximum(norm, 1e-12), np.abs(gy) / np.maximum(norm, 1e-12)
+    gx, gy = np.maximum(gx, gy), np.minimum(gx, gy)  # gx >= gy >= 0: the distance is symmetric
+    flat = (norm < 1e-12) | (gy < 1e-9)
+    gy = np.where(flat, 0.0, gy)
+    gx = np.where(flat, 1.0, gx)
+    a1 = 0.5 * gy / gx  # coverage where the line leaves the pixel's corner triangle
+    with np.errstate(invalid="ignore"):
+        df = np.where(a < a1, 0.5 * (gx + gy) - np.sqrt(2.0 * gx * gy * np.maximum(a, 0.0)),
+                      np.where(a < 1.0 - a1, (0.5 - a) * gx,
+                               -0.5 * (gx + gy) + np.sqrt(2.0 * gx * gy * np.maximum(1.0 - a, 0.0))))
+    return np.where(flat, a - 0.5, -df)
