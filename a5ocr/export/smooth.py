@@ -35,6 +35,7 @@ import math
 
 import numpy as np
 from fontTools.pens.basePen import decomposeQuadraticSegment
+from fontTools.pens.qu2cuPen import Qu2CuPen
 from fontTools.pens.recordingPen import RecordingPen
 from matplotlib.path import Path as MplPath
 
@@ -124,20 +125,26 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 def spline_coverage(loops: list[tuple[np.ndarray, np.ndarray]], r: int, oversample: int) -> np.ndarray:
     """[r, r] fraction of each pixel inside the splines of ``loops`` (even-odd over the loops),
     counted at the centres of an ``oversample``-times finer grid; the splines flattened to 8 points per piece."""
+    rec = RecordingPen()
+    for poly, corner in loops:
+        draw_spline(rec, poly, corner)
+    return recording_coverage(rec, r, oversample)
+
+
+def recording_coverage(rec: RecordingPen, r: int, oversample: int) -> np.ndarray:
+    """``spline_coverage`` of a recording in canvas px (lines, quadratic and cubic pieces)."""
     sub = (np.arange(r * oversample) + 0.5) / oversample
     yy, xx = np.meshgrid(sub, sub, indexing="ij")
     centres = np.c_[xx.ravel(), yy.ravel()]
     inside = np.zeros(centres.shape[0], bool)
-    rec = RecordingPen()
-    for poly, corner in loops:
-        draw_spline(rec, poly, corner)
     for ring in _flatten(rec):
         inside ^= MplPath(ring).contains_points(centres)
     return inside.reshape(r, oversample, r, oversample).mean(axis=(1, 3))
 
 
 def _flatten(rec: RecordingPen, per_piece: int = 8) -> list[np.ndarray]:
-    """Closed polygons along the lines and quadratic pieces of a recording (moveTo/lineTo/qCurveTo/closePath)."""
+    """Closed polygons along the lines, quadratic and cubic pieces of a recording
+    (moveTo/lineTo/qCurveTo/curveTo/closePath; a curveTo of one cubic at a time, as qu2cu gives)."""
     rings, cur = [], []
     t = (np.arange(per_piece) + 1.0)[:, None] / per_piece
     for op, args in rec.value:
@@ -149,9 +156,42 @@ def _flatten(rec: RecordingPen, per_piece: int = 8) -> list[np.ndarray]:
             for off, on in decomposeQuadraticSegment(args):
                 p0, p1, p2 = cur[-1], np.asarray(off), np.asarray(on)
                 cur.extend((1 - t) ** 2 * p0 + 2 * t * (1 - t) * p1 + t ** 2 * p2)
+        elif op == "curveTo":
+            if len(args) != 3:
+                raise ValueError("curveTo with other than 3 points (one cubic) is not flattened")
+            p0, (p1, p2, p3) = cur[-1], (np.asarray(a, np.float64) for a in args)
+            cur.extend((1 - t) ** 3 * p0 + 3 * t * (1 - t) ** 2 * p1 + 3 * t ** 2 * (1 - t) * p2 + t ** 3 * p3)
         elif op == "closePath":
             rings.append(np.array(cur))
     return rings
+
+
+# qu2cu merge tolerances tried, coarse to fine, in design px (print px at print resolution); the
+# finest is the one every design was merged with before (``font.MERGE_PX``).
+MERGE_TOLERANCES = (1.0, 0.7, 0.5, 0.3, 0.2, 0.1)
+
+
+def cubic_outline(loops: list[tuple[np.ndarray, np.ndarray]], w: np.ndarray, oversample: int = 8,
+                  target_iou: float = 0.99) -> RecordingPen:
+    """The quadratic splines of ``loops`` (``smooth_polygons``) merged into cubics (CFF) by
+    fontTools' qu2cu (``Qu2CuPen``, all cubic) at the coarsest of ``MERGE_TOLERANCES`` whose
+    coverage keeps the ink > 0.5 mask IoU with the design ``w`` [R, R] at ``target_iou`` (or at
+    the splines' own IoU, where that is lower); the finest if none does. A recording in canvas
+    px, TrueType orientation (the CFF writer reverses it). Why per glyph: one tolerance for all
+    either leaves a bumpy glyph with 4-5x the source's points (qu2cu keeps every bump within a
+    tight tolerance) or moves a thin glyph's edges too far."""
+    r = w.shape[0]
+    design = np.asarray(w) > 0.5
+    own = mask_iou(spline_coverage(loops, r, oversample) > 0.5, design)
+    rec = RecordingPen()
+    for tol in MERGE_TOLERANCES:
+        rec = RecordingPen()
+        pen = Qu2CuPen(rec, tol, all_cubic=True)
+        for poly, corner in loops:
+            draw_spline(pen, poly, corner)
+        if mask_iou(recording_coverage(rec, r, oversample) > 0.5, design) >= min(target_iou, own):
+            break
+    return rec
 
 
 def through_points(poly: np.ndarray, corner: np.ndarray) -> np.ndarray:

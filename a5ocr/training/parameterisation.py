@@ -163,9 +163,21 @@ class Parameterisation:
 
     def penalty(self, w: torch.Tensor, z: torch.Tensor, eps_d: float, level: torch.Tensor | None = None) -> torch.Tensor:
         """``tv`` x the mean total variation of dw over the glyphs (a scalar; 0 when ``tv`` is 0):
-        the mean absolute difference of dw between neighbouring print pixels, both directions."""
+        the mean absolute difference of dw between neighbouring print pixels, both directions.
+
+        For ``outline``, of the edge offset d instead, in units of its largest value and over the
+        band an edge can move through (|phi| <= max offset + 1 px): what makes an edge wavy (an
+        offset that flips between +-max along the edge: each flip a step in the outline, and
+        points in a font); the ink change dw is there even for a constant offset (the moved edge)."""
         if self.tv == 0:
             return torch.zeros((), device=z.device, dtype=z.dtype)
+        if self.kind == "outline":
+            phi = signed_distance(w) if level is None else level
+            band = (phi.abs() <= self.max_offset(eps_d) + 1.0).to(z.dtype)
+            d = 2.0 * torch.sigmoid(self._checked_field(w, z)) - 1.0  # d / max offset
+            bx, by = band[..., :, 1:] * band[..., :, :-1], band[..., 1:, :] * band[..., :-1, :]
+            total = ((d[..., :, 1:] - d[..., :, :-1]).abs() * bx).sum() + ((d[..., 1:, :] - d[..., :-1, :]).abs() * by).sum()
+            return self.tv * total / band.sum().clamp_min(1.0)
         dw = self.change(w, z, eps_d, level)
         return self.tv * kornia.losses.total_variation(dw, reduction="mean").mean()
 
