@@ -1,5 +1,6 @@
 import math
 
+import kornia
 import pytest
 import torch
 
@@ -104,6 +105,31 @@ def test_penalty_is_the_weighted_mean_total_variation_and_descends():
         assert z.grad.abs().sum() > 0
         opt.step()
     assert p.penalty(gray, z, 0.5).item() < 0.5 * before
+
+
+def test_an_outlines_penalty_is_the_offsets_variation_along_the_edge():
+    """outline: the TV of d / max offset over the edge band, not of dw: a constant offset (an
+    edge moved evenly: dw is a whole band of flipped pixels) costs nothing, an offset flipping
+    sign along the edge does, by hand; descending it makes the offset even."""
+    w = _print_glyphs()
+    p = Parameterisation("outline", 4, tv=0.5, scale=4)
+    level = signed_distance(w)
+    even = torch.full(p.z_shape(w.shape), 3.0)
+    assert p.penalty(w, even, 0.5, level).item() == 0.0
+    assert kornia.losses.total_variation(p.change(w, even, 0.5, level)).sum() > 0  # the old penalty was not 0
+    z = torch.randn(p.z_shape(w.shape), generator=torch.Generator().manual_seed(2)).requires_grad_()
+    d = 2 * torch.sigmoid(p.field(z, w.shape[-2:])) - 1
+    band = (level.abs() <= 3.0).float()
+    by_hand = ((d.diff(dim=-1).abs() * band[..., 1:] * band[..., :-1]).sum()
+               + (d.diff(dim=-2).abs() * band[..., 1:, :] * band[..., :-1, :]).sum()) / band.sum()
+    assert torch.allclose(p.penalty(w, z, 0.5, level), 0.5 * by_hand, atol=1e-6)
+    before = p.penalty(w, z, 0.5, level).item()
+    opt = torch.optim.Adam([z], lr=0.1)
+    for _ in range(30):
+        opt.zero_grad()
+        p.penalty(w, z, 0.5, level).backward()
+        opt.step()
+    assert p.penalty(w, z, 0.5, level).item() < 0.5 * before
 
 
 def test_shapes_records_and_bad_settings():

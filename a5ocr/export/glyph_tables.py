@@ -29,6 +29,8 @@ from fontTools.pens.t2CharStringPen import T2CharStringPen
 from fontTools.pens.ttGlyphPen import TTGlyphPen
 from fontTools.ttLib import TTFont, newTable
 
+from a5ocr.export.smooth import recording_points
+
 # Tables tied to the old outlines or to TrueType alone (device metrics, hinting programs).
 _STALE_TRUETYPE = ("hdmx", "LTSH", "VDMX")
 _TRUETYPE_ONLY = ("glyf", "loca", "fpgm", "prep", "cvt ", "hdmx", "LTSH", "VDMX")
@@ -168,13 +170,4 @@ def point_count(font: TTFont, name: str) -> int:
     gs = font.getGlyphSet()
     rec = DecomposingRecordingPen(gs)
     gs[name].draw(rec)
-    n, start, last = 0, None, None
-    for op, args in rec.value:
-        if op == "moveTo":
-            start = args[0]
-        if op in ("moveTo", "lineTo", "curveTo", "qCurveTo"):
-            n += sum(a is not None for a in args)
-            last = args[-1]
-        elif op == "closePath" and last == start and last is not None:
-            n -= 1
-    return n
+    return recording_points(rec)

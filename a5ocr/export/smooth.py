@@ -78,29 +78,52 @@ def fit_field(w: np.ndarray, oversample: int = 8, margin: float = 0.2, iters: in
 TOLERANCES = (0.3, 0.22, 0.16, 0.12, 0.09, 0.06, 0.04)
 
 
-def smooth_polygons(w: np.ndarray, oversample: int = 8, target_iou: float = 0.99, corner_deg: float = 65.0
+# Coarser RDP tolerances, tried only for a glyph over its point budget (``smooth_polygons``).
+BUDGET_TOLERANCES = (0.5, 0.4)
+
+
+def smooth_polygons(w: np.ndarray, oversample: int = 8, target_iou: float = 0.99, corner_deg: float = 65.0,
+                    max_points: int | None = None, floor_iou: float | None = None
                     ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Control polygons of the smooth outline of ink ``w`` [R, R] in canvas px (x right, y down).
 
     The coarsest RDP tolerance of ``TOLERANCES`` whose spline covers the pixels so that the ink >
     0.5 masks of coverage and design reach ``target_iou`` (coverage counted on the
-    ``oversample`` grid, as a rasteriser would); the best one if none does. Returns (points
-    [n, 2], is_corner [n] bool) per closed loop, TrueType orientation (outer contours clockwise
-    once y points up), loops with fewer than 3 points or under 0.05 px^2 dropped.
+    ``oversample`` grid, as a rasteriser would); the best one if none does. A point budget
+    (``max_points``, with ``floor_iou``): where that outline has more points, the most faithful
+    outline within the budget (``BUDGET_TOLERANCES`` tried too) whose IoU is at least
+    ``floor_iou`` (``within_budget``). Returns (points [n, 2], is_corner [n] bool) per closed
+    loop, TrueType orientation (outer contours clockwise once y points up), loops with fewer
+    than 3 points or under 0.05 px^2 dropped.
     """
     w = np.asarray(w, np.float64)
     f, x0, step = tracers.bilinear_upsample(fit_field(w, oversample), oversample)
     dense = [x0 + loop * step for loop in tracers.trace_level(f, 0.5)]
     scale = max(1.0, w.shape[0] / 32.0)
-    best: tuple[float, list] = (-1.0, [])
-    for tol in TOLERANCES:
+    tried: list[tuple[float, int, list]] = []
+
+    def attempt(tol: float) -> float:
         loops = _control_loops(dense, tol * scale, corner_deg)
         score = mask_iou(spline_coverage(loops, w.shape[0], oversample) > 0.5, w > 0.5)
-        if score > best[0]:
-            best = (score, loops)
-        if score >= target_iou:
+        tried.append((score, sum(len(p) for p, _ in loops), loops))
+        return score
+
+    for tol in TOLERANCES:
+        if attempt(tol) >= target_iou:
             break
-    return best[1]
+    best = max(tried, key=lambda t: t[0]) if tried[-1][0] < target_iou else tried[-1]
+    if max_points is None or best[1] <= max_points:
+        return best[2]
+    for tol in BUDGET_TOLERANCES:
+        attempt(tol)
+    return within_budget(tried, best, max_points, floor_iou)[2]
+
+
+def within_budget(tried: list, best: tuple, max_points: int, floor_iou: float | None) -> tuple:
+    """Of candidate outlines ``tried`` (IoU, points, outline), the highest-IoU one with at most
+    ``max_points`` points and IoU >= ``floor_iou``; ``best`` (over budget) where none is."""
+    fits = [t for t in tried if t[1] <= max_points and (floor_iou is None or t[0] >= floor_iou)]
+    return max(fits, key=lambda t: t[0]) if fits else best
 
 
 def _control_loops(dense: list[np.ndarray], tolerance: float, corner_deg: float) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -172,26 +195,47 @@ MERGE_TOLERANCES = (1.0, 0.7, 0.5, 0.3, 0.2, 0.1)
 
 
 def cubic_outline(loops: list[tuple[np.ndarray, np.ndarray]], w: np.ndarray, oversample: int = 8,
-                  target_iou: float = 0.99) -> RecordingPen:
+                  target_iou: float = 0.99, max_points: int | None = None, floor_iou: float | None = None
+                  ) -> RecordingPen:
     """The quadratic splines of ``loops`` (``smooth_polygons``) merged into cubics (CFF) by
     fontTools' qu2cu (``Qu2CuPen``, all cubic) at the coarsest of ``MERGE_TOLERANCES`` whose
     coverage keeps the ink > 0.5 mask IoU with the design ``w`` [R, R] at ``target_iou`` (or at
-    the splines' own IoU, where that is lower); the finest if none does. A recording in canvas
-    px, TrueType orientation (the CFF writer reverses it). Why per glyph: one tolerance for all
-    either leaves a bumpy glyph with 4-5x the source's points (qu2cu keeps every bump within a
-    tight tolerance) or moves a thin glyph's edges too far."""
+    the splines' own IoU, where that is lower); the finest if none does; over the point budget
+    ``max_points``, the most faithful merge within it whose IoU is at least ``floor_iou``
+    (``within_budget``). A recording in canvas px, TrueType orientation (the CFF writer reverses
+    it). Why per glyph: one tolerance for all either leaves a bumpy glyph with 4-5x the source's
+    points (qu2cu keeps every bump within a tight tolerance) or moves a thin glyph's edges too far."""
     r = w.shape[0]
     design = np.asarray(w) > 0.5
-    own = mask_iou(spline_coverage(loops, r, oversample) > 0.5, design)
-    rec = RecordingPen()
+    goal = min(target_iou, mask_iou(spline_coverage(loops, r, oversample) > 0.5, design))
+    tried = []
     for tol in MERGE_TOLERANCES:
         rec = RecordingPen()
         pen = Qu2CuPen(rec, tol, all_cubic=True)
         for poly, corner in loops:
             draw_spline(pen, poly, corner)
-        if mask_iou(recording_coverage(rec, r, oversample) > 0.5, design) >= min(target_iou, own):
+        tried.append((mask_iou(recording_coverage(rec, r, oversample) > 0.5, design), recording_points(rec), rec))
+        if tried[-1][0] >= goal:
             break
-    return rec
+    best = tried[-1]
+    if max_points is None or best[1] <= max_points:
+        return best[2]
+    return within_budget(tried, best, max_points, floor_iou)[2]
+
+
+def recording_points(rec: RecordingPen) -> int:
+    """On-curve + off-curve points of a recording as a font stores them (a contour's closing
+    point not repeated; TrueType's implied on-curve points not counted)."""
+    n, start, last = 0, None, None
+    for op, args in rec.value:
+        if op == "moveTo":
+            start = args[0]
+        if op in ("moveTo", "lineTo", "curveTo", "qCurveTo"):
+            n += sum(a is not None for a in args)
+            last = args[-1]
+        elif op == "closePath" and last == start and last is not None:
+            n -= 1
+    return n
 
 
 def through_points(poly: np.ndarray, corner: np.ndarray) -> np.ndarray:
