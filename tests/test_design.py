@@ -242,7 +242,7 @@ def test_a_print_scale_design_runs_through_evaluation_and_is_read_back(tmp_path)
     tiny = DesignConfig(**TINY).resolved()
     assert (tiny.print_scale, tiny.parameterisation) == (1, None)
     cpu = DesignConfig(font="comic-neue").resolved()
-    assert cpu.print_scale == 4 and cpu.glyph_parameterisation() == Parameterisation("outline", 4, scale=4)
+    assert cpu.print_scale == 4 and cpu.glyph_parameterisation() == Parameterisation("outline", 4, tv=0.3, scale=4)
     assert DesignConfig(font="comic-neue", print_scale=1, parameterisation=None).resolved().parameterisation is None
     # an outline's edge offset is in sensor px: the design records its print scale with it
     ol = DesignConfig(font="comic-neue", parameterisation=parameterisation_option("outline:8")).resolved()
@@ -251,6 +251,7 @@ def test_a_print_scale_design_runs_through_evaluation_and_is_read_back(tmp_path)
     # the CLI's --defence / --defence-tv: unset = the preset's; the penalty alone joins the preset's
     assert defence_option(None, 0.0, "cpu") == "preset"
     assert Parameterisation.from_dict(defence_option(None, 0.01, "cpu")) == Parameterisation.parse("outline:4", 0.01)
+    assert Parameterisation.from_dict(defence_option("outline:4", 0.0, "cpu")) == Parameterisation("outline", 4)  # no penalty unless asked
     assert defence_option("pixel", 0.0, "cpu") is None
 
 

@@ -194,6 +194,40 @@ def test_a_disc_becomes_a_smooth_circle():
     assert smooth.mask_iou(cov > 0.5, disc > 0.5) >= 0.99  # the target of the tolerance search
 
 
+def _wavy_ring(n: int = 128) -> np.ndarray:
+    """An anti-aliased ring at print resolution whose outer edge waves (12 bumps of 1.5 px): a
+    design whose faithful outline needs many points."""
+    yy, xx = np.mgrid[:n, :n] + 0.5
+    r, a = np.hypot(xx - n / 2, yy - n / 2), np.arctan2(yy - n / 2, xx - n / 2)
+    outer = 40.0 + 1.5 * np.sin(12 * a) - r
+    return np.clip(np.minimum(outer, r - 28.0) + 0.5, 0, 1)
+
+
+def test_a_point_budget_trades_fidelity_down_to_its_floor_and_no_further():
+    w = _wavy_ring()
+    design = w > 0.5
+    iou = lambda loops: smooth.mask_iou(smooth.spline_coverage(loops, 128, 4) > 0.5, design)  # noqa: E731
+    points = lambda loops: sum(len(p) for p, _ in loops)  # noqa: E731
+    free = smooth.smooth_polygons(w, 4, 0.99)
+    assert iou(free) >= 0.99
+    budget = points(free) * 2 // 3
+    tight = smooth.smooth_polygons(w, 4, 0.99, max_points=budget, floor_iou=0.97)
+    assert points(tight) <= budget and 0.97 <= iou(tight) < 0.99
+    # a budget no outline above the floor meets: the fidelity target's outline, not a worse one
+    assert points(smooth.smooth_polygons(w, 4, 0.99, max_points=8, floor_iou=0.97)) == points(free)
+    # CFF: the merge is chosen the same way (its points counted as the font stores them)
+    merged = smooth.cubic_outline(free, w, 4, 0.99)
+    few = smooth.cubic_outline(free, w, 4, 0.99, max_points=smooth.recording_points(merged) * 3 // 4, floor_iou=0.95)
+    assert smooth.recording_points(few) <= smooth.recording_points(merged) * 3 // 4
+    assert smooth.mask_iou(smooth.recording_coverage(few, 128, 4) > 0.5, design) >= 0.95
+    ops = {op for op, _ in few.value}
+    assert "curveTo" in ops and "qCurveTo" not in ops
+    tried = [(0.99, 50, "a"), (0.98, 30, "b"), (0.96, 20, "c")]
+    assert smooth.within_budget(tried, tried[0], 40, 0.97)[2] == "b"
+    assert smooth.within_budget(tried, tried[0], 25, 0.97)[2] == "a"
+    assert smooth.within_budget(tried, tried[0], 25, None)[2] == "c"
+
+
 def _record(loops):
     from fontTools.pens.recordingPen import RecordingPen
 

@@ -42,7 +42,7 @@ PRESETS: dict[str, dict] = {
     # 0.00% clean / 0.21% certified (0.23% through its exported font), coarse:4 0.00% / 0.32%
     # (1.77% through its font), S = 1 per pixel 0.02% / 0.55%, S = 4 per print pixel 0.05% / 0.87%.
     "cpu": {"resolution": 32, "arch": "cpu", "copies": 2, "stage1_steps": 1900, "warmup": 190, "ramp": 950,
-            "stage2_steps": 1100, "train_bounds": "ibp", "print_scale": 4, "defence": "outline:4"},
+            "stage2_steps": 1100, "train_bounds": "ibp", "print_scale": 4, "defence": "outline:4", "defence_tv": 0.3},
     # The paper's setup: 128x128, the paper's net, lb = f*CROWN-IBP + (1-f)*IBP; meant for a GPU.
     "paper": {"resolution": 128, "arch": "paper", "copies": 2, "stage1_steps": 6000, "warmup": 600, "ramp": 3000,
               "stage2_steps": 4000, "train_bounds": "mixed", "print_scale": 1, "defence": "pixel"},

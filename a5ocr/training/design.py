@@ -91,9 +91,9 @@ class DesignConfig(TrainingConfig):
         self._check_recipe()
         self.check_samples()
         preset = PRESETS[self.preset]
-        cfg = self.with_scaled_schedule(preset).with_preset({k: v for k, v in preset.items() if k != "defence"})
+        cfg = self.with_scaled_schedule(preset).with_preset({k: v for k, v in preset.items() if k not in ("defence", "defence_tv")})
         if cfg.parameterisation == "preset":
-            cfg = replace(cfg, parameterisation=parameterisation_option(preset["defence"]))
+            cfg = replace(cfg, parameterisation=parameterisation_option(preset["defence"], preset.get("defence_tv", 0.0)))
         p = cfg.parameterisation
         if isinstance(p, dict) and p.get("kind") == "outline" and "scale" not in p and isinstance(cfg.print_scale, int):
             # an outline moves edges by eps_D sensor px: eps_D x S print px, whatever z's grid
@@ -145,7 +145,8 @@ def parameterisation_option(text: str, tv: float = 0.0) -> dict | None:
 
 def defence_option(text: str | None, tv: float, preset: str) -> dict | str | None:
     """``DesignConfig.parameterisation`` for ``--defence TEXT --defence-tv TV``: "preset" (the
-    preset's defence) when neither is given; TV alone applies to the preset's defence."""
+    preset's defence, with its penalty) when neither is given; TV alone applies to the preset's
+    defence (in place of its penalty); TEXT alone has no penalty."""
     if text is None and tv == 0.0:
         return "preset"
     return parameterisation_option(text if text is not None else PRESETS.get(preset, {}).get("defence", "pixel"), tv)
