@@ -27,7 +27,7 @@ def design(
     resolution: Optional[int] = typer.Option(None, help="Canvas size in pixels (default from the preset)."),
     print_scale: Optional[int] = typer.Option(None, "--print-scale", help="Design the glyphs S times finer than the sensor (the print; the classifier still sees --resolution px): default from the preset (cpu 4: a 128 px print for its 32 px sensor; paper and tiny 1)."),
     defence: Optional[str] = typer.Option(None, "--defence", help="The glyph change: pixel (one value per print pixel, the paper's), coarse:F (on a grid F times coarser than the print, upsampled smoothly) or outline:F (a monochrome glyph whose edges move by at most eps-d sensor pixels, smoothly on that grid: what a font can hold); default from the preset (cpu outline:4, paper and tiny pixel)."),
-    defence_tv: float = typer.Option(0.0, "--defence-tv", help="Weight of a total-variation penalty on the glyph change (0: none)."),
+    defence_tv: float = typer.Option(0.0, "--defence-tv", help="Weight of a total-variation penalty on the glyph change (for outline: on the edge offset along the edges); unset: the preset's (cpu 0.3 with its outline:4; --defence alone: none)."),
     ink: str = typer.Option("gray", help="gray (any ink level) or binary (each pixel ink or paper: printable exactly)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     seed: int = typer.Option(0, help="Seed of the training draws; the same seed on the same machine gives the same result."),

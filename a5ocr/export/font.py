@@ -69,8 +69,8 @@ OUTLINE_METHODS = ("auto", "smooth", "contour", "pixels", "halftone")
 STYLE = "Regular"
 MERGE_PX = 0.1
 # A designed glyph's smooth outline holds at most POINT_BUDGET x the source glyph's points where
-# its fit allows (the mask IoU against the design staying >= FLOOR_IOU at print resolution; the
-# outline the fidelity target chose where none does): a type designer's file stays editable.
+# its fit allows (the mask IoU against the design staying >= FLOOR_IOU; the outline the
+# fidelity target chose where none does): a type designer's file stays editable.
 POINT_BUDGET = 3.0
 FLOOR_IOU = 0.975
 
@@ -117,8 +117,8 @@ def designed_glyph(design: Design, k: int, method: str = "auto", oversample: int
     """Robust glyph k as pen calls in font units (y up), TrueType orientation: lines (polygon
     methods) or quadratic splines (smooth; with ``cubic``, the cubics ``smooth.cubic_outline``
     merges them into for CFF, the merge tolerance chosen per glyph). ``max_points``: the smooth
-    outline's point budget (``smooth.smooth_polygons``; down to IoU ``FLOOR_IOU`` at print
-    resolution above 32 px). Degenerate loops are dropped."""
+    outline's point budget (``smooth.smooth_polygons``, ``smooth.cubic_outline``; down to mask
+    IoU ``FLOOR_IOU``). Degenerate loops are dropped."""
     method = resolve_outline_method(design, method)
     rec = RecordingPen()
     if method == "smooth":
@@ -127,11 +127,10 @@ def designed_glyph(design: Design, k: int, method: str = "auto", oversample: int
         # above 32 px (print resolution) a 4x grid resolves the outline to 1/4 px, and the mask
         # IoU no longer forgives sub-pixel errors: target 0.98 (the issue asks >= 0.97)
         n, target = (oversample, 0.99) if r <= 32 else (max(4, oversample * 32 // r), 0.98)
-        floor = FLOOR_IOU if r > 32 else None
-        loops = smooth_polygons(w, n, target, max_points=None if cubic else max_points, floor_iou=floor)
+        loops = smooth_polygons(w, n, target, max_points=None if cubic else max_points, floor_iou=FLOOR_IOU)
         if cubic:  # canvas px -> font units: x = (u - origin_x) upp, y = (baseline - v) upp
             upp = design.units_per_pixel
-            cubic_outline(loops, w, n, target, max_points, floor).replay(
+            cubic_outline(loops, w, n, target, max_points, FLOOR_IOU).replay(
                 TransformPen(rec, (upp, 0, 0, -upp, -design.origin_x[k] * upp, design.baseline * upp)))
             return rec
         for poly, corner in loops:

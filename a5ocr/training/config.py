@@ -38,9 +38,11 @@ PRESETS: dict[str, dict] = {
     # benchmarks/tune_design.py's 2400/240/1200 + 1600, shortened in proportion).
     # print_scale 4 with an outline change (outline:4: the glyph stays monochrome, its edges move
     # by at most eps_D sensor px on the sensor's grid): designed at 128 px per canvas, it is what a
-    # font can hold. The default-length designs measured (README, same stage 1): A5/PC outline:4
-    # 0.00% clean / 0.21% certified (0.23% through its exported font), coarse:4 0.00% / 0.32%
-    # (1.77% through its font), S = 1 per pixel 0.02% / 0.55%, S = 4 per print pixel 0.05% / 0.87%.
+    # font can hold; defence_tv 0.3 penalises the offset's variation along the edges (fewer
+    # wiggles: fewer outline points). The default-length designs measured (README, same stage 1):
+    # A5/PC outline:4 with TV 0.3 0.00% clean / 0.19% certified, without 0.00% / 0.21%, coarse:4
+    # 0.00% / 0.32% (1.77% through its font), S = 1 per pixel 0.02% / 0.55%, S = 4 per print
+    # pixel 0.05% / 0.87%.
     "cpu": {"resolution": 32, "arch": "cpu", "copies": 2, "stage1_steps": 1900, "warmup": 190, "ramp": 950,
             "stage2_steps": 1100, "train_bounds": "ibp", "print_scale": 4, "defence": "outline:4", "defence_tv": 0.3},
     # The paper's setup: 128x128, the paper's net, lb = f*CROWN-IBP + (1-f)*IBP; meant for a GPU.

@@ -9,7 +9,9 @@ sensor grid) and upsamples it smoothly (bicubic or bilinear) to the print before
 squash, so dw is a smooth field (clean stroke edges moved, thickened or thinned), and still
 |dw| <= eps_D everywhere: the bound comes from the squash, after the upsampling, and the clamp
 to [0, 1] only moves a value towards w. ``tv`` adds a total-variation penalty on dw (Kornia's
-``total_variation``, mean over pixels) to the training loss, for smoother changes still.
+``total_variation``, mean over pixels) to the training loss, for smoother changes still (for
+``outline``: on the edge offset d over the band the edges can move through, what makes edges
+wavy and costs a font's outline points; ``penalty``).
 
 An ``outline`` parameterisation moves the glyph's edges instead of its ink levels: a print is
 monochrome (ink or paper; a font outline can hold nothing else), and the gray levels a camera
