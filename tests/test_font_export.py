@@ -212,7 +212,7 @@ def test_a_point_budget_trades_fidelity_down_to_its_floor_and_no_further():
     assert iou(free) >= 0.99
     budget = points(free) * 2 // 3
     tight = smooth.smooth_polygons(w, 4, 0.99, max_points=budget, floor_iou=0.97)
-    assert points(tight) <= budget and 0.97 <= iou(tight) < 0.99
+    assert points(tight) <= budget and iou(tight) >= 0.97  # (least squares: here above the free one)
     # a budget no outline above the floor meets: the fidelity target's outline, not a worse one
     assert points(smooth.smooth_polygons(w, 4, 0.99, max_points=8, floor_iou=0.97)) == points(free)
     # CFF: the merge is chosen the same way (its points counted as the font stores them)
@@ -222,10 +222,30 @@ def test_a_point_budget_trades_fidelity_down_to_its_floor_and_no_further():
     assert smooth.mask_iou(smooth.recording_coverage(few, 128, 4) > 0.5, design) >= 0.95
     ops = {op for op, _ in few.value}
     assert "curveTo" in ops and "qCurveTo" not in ops
+    # the search over a budget: only outlines within it, the measured ones few
+    dense = smooth.trace_outline(w, 4)
+    fit = smooth.budget_fit(dense, w, 4, 65.0, budget, lambda lp: (points(lp), lp), lambda lp: smooth.spline_coverage(lp, 128, 4))
+    assert 0 < len(fit) <= smooth.BUDGET_EVALUATED and all(n <= budget for _, n, _ in fit)
+    assert max(i for i, _, _ in fit) >= iou(tight) - 1e-12  # what smooth_polygons chose is among the best
     tried = [(0.99, 50, "a"), (0.98, 30, "b"), (0.96, 20, "c")]
     assert smooth.within_budget(tried, tried[0], 40, 0.97)[2] == "b"
     assert smooth.within_budget(tried, tried[0], 25, 0.97)[2] == "a"
     assert smooth.within_budget(tried, tried[0], 25, None)[2] == "c"
+
+
+def test_least_squares_controls_fit_the_outline_closer_than_the_polygons_reading():
+    """On a dense circle simplified to a few vertices, the off-curve points fitted by least
+    squares put the spline nearer the circle than reading them off the polygon does."""
+    t = np.linspace(0, 2 * np.pi, 800, endpoint=False)
+    dense = np.c_[64 + 30 * np.cos(t), 64 - 30 * np.sin(t)]
+    poly = smooth.tracers.simplify(dense, 1.0)
+    corner = smooth.corners(poly, 65.0)
+    read = poly + 0.5 * (smooth.through_points(poly, corner) - poly)
+    fitted = smooth.least_squares_controls(dense, poly, corner, read)
+    err = lambda c: np.abs(np.hypot(*(smooth._flatten(_record([(c, corner)]))[0] - 64).T) - 30).max()  # noqa: E731
+    assert not corner.any() and err(fitted) < 0.5 * err(read)
+    # a vertex not on the dense outline: no fit, the reading back
+    assert smooth.least_squares_controls(dense, poly + 0.01, corner, read) is read
 
 
 def _record(loops):

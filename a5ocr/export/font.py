@@ -61,7 +61,7 @@ from a5ocr.errors import ExportError
 from a5ocr.export import glyph_tables
 from a5ocr.export import outline as tracers
 from a5ocr.export.common import canvas_text, check_output, load_design, source_font
-from a5ocr.export.smooth import cubic_outline, draw_spline, smooth_polygons
+from a5ocr.export.smooth import cubic_outline, draw_spline, smooth_polygons, trace_outline
 from a5ocr.runio import atomic_path
 from a5ocr.runs import Design
 
@@ -127,10 +127,11 @@ def designed_glyph(design: Design, k: int, method: str = "auto", oversample: int
         # above 32 px (print resolution) a 4x grid resolves the outline to 1/4 px, and the mask
         # IoU no longer forgives sub-pixel errors: target 0.98 (the issue asks >= 0.97)
         n, target = (oversample, 0.99) if r <= 32 else (max(4, oversample * 32 // r), 0.98)
-        loops = smooth_polygons(w, n, target, max_points=None if cubic else max_points, floor_iou=FLOOR_IOU)
+        dense = trace_outline(w, n)
+        loops = smooth_polygons(w, n, target, max_points=None if cubic else max_points, floor_iou=FLOOR_IOU, dense=dense)
         if cubic:  # canvas px -> font units: x = (u - origin_x) upp, y = (baseline - v) upp
             upp = design.units_per_pixel
-            cubic_outline(loops, w, n, target, max_points, FLOOR_IOU).replay(
+            cubic_outline(loops, w, n, target, max_points, FLOOR_IOU, dense).replay(
                 TransformPen(rec, (upp, 0, 0, -upp, -design.origin_x[k] * upp, design.baseline * upp)))
             return rec
         for poly, corner in loops:

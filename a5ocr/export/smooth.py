@@ -78,45 +78,82 @@ def fit_field(w: np.ndarray, oversample: int = 8, margin: float = 0.2, iters: in
 TOLERANCES = (0.3, 0.22, 0.16, 0.12, 0.09, 0.06, 0.04)
 
 
-# Coarser RDP tolerances, tried only for a glyph over its point budget (``smooth_polygons``).
-BUDGET_TOLERANCES = (0.5, 0.4)
+# RDP tolerances searched for a glyph over its point budget (``budget_fit``), in design px at 32
+# px per canvas (scaled as ``TOLERANCES``): a fine geometric grid, as the budget falls anywhere.
+BUDGET_TOLERANCES = tuple(float(t) for t in np.geomspace(0.6, 0.03, 40))
+BUDGET_EVALUATED = 6  # the finest candidates within the budget whose IoU is measured
+
+
+def trace_outline(w: np.ndarray, oversample: int = 8) -> list[np.ndarray]:
+    """The dense outline the splines are fitted to: the 0.5 iso-line of the bilinear interpolant
+    of ``fit_field(w)`` on an ``oversample``-times finer grid, closed loops [n, 2] in canvas px."""
+    f, x0, step = tracers.bilinear_upsample(fit_field(np.asarray(w, np.float64), oversample), oversample)
+    return [x0 + loop * step for loop in tracers.trace_level(f, 0.5)]
 
 
 def smooth_polygons(w: np.ndarray, oversample: int = 8, target_iou: float = 0.99, corner_deg: float = 65.0,
-                    max_points: int | None = None, floor_iou: float | None = None
-                    ) -> list[tuple[np.ndarray, np.ndarray]]:
+                    max_points: int | None = None, floor_iou: float | None = None,
+                    dense: list[np.ndarray] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Control polygons of the smooth outline of ink ``w`` [R, R] in canvas px (x right, y down).
 
     The coarsest RDP tolerance of ``TOLERANCES`` whose spline covers the pixels so that the ink >
     0.5 masks of coverage and design reach ``target_iou`` (coverage counted on the
     ``oversample`` grid, as a rasteriser would); the best one if none does. A point budget
     (``max_points``, with ``floor_iou``): where that outline has more points, the most faithful
-    outline within the budget (``BUDGET_TOLERANCES`` tried too) whose IoU is at least
-    ``floor_iou`` (``within_budget``). Returns (points [n, 2], is_corner [n] bool) per closed
-    loop, TrueType orientation (outer contours clockwise once y points up), loops with fewer
-    than 3 points or under 0.05 px^2 dropped.
+    of ``budget_fit``'s outlines within the budget whose IoU is at least ``floor_iou``
+    (``within_budget``). ``dense``: ``trace_outline(w, oversample)`` when given. Returns (points
+    [n, 2], is_corner [n] bool) per closed loop, TrueType orientation (outer contours clockwise
+    once y points up), loops with fewer than 3 points or under 0.05 px^2 dropped.
     """
     w = np.asarray(w, np.float64)
-    f, x0, step = tracers.bilinear_upsample(fit_field(w, oversample), oversample)
-    dense = [x0 + loop * step for loop in tracers.trace_level(f, 0.5)]
+    dense = trace_outline(w, oversample) if dense is None else dense
     scale = max(1.0, w.shape[0] / 32.0)
     tried: list[tuple[float, int, list]] = []
-
-    def attempt(tol: float) -> float:
-        loops = _control_loops(dense, tol * scale, corner_deg)
-        score = mask_iou(spline_coverage(loops, w.shape[0], oversample) > 0.5, w > 0.5)
-        tried.append((score, sum(len(p) for p, _ in loops), loops))
-        return score
-
     for tol in TOLERANCES:
-        if attempt(tol) >= target_iou:
+        loops = _control_loops(dense, tol * scale, corner_deg)
+        tried.append((_iou(loops, w, oversample), sum(len(p) for p, _ in loops), loops))
+        if tried[-1][0] >= target_iou:
             break
     best = max(tried, key=lambda t: t[0]) if tried[-1][0] < target_iou else tried[-1]
     if max_points is None or best[1] <= max_points:
         return best[2]
-    for tol in BUDGET_TOLERANCES:
-        attempt(tol)
-    return within_budget(tried, best, max_points, floor_iou)[2]
+    fit = budget_fit(dense, w, oversample, corner_deg, max_points, lambda loops: (sum(len(p) for p, _ in loops), loops),
+                     lambda loops: spline_coverage(loops, w.shape[0], oversample))
+    return within_budget(tried + fit, best, max_points, floor_iou)[2]
+
+
+def _iou(loops: list, w: np.ndarray, oversample: int) -> float:
+    return mask_iou(spline_coverage(loops, w.shape[0], oversample) > 0.5, w > 0.5)
+
+
+def budget_fit(dense: list[np.ndarray], w: np.ndarray, oversample: int, corner_deg: float, max_points: int,
+               make, coverage) -> list[tuple[float, int, object]]:
+    """Outlines for a glyph over its point budget, the most faithful first: every tolerance of
+    ``BUDGET_TOLERANCES``, each read from the simplified polygon (``_control_loops``) and with
+    its off-curve points fitted to ``dense`` by least squares (``least_squares_controls``);
+    ``make(loops)`` -> (points, outline), or a list of them most faithful first, gives each its
+    format's outline (the splines; for CFF the qu2cu merges, finest first: the first within the
+    budget is kept), ``coverage(outline)`` its coverage [R, R]. Counting points is cheap, a
+    coverage is not: the ``BUDGET_EVALUATED`` candidates with the finest tolerances among those
+    within ``max_points`` are measured. Returns (IoU, points, outline) each."""
+    w = np.asarray(w, np.float64)
+    scale = max(1.0, w.shape[0] / 32.0)
+    fits = []  # (tolerance, variant, points, outline), within the budget
+    for tol in sorted(BUDGET_TOLERANCES):
+        read = _control_loops(dense, tol * scale, corner_deg, with_dense=True)
+        if sum(len(ctrl) for _, _, ctrl, _ in read) > 3 * max_points:
+            continue  # no merge brings that many under the budget
+        for variant, loops in enumerate(([(ctrl, c) for _, _, ctrl, c in read],
+                                         [(least_squares_controls(d, poly, c, ctrl), c) for d, poly, ctrl, c in read])):
+            made = make(loops)
+            within = [m for m in (made if isinstance(made, list) else [made]) if m[0] <= max_points]
+            if within:  # the most faithful of a list (finest merge first) within the budget
+                fits.append((tol, variant, *within[0]))
+        if len({f[0] for f in fits}) * 2 >= BUDGET_EVALUATED:
+            break
+    fits = fits[:BUDGET_EVALUATED]
+    design = w > 0.5
+    return [(mask_iou(coverage(outline) > 0.5, design), points, outline) for _, _, points, outline in fits]
 
 
 def within_budget(tried: list, best: tuple, max_points: int, floor_iou: float | None) -> tuple:
@@ -126,16 +163,87 @@ def within_budget(tried: list, best: tuple, max_points: int, floor_iou: float | 
     return max(fits, key=lambda t: t[0]) if fits else best
 
 
-def _control_loops(dense: list[np.ndarray], tolerance: float, corner_deg: float) -> list[tuple[np.ndarray, np.ndarray]]:
+def _control_loops(dense: list[np.ndarray], tolerance: float, corner_deg: float, with_dense: bool = False) -> list:
+    """(control points, corner flags) per loop of ``dense`` simplified to ``tolerance``; with
+    ``with_dense``, (dense loop, simplified polygon, control points, corner flags)."""
     out = []
-    for loop in dense:
-        poly = tracers.simplify(loop, tolerance)
-        if len(poly) < 3 or abs(tracers.signed_area(poly)) < 0.05:
+    for loop, poly in zip(dense, _simplified(dense, tolerance)):
+        if poly is None:
             continue
         corner = corners(poly, corner_deg)
         # half-way between reading the vertices as control points (the spline cuts inside convex
         # turns) and solving for a spline through them (overshoots next to long straight edges)
-        out.append((poly + 0.5 * (through_points(poly, corner) - poly), corner))
+        ctrl = poly + 0.5 * (through_points(poly, corner) - poly)
+        out.append((loop, poly, ctrl, corner) if with_dense else (ctrl, corner))
+    return out
+
+
+def _simplified(dense: list[np.ndarray], tolerance: float) -> list[np.ndarray | None]:
+    """Each loop of ``dense`` simplified (``outline.simplify``); None for one too small to keep
+    (fewer than 3 points or under 0.05 px^2)."""
+    out = []
+    for loop in dense:
+        poly = tracers.simplify(loop, tolerance)
+        out.append(None if len(poly) < 3 or abs(tracers.signed_area(poly)) < 0.05 else poly)
+    return out
+
+
+def least_squares_controls(dense: np.ndarray, poly: np.ndarray, corner: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """The off-curve points of ``draw_spline``'s spline on ``poly``'s vertices (corners fixed)
+    that fit the dense outline ``dense`` [m, 2] best in least squares; ``start`` where that
+    cannot be set up (a vertex not on ``dense``).
+
+    The spline is linear in its control points once each dense point has its piece and parameter
+    u: piece j (around off-curve point c_j) runs between the on-curve points on either side of
+    c_j (the implied mid-points, or a corner), so the dense points between vertex j-1 and j are
+    split at their arc-length middle (at the corner itself when one of them is a corner), and u
+    is the arc-length fraction within the piece. A small pull (1e-3) towards ``start`` keeps a
+    piece without dense points in place. Why ours: ``scipy.interpolate.splprep`` fits knots of
+    its own (on-curve points TrueType would have to store), fontTools has no curve fit; this is
+    TrueType's own spline form (a uniform quadratic B-spline between corners). Used for glyphs
+    over their point budget only (``budget_fit``): as the only reading (history b6f6573)
+    it gained little on wavy designs and moved 32-px designs' outlines."""
+    n = len(poly)
+    where = {tuple(p): i for i, p in enumerate(dense)}
+    idx = [where.get(tuple(p)) for p in poly]
+    if None in idx or n < 3 or corner.all():
+        return start
+    arc = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(np.vstack([dense, dense[:1]]), axis=0), axis=1))]
+    total = arc[-1]
+    ss = np.r_[arc[:-1] - total, arc[:-1], arc[:-1] + total]  # the loop three times, unwrapped
+    pts = np.vstack([dense, dense, dense])
+    rows, rhs = [], []
+    for j in range(n):
+        if corner[j]:
+            continue
+        a, b = (j - 1) % n, (j + 1) % n
+        sj, sa, sb = arc[idx[j]], arc[idx[a]], arc[idx[b]]
+        sa, sb = sa - total if sa > sj else sa, sb + total if sb < sj else sb
+        s0 = sa if corner[a] else 0.5 * (sa + sj)
+        s1 = sb if corner[b] else 0.5 * (sj + sb)
+        if s1 <= s0:
+            continue
+        sel = (ss >= s0) & (ss < s1)
+        u = (ss[sel] - s0) / (s1 - s0)
+        coef = np.zeros((sel.sum(), n))
+        target = pts[sel].copy()
+        left, right = (1 - u) ** 2, u ** 2
+        coef[:, j] += 2 * u * (1 - u)
+        for k, wgt in ((a, left), (b, right)):
+            if corner[k]:
+                target -= wgt[:, None] * poly[k]
+            else:  # the implied on-curve point half-way between c_j and c_k
+                coef[:, j] += 0.5 * wgt
+                coef[:, k] += 0.5 * wgt
+        rows.append(coef)
+        rhs.append(target)
+    free = ~corner
+    lam = 1e-3
+    a_mat = np.vstack(rows + [lam * np.eye(n)])[:, free]
+    b_vec = np.vstack(rhs + [lam * np.where(free[:, None], start, 0.0)])
+    sol, *_ = np.linalg.lstsq(a_mat, b_vec, rcond=None)  # corner columns: moved to the right side
+    out = poly.astype(np.float64).copy()
+    out[free] = sol
     return out
 
 
@@ -195,32 +303,44 @@ MERGE_TOLERANCES = (1.0, 0.7, 0.5, 0.3, 0.2, 0.1)
 
 
 def cubic_outline(loops: list[tuple[np.ndarray, np.ndarray]], w: np.ndarray, oversample: int = 8,
-                  target_iou: float = 0.99, max_points: int | None = None, floor_iou: float | None = None
-                  ) -> RecordingPen:
+                  target_iou: float = 0.99, max_points: int | None = None, floor_iou: float | None = None,
+                  dense: list[np.ndarray] | None = None, corner_deg: float = 65.0) -> RecordingPen:
     """The quadratic splines of ``loops`` (``smooth_polygons``) merged into cubics (CFF) by
     fontTools' qu2cu (``Qu2CuPen``, all cubic) at the coarsest of ``MERGE_TOLERANCES`` whose
     coverage keeps the ink > 0.5 mask IoU with the design ``w`` [R, R] at ``target_iou`` (or at
-    the splines' own IoU, where that is lower); the finest if none does; over the point budget
-    ``max_points``, the most faithful merge within it whose IoU is at least ``floor_iou``
-    (``within_budget``). A recording in canvas px, TrueType orientation (the CFF writer reverses
-    it). Why per glyph: one tolerance for all either leaves a bumpy glyph with 4-5x the source's
-    points (qu2cu keeps every bump within a tight tolerance) or moves a thin glyph's edges too far."""
+    the splines' own IoU, where that is lower); the finest if none does. Over the point budget
+    ``max_points``: the most faithful merge within it whose IoU is at least ``floor_iou``
+    (``within_budget``), of these and, where ``dense`` (``trace_outline``) is given, of
+    ``budget_fit``'s outlines, each merged at every tolerance. A recording in canvas px,
+    TrueType orientation (the CFF writer reverses it). Why per glyph: one tolerance for all
+    either leaves a bumpy glyph with 4-5x the source's points (qu2cu keeps every bump within a
+    tight tolerance) or moves a thin glyph's edges too far."""
     r = w.shape[0]
     design = np.asarray(w) > 0.5
     goal = min(target_iou, mask_iou(spline_coverage(loops, r, oversample) > 0.5, design))
     tried = []
     for tol in MERGE_TOLERANCES:
-        rec = RecordingPen()
-        pen = Qu2CuPen(rec, tol, all_cubic=True)
-        for poly, corner in loops:
-            draw_spline(pen, poly, corner)
+        rec = _merged(loops, tol)
         tried.append((mask_iou(recording_coverage(rec, r, oversample) > 0.5, design), recording_points(rec), rec))
         if tried[-1][0] >= goal:
             break
     best = tried[-1]
     if max_points is None or best[1] <= max_points:
         return best[2]
+    if dense is not None:
+        tried += budget_fit(dense, w, oversample, corner_deg, max_points,
+                            lambda lp: [(recording_points(m), m) for m in (_merged(lp, t) for t in sorted(MERGE_TOLERANCES))],
+                            lambda rec: recording_coverage(rec, r, oversample))
     return within_budget(tried, best, max_points, floor_iou)[2]
+
+
+def _merged(loops: list[tuple[np.ndarray, np.ndarray]], tol: float) -> RecordingPen:
+    """The splines of ``loops`` merged into cubics by qu2cu within ``tol`` px."""
+    rec = RecordingPen()
+    pen = Qu2CuPen(rec, tol, all_cubic=True)
+    for poly, corner in loops:
+        draw_spline(pen, poly, corner)
+    return rec
 
 
 def recording_points(rec: RecordingPen) -> int:
