@@ -17,7 +17,10 @@ off-curve point, the on-curve points are implied half-way between them (so the c
 tangent-continuous, no staircase, no kink), except at corners (turning angle above
 ``corner_deg``), which stay on-curve and sharp. A spline with k control points has k TrueType
 points, so the point count is the polygon's; for CFF the same splines are merged into cubics by
-``fontTools.qu2cu`` (``Qu2CuPen``).
+``fontTools.qu2cu`` (``Qu2CuPen``, ``cubic_outline``: the merge tolerance per glyph). A glyph
+over a point budget (the font's: 3x the source glyph's) gets the most faithful outline within it
+that keeps a floor IoU (``budget_fit``: a fine tolerance grid, control points read or fitted to
+the dense outline by least squares, ``least_squares_controls``).
 
 Why hand-written (a reading of the polygon, not a curve fit): the bitmap tracers on PyPI that fit
 curves are potrace ports (GPL, this project is MIT) or vtracer (MIT, but its splines follow the
