@@ -18,8 +18,9 @@ Raster -> outline (``outline="auto"``), see ``designed_glyph``:
   that the rendered coverage reproduces the design's ink > 0.5: no staircase at any size.
   Measured on the 62-glyph CPU-preset A5/PC run (Comic Neue, 32x32, eps_A 0.1; FreeType at the
   design geometry vs the design's ink > 0.5): .ttf IoU 0.980-1.0 (mean 0.997), points 0.5-2.97x
-  the source glyph's cubic points (mean 1.25x); .otf IoU 0.983-1.0 (mean 0.997), 0.7-4.5x (mean
-  2.14x; B, D, H, N, O, 0 above 3x: qu2cu merges the splines of a bumpy design poorly).
+  the source glyph's cubic points (mean 1.25x); .otf IoU 0.975-1.0 (mean 0.995), 0.7-3.4x (mean
+  1.74x; D, O, 0 above 3x: qu2cu merges the splines of a bumpy design poorly). Every designed
+  glyph's outline is held to ``POINT_BUDGET`` x the source glyph's points where the IoU allows.
 * ``binary`` designs: ``"pixels"``, the exact boundary of the ink pixels (lossless up to
   rounding to integer font units).
 * ``"contour"`` (opt-in; the default for gray designs before ``smooth``), the 0.5 iso-line of the bilinear interpolant of the design
