@@ -224,7 +224,7 @@ def test_a_point_budget_trades_fidelity_down_to_its_floor_and_no_further():
     assert "curveTo" in ops and "qCurveTo" not in ops
     # the search over a budget: only outlines within it, the measured ones few
     dense = smooth.trace_outline(w, 4)
-    fit = smooth.budget_fit(dense, w, 4, 65.0, budget, lambda lp: (points(lp), lp), lambda lp: smooth.spline_coverage(lp, 128, 4))
+    fit = smooth.budget_fit(dense, w, 4, 65.0, budget, lambda lp: [(points(lp), lp)], lambda lp: smooth.spline_coverage(lp, 128, 4))
     assert 0 < len(fit) <= smooth.BUDGET_EVALUATED and all(n <= budget for _, n, _ in fit)
     assert max(i for i, _, _ in fit) >= iou(tight) - 1e-12  # what smooth_polygons chose is among the best
     tried = [(0.99, 50, "a"), (0.98, 30, "b"), (0.96, 20, "c")]

@@ -62,7 +62,7 @@ from a5ocr.errors import ExportError
 from a5ocr.export import glyph_tables
 from a5ocr.export import outline as tracers
 from a5ocr.export.common import canvas_text, check_output, load_design, source_font
-from a5ocr.export.smooth import cubic_outline, draw_spline, smooth_polygons, trace_outline
+from a5ocr.export.smooth import cubic_outline, draw_spline, smooth_fit, trace_outline
 from a5ocr.runio import atomic_path
 from a5ocr.runs import Design
 
@@ -118,7 +118,7 @@ def designed_glyph(design: Design, k: int, method: str = "auto", oversample: int
     """Robust glyph k as pen calls in font units (y up), TrueType orientation: lines (polygon
     methods) or quadratic splines (smooth; with ``cubic``, the cubics ``smooth.cubic_outline``
     merges them into for CFF, the merge tolerance chosen per glyph). ``max_points``: the smooth
-    outline's point budget (``smooth.smooth_polygons``, ``smooth.cubic_outline``; down to mask
+    outline's point budget (``smooth.smooth_fit``, ``smooth.cubic_outline``; down to mask
     IoU ``FLOOR_IOU``). Degenerate loops are dropped."""
     method = resolve_outline_method(design, method)
     rec = RecordingPen()
@@ -129,10 +129,10 @@ def designed_glyph(design: Design, k: int, method: str = "auto", oversample: int
         # IoU no longer forgives sub-pixel errors: target 0.98 (the issue asks >= 0.97)
         n, target = (oversample, 0.99) if r <= 32 else (max(4, oversample * 32 // r), 0.98)
         dense = trace_outline(w, n)
-        loops = smooth_polygons(w, n, target, max_points=None if cubic else max_points, floor_iou=FLOOR_IOU, dense=dense)
+        iou, _, loops = smooth_fit(w, n, target, max_points=None if cubic else max_points, floor_iou=FLOOR_IOU, dense=dense)
         if cubic:  # canvas px -> font units: x = (u - origin_x) upp, y = (baseline - v) upp
             upp = design.units_per_pixel
-            cubic_outline(loops, w, n, target, max_points, FLOOR_IOU, dense).replay(
+            cubic_outline(loops, w, n, target, max_points, FLOOR_IOU, dense, loops_iou=iou).replay(
                 TransformPen(rec, (upp, 0, 0, -upp, -design.origin_x[k] * upp, design.baseline * upp)))
             return rec
         for poly, corner in loops:

@@ -83,7 +83,7 @@ TOLERANCES = (0.3, 0.22, 0.16, 0.12, 0.09, 0.06, 0.04)
 
 # RDP tolerances searched for a glyph over its point budget (``budget_fit``), in design px at 32
 # px per canvas (scaled as ``TOLERANCES``): a fine geometric grid, as the budget falls anywhere.
-BUDGET_TOLERANCES = tuple(float(t) for t in np.geomspace(0.6, 0.03, 40))
+BUDGET_TOLERANCES = tuple(float(t) for t in np.geomspace(0.03, 0.6, 40))  # finest first
 BUDGET_EVALUATED = 6  # the finest candidates within the budget whose IoU is measured
 
 
@@ -97,16 +97,24 @@ def trace_outline(w: np.ndarray, oversample: int = 8) -> list[np.ndarray]:
 def smooth_polygons(w: np.ndarray, oversample: int = 8, target_iou: float = 0.99, corner_deg: float = 65.0,
                     max_points: int | None = None, floor_iou: float | None = None,
                     dense: list[np.ndarray] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Control polygons of the smooth outline of ink ``w`` [R, R] in canvas px (x right, y down).
+    """The loops of ``smooth_fit``."""
+    return smooth_fit(w, oversample, target_iou, corner_deg, max_points, floor_iou, dense)[2]
+
+
+def smooth_fit(w: np.ndarray, oversample: int = 8, target_iou: float = 0.99, corner_deg: float = 65.0,
+               max_points: int | None = None, floor_iou: float | None = None,
+               dense: list[np.ndarray] | None = None) -> tuple[float, int, list[tuple[np.ndarray, np.ndarray]]]:
+    """(IoU, points, loops): control polygons of the smooth outline of ink ``w`` [R, R] in canvas px (x right, y down).
 
     The coarsest RDP tolerance of ``TOLERANCES`` whose spline covers the pixels so that the ink >
     0.5 masks of coverage and design reach ``target_iou`` (coverage counted on the
     ``oversample`` grid, as a rasteriser would); the best one if none does. A point budget
     (``max_points``, with ``floor_iou``): where that outline has more points, the most faithful
     of ``budget_fit``'s outlines within the budget whose IoU is at least ``floor_iou``
-    (``within_budget``). ``dense``: ``trace_outline(w, oversample)`` when given. Returns (points
-    [n, 2], is_corner [n] bool) per closed loop, TrueType orientation (outer contours clockwise
-    once y points up), loops with fewer than 3 points or under 0.05 px^2 dropped.
+    (``within_budget``). ``dense``: ``trace_outline(w, oversample)`` when given. The loops are
+    (points [n, 2], is_corner [n] bool) per closed loop, TrueType orientation (outer contours
+    clockwise once y points up), loops with fewer than 3 points or under 0.05 px^2 dropped; the
+    IoU is their mask IoU with the design.
     """
     w = np.asarray(w, np.float64)
     dense = trace_outline(w, oversample) if dense is None else dense
@@ -119,10 +127,10 @@ def smooth_polygons(w: np.ndarray, oversample: int = 8, target_iou: float = 0.99
             break
     best = max(tried, key=lambda t: t[0]) if tried[-1][0] < target_iou else tried[-1]
     if max_points is None or best[1] <= max_points:
-        return best[2]
-    fit = budget_fit(dense, w, oversample, corner_deg, max_points, lambda loops: (sum(len(p) for p, _ in loops), loops),
+        return best
+    fit = budget_fit(dense, w, oversample, corner_deg, max_points, lambda loops: [(sum(len(p) for p, _ in loops), loops)],
                      lambda loops: spline_coverage(loops, w.shape[0], oversample))
-    return within_budget(tried + fit, best, max_points, floor_iou)[2]
+    return within_budget(tried + fit, best, max_points, floor_iou)
 
 
 def _iou(loops: list, w: np.ndarray, oversample: int) -> float:
@@ -134,23 +142,22 @@ def budget_fit(dense: list[np.ndarray], w: np.ndarray, oversample: int, corner_d
     """Outlines for a glyph over its point budget, the most faithful first: every tolerance of
     ``BUDGET_TOLERANCES``, each read from the simplified polygon (``_control_loops``) and with
     its off-curve points fitted to ``dense`` by least squares (``least_squares_controls``);
-    ``make(loops)`` -> (points, outline), or a list of them most faithful first, gives each its
-    format's outline (the splines; for CFF the qu2cu merges, finest first: the first within the
-    budget is kept), ``coverage(outline)`` its coverage [R, R]. Counting points is cheap, a
+    ``make(loops)`` -> [(points, outline), ...], most faithful first, gives each its format's
+    outlines (the splines; for CFF the qu2cu merges, finest first: the first within the budget
+    is kept), ``coverage(outline)`` its coverage [R, R]. Counting points is cheap, a
     coverage is not: the ``BUDGET_EVALUATED`` candidates with the finest tolerances among those
     within ``max_points`` are measured. Returns (IoU, points, outline) each."""
     w = np.asarray(w, np.float64)
     scale = max(1.0, w.shape[0] / 32.0)
     fits = []  # (tolerance, variant, points, outline), within the budget
-    for tol in sorted(BUDGET_TOLERANCES):
+    for tol in BUDGET_TOLERANCES:
         read = _control_loops(dense, tol * scale, corner_deg, with_dense=True)
         if sum(len(ctrl) for _, _, ctrl, _ in read) > 3 * max_points:
             continue  # no merge brings that many under the budget
         for variant, loops in enumerate(([(ctrl, c) for _, _, ctrl, c in read],
                                          [(least_squares_controls(d, poly, c, ctrl), c) for d, poly, ctrl, c in read])):
-            made = make(loops)
-            within = [m for m in (made if isinstance(made, list) else [made]) if m[0] <= max_points]
-            if within:  # the most faithful of a list (finest merge first) within the budget
+            within = [m for m in make(loops) if m[0] <= max_points]
+            if within:  # the most faithful (the list's first) within the budget
                 fits.append((tol, variant, *within[0]))
         if len({f[0] for f in fits}) * 2 >= BUDGET_EVALUATED:
             break
@@ -307,7 +314,8 @@ MERGE_TOLERANCES = (1.0, 0.7, 0.5, 0.3, 0.2, 0.1)
 
 def cubic_outline(loops: list[tuple[np.ndarray, np.ndarray]], w: np.ndarray, oversample: int = 8,
                   target_iou: float = 0.99, max_points: int | None = None, floor_iou: float | None = None,
-                  dense: list[np.ndarray] | None = None, corner_deg: float = 65.0) -> RecordingPen:
+                  dense: list[np.ndarray] | None = None, corner_deg: float = 65.0,
+                  loops_iou: float | None = None) -> RecordingPen:
     """The quadratic splines of ``loops`` (``smooth_polygons``) merged into cubics (CFF) by
     fontTools' qu2cu (``Qu2CuPen``, all cubic) at the coarsest of ``MERGE_TOLERANCES`` whose
     coverage keeps the ink > 0.5 mask IoU with the design ``w`` [R, R] at ``target_iou`` (or at
@@ -315,12 +323,13 @@ def cubic_outline(loops: list[tuple[np.ndarray, np.ndarray]], w: np.ndarray, ove
     ``max_points``: the most faithful merge within it whose IoU is at least ``floor_iou``
     (``within_budget``), of these and, where ``dense`` (``trace_outline``) is given, of
     ``budget_fit``'s outlines, each merged at every tolerance. A recording in canvas px,
-    TrueType orientation (the CFF writer reverses it). Why per glyph: one tolerance for all
+    TrueType orientation (the CFF writer reverses it). ``loops_iou``: the splines' IoU where
+    known (``smooth_fit``'s), measured otherwise. Why per glyph: one tolerance for all
     either leaves a bumpy glyph with 4-5x the source's points (qu2cu keeps every bump within a
     tight tolerance) or moves a thin glyph's edges too far."""
     r = w.shape[0]
     design = np.asarray(w) > 0.5
-    goal = min(target_iou, mask_iou(spline_coverage(loops, r, oversample) > 0.5, design))
+    goal = min(target_iou, _iou(loops, w, oversample) if loops_iou is None else loops_iou)
     tried = []
     for tol in MERGE_TOLERANCES:
         rec = _merged(loops, tol)

@@ -213,7 +213,6 @@ def signed_distance(w: torch.Tensor) -> torch.Tensor:
     everywhere. Not differentiable (the source glyph is a constant)."""
     grid = _grid_distance(w)
     n_r, n_c = grid.shape[-2:]
-    far = float(max(n_r, n_c))
     yy, xx = np.mgrid[0:n_r, 0:n_c]
     centres = np.c_[xx.ravel(), yy.ravel()].astype(np.float64)  # grid index units: the centres
     out = np.empty_like(grid)
