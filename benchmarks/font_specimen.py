@@ -1,8 +1,8 @@
 """The README picture of an exported font: source glyphs and robust glyphs at 72 pt, side by side.
 
-    python benchmarks/font_specimen.py RUN_DIR docs/font-72pt.png [--text "AaBbGg08 SN-4521/B."] [--dpi 150]
+    python benchmarks/font_specimen.py RUN_DIR docs/font-72pt.png [--text "AaBbGg08 SN-4521/B."] [--dpi 150] [--format otf]
 
-Exports the run's font (``a5ocr.export.export_font``, TrueType, default outline) to a temporary
+Exports the run's font (``a5ocr.export.export_font``, TrueType or ``--format otf``: CFF, default outline) to a temporary
 folder and sets the same text in the source font (top) and the exported font (bottom) with
 FreeType at 72 pt and ``--dpi`` (anti-aliased, unhinted, the fonts' own advances and kerning
 unused), labelled with each font's family name.
@@ -45,14 +45,14 @@ def set_line(font_path: Path, text: str, pt: float, dpi: int) -> np.ndarray:
     return out
 
 
-def specimen(run_dir: Path, out: Path, text: str, dpi: int) -> None:
+def specimen(run_dir: Path, out: Path, text: str, dpi: int, fmt: str = "ttf") -> None:
     design = load_design(run_dir)
     src = source_font(design)
     with tempfile.TemporaryDirectory() as tmp:
-        robust = Path(tmp) / "robust.ttf"
+        robust = Path(tmp) / f"robust.{fmt}"
         info = export_font(run_dir, robust)
         rows = [(f"{design.family} (source)", set_line(src, text, 72, dpi)),
-                (f"{info['family']} (exported font, outline {info['method']})", set_line(robust, text, 72, dpi))]
+                (f"{info['family']} (exported .{fmt}, outline {info['method']})", set_line(robust, text, 72, dpi))]
     label_font = ImageFont.truetype(str(fonts.LABEL_FONT), max(12, dpi // 8))
     width = max(r.shape[1] for _, r in rows)
     label_h = dpi // 5
@@ -72,8 +72,9 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--text", default="AaBbGg08 SN-4521/B.")
     ap.add_argument("--dpi", type=int, default=150)
+    ap.add_argument("--format", choices=("ttf", "otf"), default="ttf")
     args = ap.parse_args()
-    specimen(args.run_dir, args.out, args.text, args.dpi)
+    specimen(args.run_dir, args.out, args.text, args.dpi, args.format)
     print(f"wrote {args.out}")
 
 
