@@ -45,6 +45,8 @@ import numpy as np
 from fontTools.pens.recordingPen import RecordingPen
 from scipy import ndimage
 
+from a5ocr.export import outline
+
 STEP = 0.25  # px between resamples of the dense outline (at 128 px per canvas; scaled with it)
 LINE_TOLERANCE = 0.03  # px (at 128 px per canvas): a chord only where no sample is further off it
 CANDIDATES = 160  # candidate on-curve points per loop (fewer on a short loop)
@@ -52,6 +54,7 @@ STARTS = 8  # starting candidates tried per loop by the dynamic programme
 REFINE = 6  # rounds of projection + joint least squares
 G1_WEIGHT = 30.0  # weight of a tangent-continuity row against one sample's residual
 SPAN_SAMPLES = 48  # at most this many samples per arc in the dynamic programme's error table
+SPECK_AREA = 0.5  # px^2: smaller loops are dropped (alone they cannot carry a pixel's coverage across one half)
 BOOST, BOOST_ROUNDS = 4.0, 8  # refits weighing the samples at wrong pixels more (budget_cubics)
 
 
@@ -169,6 +172,8 @@ def _loop_table(q: np.ndarray, qw: np.ndarray, max_points: int, line_tol: float)
                 back[p, better, 0] = arg[better] + 1
                 back[p, better, 1] = kind
         for p in range(1, max_points + 1):
+            if p == 2:
+                continue  # only two chords close a loop with 2 points: no area
             if d[p, big] < best_err[p]:
                 best_err[p] = d[p, big]
                 seg, j, pp = [], big, p
@@ -356,7 +361,9 @@ def budget_cubics(dense: list[np.ndarray], max_points: int, resolution: int = 12
     """The closed cubic-and-line outline of the loops ``dense`` (canvas px, [n, 2] each, not
     repeating the start) with at most ``max_points`` points (module doc), as a recording of
     moveTo / curveTo (one cubic each) / lineTo / closePath in the loops' own orientation; None
-    where the budget cannot hold every loop (2 cubic pieces per loop at least). ``resolution``:
+    where the budget cannot hold every loop (2 cubic pieces per loop at least). Loops under
+    ``SPECK_AREA`` are dropped (the N of a default design run held 25 such specks of the fitted
+    field's iso-line, each 2-6 points: more than its whole budget). ``resolution``:
     the canvas's px, which ``STEP`` and ``LINE_TOLERANCE`` (given at 128 px) scale with.
 
     With the design's ink mask ``design`` [R, R] and ``coverage(recording)`` -> [R, R] (what a
@@ -364,7 +371,8 @@ def budget_cubics(dense: list[np.ndarray], max_points: int, resolution: int = 12
     the pixels the last fit got wrong (coverage > 0.5 against the mask) ``BOOST`` times more;
     the fit with the highest mask IoU is returned."""
     unit = resolution / 128.0
-    loops = [_resample(np.asarray(lp, np.float64), STEP * unit) for lp in dense if len(lp) >= 3]
+    loops = [_resample(np.asarray(lp, np.float64), STEP * unit) for lp in dense
+             if len(lp) >= 3 and abs(outline.signed_area(np.asarray(lp, np.float64))) >= SPECK_AREA]
     weights = [np.ones(len(q)) for q in loops]
     best, best_iou = None, -1.0
     tables = [_loop_table(q, qw, max_points, LINE_TOLERANCE * unit) for q, qw in zip(loops, weights)]
