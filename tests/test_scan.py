@@ -679,3 +679,36 @@ def test_a_character_much_wider_than_its_class_is_reported_outside():
     mask, ink_err, _ = outside_alphabet(canv, np.zeros(4, np.int64), table)
     assert mask.tolist() == [True, False, False, True]
     assert np.allclose(ink_err, [10 * 20 / 120, 3 * 20 / 120, 0.0, 12 * 6 / 120])
+
+
+def test_a_colon_read_as_i_is_reported_outside_but_a_bold_or_broken_i_is_not():
+    """The S = 4 outline design's scans read colons as `i` (55 of 60 certified at 12 pt): the box
+    of a colon whose upper dot sits where the i's dot does matches the i's, but the rows of the
+    i's stem between the dots are empty. Against a synthetic i (a 4 x 4 dot over a 4 x 14 stem):
+    the colon (two 4 x 4 dots, at the dot's rows and the stem's last rows) is outside; the i, a
+    bold i (stem 8 px wide: a large ink error, no empty row) and an i whose stem is broken for two
+    rows (a degraded print) are not."""
+    from a5ocr.scan.ink import ink_extents
+    from a5ocr.scan.reader import OUTSIDE_ERROR, outside_alphabet
+
+    def glyph(stem_width=4, stem=True, broken=0, lower_dot=False):
+        c = np.zeros((32, 32), np.float32)
+        c[6:10, 14:18] = 1.0  # the dot
+        if stem:
+            c[12:26, 16 - stem_width // 2 : 16 - stem_width // 2 + stem_width] = 1.0
+            c[18 : 18 + broken] = 0.0
+        if lower_dot:
+            c[22:26, 14:18] = 1.0
+        return c
+
+    proto = glyph()
+    (top, bottom), (left, right) = ink_extents(proto.max(axis=1)), ink_extents(proto.max(axis=0))
+    table = {"glyphs": proto[None], "top": np.array([top]), "bottom": np.array([bottom]),
+             "left": np.array([left]), "right": np.array([right])}
+    colon = glyph(stem=False, lower_dot=True)
+    canv = np.stack([colon, proto, glyph(stem_width=8), glyph(broken=2)])
+    mask, ink_err, box = outside_alphabet(canv, np.zeros(4, np.int64), table)
+    assert mask.tolist() == [True, False, False, False]
+    assert ink_err[0] > OUTSIDE_ERROR and ink_err[2] > OUTSIDE_ERROR  # the ink alone does not tell them apart
+    rows_box = max(abs(ink_extents(colon.max(axis=1))[0] - top), abs(ink_extents(colon.max(axis=1))[1] - bottom))
+    assert rows_box == 0.0  # nor does the box: the gap does
