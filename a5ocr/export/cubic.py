@@ -18,7 +18,8 @@ all loops, so that the squared distance of the dense outline to the curves is le
    keeping the joins tangent-continuous (G1: incoming and outgoing handles collinear, in the
    current handle-length ratio) where the pieces meet at less than ``corner_deg``.
 5. Where a rasteriser's coverage is given, the fit is measured the way the export measures it
-   (ink > 0.5 mask IoU against the design) and refitted up to ``BOOST_ROUNDS`` times with the
+   (ink > 0.5 mask IoU against the design) and refined again (step 4, the segmentation kept)
+   up to ``BOOST_ROUNDS`` times with the
    samples in and next to the wrong pixels weighted ``BOOST`` times more (cumulatively); the
    fit with the best IoU is kept. (The design's pixels next to the edge are often within a few
    hundredths of one half: a squared-distance fit with 0.1 px rms error still flips 2-3% of
@@ -73,7 +74,7 @@ def _bernstein(t: np.ndarray) -> np.ndarray:
     return np.stack([u ** 3, 3 * t * u ** 2, 3 * t ** 2 * u, t ** 3], axis=-1)
 
 
-def _fit_spans(q: np.ndarray, qw: np.ndarray, idx: np.ndarray, span: int, line_tol: float) -> tuple[np.ndarray, np.ndarray]:
+def _fit_spans(q: np.ndarray, idx: np.ndarray, span: int, line_tol: float) -> tuple[np.ndarray, np.ndarray]:
     """Least-squares cubic and chord errors of the arcs from candidate i to candidate i + span
     (all i at once). q [m, 2] samples, idx [M] candidate sample indices. Returns (cubic [M], line
     [M]); a chord is allowed (finite error) only where no sample is more than ``line_tol`` px
@@ -89,7 +90,7 @@ def _fit_spans(q: np.ndarray, qw: np.ndarray, idx: np.ndarray, span: int, line_t
     x = q[at]  # [M, n, 2], padded with the end point
     p0, p3 = q[lo % m], q[hi % m]
     t = np.minimum(k / length[:, None], 1.0)
-    wgt = valid * qw[at]
+    wgt = valid.astype(np.float64)
     for _ in range(2):  # solve, project once, solve again
         b = _bernstein(t)
         rhs = x - b[..., :1] * p0[:, None] - b[..., 3:] * p3[:, None]
@@ -111,7 +112,7 @@ def _fit_spans(q: np.ndarray, qw: np.ndarray, idx: np.ndarray, span: int, line_t
     norm = np.maximum(np.linalg.norm(d, axis=1), 1e-12)
     cross = (x[..., 0] - p0[:, None, 0]) * d[:, None, 1] - (x[..., 1] - p0[:, None, 1]) * d[:, None, 0]
     off = np.abs(cross / norm[:, None]) * valid
-    line = np.where(off.max(1) <= line_tol, stride * (wgt * off ** 2).sum(1), np.inf)
+    line = np.where(off.max(1) <= line_tol, stride * (off ** 2).sum(1), np.inf)
     return cubic, line
 
 
@@ -134,7 +135,7 @@ def _project(x: np.ndarray, ctrl: np.ndarray, t: np.ndarray) -> np.ndarray:
     return np.clip(t + step, 0.0, 1.0)
 
 
-def _loop_table(q: np.ndarray, qw: np.ndarray, max_points: int, line_tol: float) -> tuple[np.ndarray, list]:
+def _loop_table(q: np.ndarray, max_points: int, line_tol: float) -> tuple[np.ndarray, list]:
     """Per point count p <= ``max_points``: the least error of a closed segmentation of the loop
     q [m, 2] using p points, and that segmentation ([(start sample, end sample, is_cubic)])."""
     m = len(q)
@@ -144,7 +145,7 @@ def _loop_table(q: np.ndarray, qw: np.ndarray, max_points: int, line_tol: float)
     cub = np.full((longest + 1, big), np.inf)
     lin = np.full((longest + 1, big), np.inf)
     for span in range(1, longest + 1):
-        cub[span], lin[span] = _fit_spans(q, qw, idx, span, line_tol)
+        cub[span], lin[span] = _fit_spans(q, idx, span, line_tol)
     best_err = np.full(max_points + 1, np.inf)
     best_seg: list = [None] * (max_points + 1)
     for s in np.unique(np.round(np.arange(STARTS) * (big / STARTS / 2)).astype(int) % big):
@@ -316,7 +317,7 @@ def _joint(q, qw, sam, ts, x, seg, base, nvar, corner_deg) -> np.ndarray:
         if not (seg[i][2] or seg[prev][2]):
             continue  # two lines: nothing to move but the join itself
         row = np.zeros(nvar)
-        row[a_col] += (l_out + l_in) / (l_in + l_out)
+        row[a_col] += 1.0
         row[h_in] -= l_out / (l_in + l_out)
         row[h_out] -= l_in / (l_in + l_out)
         rows.append(G1_WEIGHT * row[None, :])
@@ -332,7 +333,7 @@ def _as_pieces(ctrl, seg) -> list:
     return [("cubic", c[1:]) if cubic else ("line", c[1:]) for c, (_, _, cubic) in zip(ctrl, seg)]
 
 
-def _record(loops: list[np.ndarray], pieces: list[list]) -> RecordingPen:
+def _record(pieces: list[list]) -> RecordingPen:
     """moveTo / curveTo / lineTo / closePath of each loop's pieces (the closing point the start, exactly)."""
     rec = RecordingPen()
     for loop in pieces:
@@ -373,24 +374,23 @@ def budget_cubics(dense: list[np.ndarray], max_points: int, resolution: int = 12
     unit = resolution / 128.0
     loops = [_resample(np.asarray(lp, np.float64), STEP * unit) for lp in dense
              if len(lp) >= 3 and abs(outline.signed_area(np.asarray(lp, np.float64))) >= SPECK_AREA]
-    weights = [np.ones(len(q)) for q in loops]
-    best, best_iou = None, -1.0
-    tables = [_loop_table(q, qw, max_points, LINE_TOLERANCE * unit) for q, qw in zip(loops, weights)]
+    tables = [_loop_table(q, max_points, LINE_TOLERANCE * unit) for q in loops]
     share = _share([t[0] for t in tables], max_points)
     if share is None:
         return None
+    weights = [np.ones(len(q)) for q in loops]
+    best, best_iou = None, -1.0
     for _ in range(1 + (rounds if coverage is not None else 0)):
-        rec = _record(loops, [_refine(q, qw, segs[p], corner_deg)
-                              for q, qw, (_, segs), p in zip(loops, weights, tables, share)])
+        rec = _record([_refine(q, qw, segs[p], corner_deg) for q, qw, (_, segs), p in zip(loops, weights, tables, share)])
         if coverage is None:
             return rec
-        wrong = (coverage(rec) > 0.5) != design
-        iou = 1.0 - wrong.sum() / max(1, int((design | wrong).sum()))
+        ink = coverage(rec) > 0.5
+        iou = outline.mask_iou(ink, design)
         if iou > best_iou:
             best, best_iou = rec, iou
+        wrong = ink != design
         if not wrong.any():
             break
         near = ndimage.binary_dilation(wrong, np.ones((3, 3), bool)).ravel()
-        r = design.shape[0]
-        weights = [qw * np.where(near[_pixels(q, r)], BOOST, 1.0) for q, qw in zip(loops, weights)]
+        weights = [qw * np.where(near[_pixels(q, design.shape[0])], BOOST, 1.0) for q, qw in zip(loops, weights)]
     return best

@@ -19,7 +19,8 @@ TrueType convention):
 Loops are [n, 2] float arrays of (x, y) in image coordinates (x right, y down), without the
 closing point repeated. ``simplify`` removes points within a tolerance (Ramer-Douglas-Peucker,
 ``skimage.measure.approximate_polygon``) and exactly collinear ones, ``bilinear_upsample``
-samples the bilinear interpolant of a pixel image.
+samples the bilinear interpolant of a pixel image; ``mask_iou`` is the IoU the outline fits
+are judged by (of a rendering's and the design's ink masks).
 
 Measured against the hand-written marching squares and RDP these replaced, on the grids the
 export traces for renders/comic-neue-62-0.1 (62 glyphs, 32x32, 8x oversampling; the design for
@@ -169,6 +170,12 @@ def trace_pixels(mask: np.ndarray) -> list[np.ndarray]:
         pts = xy(fr_s[idx]).astype(np.float64) - 1.0  # undo the padding
         loops.append(pts)
     return [simplify(p, 0.0) for p in loops]
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two boolean masks (1 where both are empty)."""
+    union = int((a | b).sum())
+    return float((a & b).sum()) / union if union else 1.0
 
 
 def signed_area(loop: np.ndarray) -> float:

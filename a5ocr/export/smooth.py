@@ -45,6 +45,7 @@ from matplotlib.path import Path as MplPath
 
 from a5ocr.export import outline as tracers
 from a5ocr.export.cubic import budget_cubics
+from a5ocr.export.outline import mask_iou
 
 
 def _fine(g: np.ndarray, n: int) -> np.ndarray:
@@ -259,12 +260,6 @@ def least_squares_controls(dense: np.ndarray, poly: np.ndarray, corner: np.ndarr
     return out
 
 
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two boolean masks (1 where both are empty)."""
-    union = int((a | b).sum())
-    return float((a & b).sum()) / union if union else 1.0
-
-
 def spline_coverage(loops: list[tuple[np.ndarray, np.ndarray]], r: int, oversample: int) -> np.ndarray:
     """[r, r] fraction of each pixel inside the splines of ``loops`` (even-odd over the loops),
     counted at the centres of an ``oversample``-times finer grid; the splines flattened to 8 points per piece."""
@@ -364,14 +359,14 @@ def cubic_outline(loops: list[tuple[np.ndarray, np.ndarray]], w: np.ndarray, ove
     # gave 0.971; at 128 px the 4x grid passed a thin "i" merge at 0.981, FreeType 0.960)
     fine = max(oversample, FIT_GRID // r)
     exact = lambda rec: mask_iou(recording_coverage(rec, r, fine) > 0.5, design)  # noqa: E731
-    over = max_points is not None and chosen[1] > max_points
-    chosen_exact = -1.0 if over else exact(chosen[2])
-    if over or chosen_exact < floor_iou:
+    still_over = max_points is not None and chosen[1] > max_points
+    chosen_exact = -1.0 if still_over else exact(chosen[2])
+    if still_over or chosen_exact < floor_iou:
         fit = budget_cubics(dense, chosen[1] if max_points is None else max_points, r, corner_deg, design=design,
                             coverage=lambda rec: recording_coverage(rec, r, fine))
         if fit is not None:
             fit_exact = exact(fit)
-            if fit_exact > chosen_exact and (not over or fit_exact >= floor_iou):
+            if fit_exact > chosen_exact and (not still_over or fit_exact >= floor_iou):
                 return fit
     return chosen[2]
 

@@ -282,13 +282,14 @@ def outside_alphabet(canv: np.ndarray, labels: np.ndarray, table: dict) -> tuple
     y = np.asarray(labels, np.int64)
     p = table["glyphs"][y].astype(np.float64)
     err = ((canv - p) ** 2).sum(axis=(1, 2)) / np.maximum((p**2).sum(axis=(1, 2)), 1e-9)
-    top, bottom = (np.array(v, np.float64) for v in zip(*(ink_extents(c.max(axis=1)) for c in canv)))
+    row_ink = np.asarray(canv).max(axis=2)  # [n, R] each row's darkest pixel
+    top, bottom = (np.array(v, np.float64) for v in zip(*(ink_extents(r) for r in row_ink)))
     left, right = (np.array(v, np.float64) for v in zip(*(ink_extents(c.max(axis=0)) for c in canv)))
     height = np.maximum(table["bottom"][y] - table["top"][y], 1e-6)
     rows = np.maximum(np.abs(top - table["top"][y]), np.abs(bottom - table["bottom"][y])) / height
     width = np.abs((right - left) - (table["right"][y] - table["left"][y])) / height
     inked = p.max(axis=2) > 0.5  # [n, R] the prototype's inked rows
-    empty = (inked & (np.asarray(canv).max(axis=2) <= GAP_INK)).sum(1) / np.maximum(inked.sum(1), 1)
+    empty = (inked & (row_ink <= GAP_INK)).sum(1) / np.maximum(inked.sum(1), 1)
     box = np.maximum(np.maximum(rows, width * (OUTSIDE_BOX / OUTSIDE_WIDTH)), empty * (OUTSIDE_BOX / OUTSIDE_GAP))
     # one number: > OUTSIDE_BOX is outside
     box = np.where(np.isfinite(box), box, np.inf)
